@@ -1,0 +1,134 @@
+//! tandemd: the Tandem daemon. Starts one reactor per core of the mask and serves until SIGINT
+//! or SIGTERM, then stops the reactors cleanly (each runs the messages already queued).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tandem::reactor::{CoreMask, Engine, EngineOpts, Mode};
+
+/// Exit status for bad usage: an unknown flag, a bad core mask, an unreadable config.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "tandemd", version = tandem::VERSION, about = "The Tandem storage engine daemon")]
+struct Args {
+    /// Core mask, as SPDK takes it: 0x3, [0,1], 0-1.
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1", value_parser = CoreMask::parse)]
+    cpumask: CoreMask,
+    /// poll: reactors spin (deployment). adaptive: they park when idle (tests, laptops, CI).
+    #[arg(long, default_value = "adaptive")]
+    mode: Mode,
+    /// JSON-RPC Unix socket.
+    #[arg(
+        short = 'r',
+        long = "rpc-socket",
+        default_value = "/var/tmp/tandem.sock"
+    )]
+    rpc_socket: PathBuf,
+    /// Start-up configuration (JSON, in the shape of SPDK's save_config output).
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace) or a RUST_LOG-style directive; default info
+    /// or RUST_LOG.
+    #[arg(short = 'L', long = "log-level")]
+    log_level: Option<String>,
+}
+
+fn usage_error(line: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tandemd: {line}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            return usage_error(first.trim_start_matches("error: "));
+        }
+    };
+    if let Err(e) = tandem::logging::init(args.log_level.as_deref()) {
+        return usage_error(e);
+    }
+    if let Err(e) = args.cpumask.check_present() {
+        return usage_error(e);
+    }
+    let calls = match &args.config {
+        Some(path) => match tandem::config::load(path) {
+            Ok(calls) => calls,
+            Err(e) => return usage_error(e),
+        },
+        None => Vec::new(),
+    };
+
+    // Block the stop signals before any thread exists, so every reactor inherits the mask and
+    // only the main thread's sigwait sees them.
+    let signals = stop_signals();
+    block(&signals);
+
+    let engine = match Engine::start(EngineOpts {
+        core_mask: Some(args.cpumask.clone()),
+        mode: args.mode,
+        ..EngineOpts::default()
+    }) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("tandemd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        cores = %args.cpumask,
+        mode = ?args.mode,
+        rpc = %args.rpc_socket.display(),
+        config_calls = calls.len(),
+        "tandemd {} started: {} reactors",
+        tandem::VERSION,
+        engine.reactor_ids().len()
+    );
+    let signal = wait(&signals);
+    tracing::info!(signal, "stopping");
+    match engine.stop() {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("stop: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+fn block(set: &libc::sigset_t) {
+    // SAFETY: `set` is an initialised sigset_t; the old-mask pointer may be null.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
+}
+
+fn wait(set: &libc::sigset_t) -> i32 {
+    let mut sig: libc::c_int = 0;
+    loop {
+        // SAFETY: `set` is initialised and blocked in this thread; `sig` is writable.
+        if unsafe { libc::sigwait(set, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}

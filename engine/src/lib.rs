@@ -1,0 +1,25 @@
+//! # Tandem
+//!
+//! A polled-mode storage engine. Reactors, one per core, own every I/O from arrival to
+//! completion and talk to each other only by messages, so the data path takes no lock
+//! ([`reactor`]). Block devices, the NVMe-oF/TCP target and host, the copy-on-write store and
+//! synchronous replication are built on them, each in its own module, bottom up:
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`reactor`] | threads pinned per core, message rings, pollers, timers, adaptive parking, simulation |
+//! | [`sys`] | the Linux system calls the runtime parks on (eventfd, timerfd, epoll) |
+//! | [`logging`] | tracing set-up shared by the daemon, the CLI and the C ABI |
+//! | [`inline_fn`] | closures stored inline: messages and completions without allocation |
+//! | [`config`] | the JSON start-up configuration, in the shape of SPDK's `save_config` |
+//!
+//! The map of the whole design is `ARCHITECTURE.md`; this crate grows into it issue by issue.
+
+pub mod config;
+pub mod inline_fn;
+pub mod logging;
+pub mod reactor;
+pub mod sys;
+
+/// The engine's version, as the daemon, the CLI and the C ABI report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,185 @@
+//! The message ring of one reactor and the doorbell that wakes it when parked.
+//!
+//! Senders on any thread push a boxed closure onto a bounded lock-free MPMC ring (crossbeam's
+//! `ArrayQueue`). The ring never blocks: a full ring hands the message back to the sender.
+//! A parked reactor sets `sleeping`; a sender that sees it rings the eventfd doorbell. The
+//! two sides publish with sequentially consistent fences, so either the reactor sees the
+//! message before parking or the sender sees `sleeping` and rings: no lost wake-up.
+//!
+//! Closing: the owner sets `closed`, waits for senders that started before that (`senders`
+//! count) to finish their push, then drains. A message is therefore either run or returned to
+//! its sender as `Closed`; never silently dropped.
+
+use std::fmt;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
+
+use super::ReactorId;
+use crate::inline_fn::SendFnOnce;
+use crate::sys::EventFd;
+
+/// A message: a closure run once on the receiving reactor, stored inline in its ring slot
+/// (no allocation) when its captures fit [`crate::inline_fn::INLINE_BYTES`].
+pub struct Msg(SendFnOnce<()>);
+
+impl Msg {
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        Msg(SendFnOnce::new(move |()| f()))
+    }
+
+    /// Whether the closure was stored without an allocation.
+    pub fn is_inline(&self) -> bool {
+        self.0.is_inline()
+    }
+
+    pub(crate) fn run(self) {
+        self.0.call(())
+    }
+}
+
+/// Why a message was not accepted. The message comes back, so the sender can retry it later
+/// or run it elsewhere.
+pub struct SendError {
+    pub kind: SendErrorKind,
+    pub reactor: ReactorId,
+    msg: Msg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendErrorKind {
+    /// The ring is full; the reactor is alive but behind. Retry later.
+    Full,
+    /// The reactor has stopped (or is stopping and has drained its ring).
+    Closed,
+    /// No reactor has this id.
+    NoSuchReactor,
+}
+
+impl SendError {
+    pub(crate) fn new(kind: SendErrorKind, reactor: ReactorId, msg: Msg) -> Self {
+        Self { kind, reactor, msg }
+    }
+
+    /// Take the message back.
+    pub fn into_msg(self) -> Msg {
+        self.msg
+    }
+}
+
+impl fmt::Debug for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendError")
+            .field("kind", &self.kind)
+            .field("reactor", &self.reactor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            SendErrorKind::Full => write!(f, "reactor {}'s message ring is full", self.reactor),
+            SendErrorKind::Closed => write!(f, "reactor {} has stopped", self.reactor),
+            SendErrorKind::NoSuchReactor => write!(f, "no reactor has id {}", self.reactor),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+pub(crate) struct Mailbox {
+    pub(crate) id: ReactorId,
+    ring: ArrayQueue<Msg>,
+    doorbell: EventFd,
+    /// Written by every sender: apart from what the owner reads each loop.
+    senders: CachePadded<AtomicUsize>,
+    sleeping: AtomicBool,
+    closed: AtomicBool,
+    /// Read by the owner every loop: on a line of its own so that senders do not bounce it.
+    stop: CachePadded<AtomicBool>,
+}
+
+impl Mailbox {
+    pub(crate) fn new(id: ReactorId, capacity: usize) -> std::io::Result<Self> {
+        Ok(Self {
+            id,
+            ring: ArrayQueue::new(capacity.max(1)),
+            doorbell: EventFd::new()?,
+            senders: CachePadded::new(AtomicUsize::new(0)),
+            sleeping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            stop: CachePadded::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub(crate) fn send(&self, msg: Msg) -> Result<(), SendError> {
+        self.senders.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.senders.fetch_sub(1, Ordering::SeqCst);
+            return Err(SendError::new(SendErrorKind::Closed, self.id, msg));
+        }
+        let pushed = self.ring.push(msg);
+        self.senders.fetch_sub(1, Ordering::SeqCst);
+        if let Err(msg) = pushed {
+            return Err(SendError::new(SendErrorKind::Full, self.id, msg));
+        }
+        self.wake_if_sleeping();
+        Ok(())
+    }
+
+    fn wake_if_sleeping(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.doorbell.notify();
+        }
+    }
+
+    /// Take the next message, if any. Owner only.
+    pub(crate) fn pop(&self) -> Option<Msg> {
+        self.ring.pop()
+    }
+
+    /// Announce that the owner is about to park; returns false (and stays awake) when a message
+    /// or a stop request is already waiting.
+    pub(crate) fn prepare_to_sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !self.ring.is_empty() || self.stop.load(Ordering::SeqCst) {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn woke(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn doorbell(&self) -> &EventFd {
+        &self.doorbell
+    }
+
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.doorbell.notify();
+    }
+
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Refuse new messages and wait until every sender that got past the `closed` check has
+    /// finished its push. After this, the ring only shrinks.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        while self.senders.load(Ordering::SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}

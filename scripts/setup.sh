@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what the build and the tests need on a fresh Debian machine that has Rust (rustup).
+# Idempotent: each step checks first and installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+# Debian packages, by name: the C toolchain for the examples and -sys crates, pkg-config,
+# fio (the uring bdev's benchmark baseline).
+APT_PACKAGES=(build-essential pkg-config fio)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "apt: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Rust components used by the test command.
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+echo "set-up complete"
