@@ -18,13 +18,19 @@ fn criterion_dir() -> PathBuf {
         .join("criterion")
 }
 
-/// Criterion's mean estimate for benchmark `id` (`group/function[/parameter]`) in this run.
-pub fn mean(id: &str) -> Option<Duration> {
+/// Criterion's estimate (slope, else mean) of time per iteration for benchmark `id` (`group/function[/parameter]`) in this run.
+pub fn estimate(id: &str) -> Option<Duration> {
     let path = criterion_dir().join(id).join("new").join("estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     // The file is small and flat: find "mean": {... "point_estimate": N
-    let after_mean = &text[text.find("\"mean\"")?..];
-    let after_point = &after_mean[after_mean.find("\"point_estimate\"")? + 16..];
+    // Criterion prints the slope for linear sampling; the mean otherwise (slope is null).
+    let key = if text.contains("\"slope\":{") {
+        "\"slope\""
+    } else {
+        "\"mean\""
+    };
+    let after_key = &text[text.find(key)?..];
+    let after_point = &after_key[after_key.find("\"point_estimate\"")? + 16..];
     let number: String = after_point
         .trim_start_matches([':', ' '])
         .chars()
@@ -40,9 +46,9 @@ pub fn mean(id: &str) -> Option<Duration> {
 pub fn print_ratios(title: &str, pairs: &[(&str, &str)]) {
     println!("\n== {title}: mean time per operation, Tandem / baseline (criterion estimates, same run) ==");
     for (tandem, baseline) in pairs {
-        match (mean(tandem), mean(baseline)) {
+        match (estimate(tandem), estimate(baseline)) {
             (Some(t), Some(b)) => println!(
-                "{tandem:<48} {:>10.1} ns   {baseline:<44} {:>10.1} ns   ratio {:.2}",
+                "{tandem:<48} {:>10.2} ns   {baseline:<44} {:>10.2} ns   ratio {:.2}",
                 t.as_secs_f64() * 1e9,
                 b.as_secs_f64() * 1e9,
                 t.as_secs_f64() / b.as_secs_f64()
@@ -51,3 +57,5 @@ pub fn print_ratios(title: &str, pairs: &[(&str, &str)]) {
         }
     }
 }
+
+pub mod io_job;

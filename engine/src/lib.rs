@@ -8,6 +8,8 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`reactor`] | threads pinned per core, message rings, pollers, timers, adaptive parking, simulation |
+//! | [`mem`] | DMA-able buffers, per-reactor buffer pools, scatter-gather lists |
+//! | [`bdev`] | block devices: descriptors, per-reactor channels, malloc, null, uring and error backends |
 //! | [`sys`] | the Linux system calls the runtime parks on (eventfd, timerfd, epoll) |
 //! | [`logging`] | tracing set-up shared by the daemon, the CLI and the C ABI |
 //! | [`inline_fn`] | closures stored inline: messages and completions without allocation |
@@ -15,9 +17,11 @@
 //!
 //! The map of the whole design is `ARCHITECTURE.md`; this crate grows into it issue by issue.
 
+pub mod bdev;
 pub mod config;
 pub mod inline_fn;
 pub mod logging;
+pub mod mem;
 pub mod reactor;
 pub mod sys;
 

@@ -210,7 +210,7 @@ impl Engine {
             let outcome = s
                 .join
                 .join()
-                .unwrap_or_else(|_| Err(Error::Panicked { reactor: s.id }));
+                .unwrap_or(Err(Error::Panicked { reactor: s.id }));
             if let Err(e) = outcome {
                 first_err.get_or_insert(e);
             }

@@ -139,9 +139,14 @@ pub fn send(
 /// [`send`] for a message already boxed, such as one a [`SendError`] handed back: it is queued
 /// as it is, not boxed again.
 pub fn send_msg(to: ReactorId, msg: Msg) -> std::result::Result<(), SendError> {
-    match with_current(|r| r.registry().clone()) {
-        Ok(registry) => registry.send(to, msg),
-        Err(_) => Err(SendError::new(SendErrorKind::NoSuchReactor, to, msg)),
+    let mut msg = Some(msg);
+    match with_current(|r| r.registry().send(to, msg.take().expect("taken once"))) {
+        Ok(sent) => sent,
+        Err(_) => Err(SendError::new(
+            SendErrorKind::NoSuchReactor,
+            to,
+            msg.take().expect("not taken off a reactor"),
+        )),
     }
 }
 

@@ -307,15 +307,20 @@ impl Inner {
         self.pollers.borrow_mut().append(&mut added);
         let mut status = PollStatus::Idle;
         let count = self.pollers.borrow().len();
+        // The clock is read once per loop, and only if a periodic poller needs it.
+        let mut now: Option<u64> = None;
         for i in 0..count {
-            let now = self.clock.now_ns();
             let (id, mut f) = {
                 let mut table = self.pollers.borrow_mut();
                 let slot = &mut table[i];
-                if slot.removed || (slot.period_ns > 0 && now < slot.next_due_ns) {
+                if slot.removed {
                     continue;
                 }
                 if slot.period_ns > 0 {
+                    let now = *now.get_or_insert_with(|| self.clock.now_ns());
+                    if now < slot.next_due_ns {
+                        continue;
+                    }
                     // Keep the phase, but never queue a burst of missed periods.
                     slot.next_due_ns = (slot.next_due_ns + slot.period_ns).max(now + 1);
                 }

@@ -15,9 +15,8 @@ impl Epoll {
         // SAFETY: epoll_create1 takes no pointers; a non-negative return is a new fd we own.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: `fd` was just returned by epoll_create1 and is owned by nobody else.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// Watch `fd` for readability (level-triggered), tagging its events with `token`.

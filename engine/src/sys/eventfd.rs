@@ -16,9 +16,8 @@ impl EventFd {
         // SAFETY: eventfd takes no pointers; a non-negative return is a new fd we now own.
         let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
         // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// Add one to the counter, making the fd readable. Safe from any thread; never blocks

@@ -21,9 +21,8 @@ impl TimerFd {
             )
         })?;
         // SAFETY: `fd` was just returned by timerfd_create and is owned by nobody else.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// Arm at an absolute CLOCK_MONOTONIC time in nanoseconds; `None` disarms.

@@ -1,0 +1,223 @@
+//! Scatter-gather lists: the buffers of one I/O, owned by the I/O while it is in flight and
+//! handed back to the submitter at completion (so a failed or finished I/O never leaves the
+//! caller without its memory, and a recycled list allocates nothing).
+
+use std::fmt;
+
+use super::{DmaBuf, Error, PoolBuf, Result};
+
+/// Segments one I/O may carry (iovecs per io_uring readv/writev, SGL entries per command).
+pub const MAX_SEGS: usize = 32;
+
+/// A buffer an I/O can own.
+pub enum Buf {
+    Dma(DmaBuf),
+    Pool(PoolBuf),
+}
+
+impl Buf {
+    pub fn len(&self) -> usize {
+        match self {
+            Buf::Dma(b) => b.len(),
+            Buf::Pool(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Buf::Dma(b) => b.as_slice(),
+            Buf::Pool(b) => b.as_slice(),
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            Buf::Dma(b) => b.as_mut_slice(),
+            Buf::Pool(b) => b.as_mut_slice(),
+        }
+    }
+}
+
+impl From<DmaBuf> for Buf {
+    fn from(b: DmaBuf) -> Self {
+        Buf::Dma(b)
+    }
+}
+
+impl From<PoolBuf> for Buf {
+    fn from(b: PoolBuf) -> Self {
+        Buf::Pool(b)
+    }
+}
+
+/// A byte range of one buffer.
+pub struct Seg {
+    buf: Buf,
+    offset: usize,
+    len: usize,
+}
+
+impl Seg {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf.as_slice()[self.offset..self.offset + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let (o, l) = (self.offset, self.len);
+        &mut self.buf.as_mut_slice()[o..o + l]
+    }
+
+    pub fn addr(&self) -> usize {
+        self.as_slice().as_ptr() as usize
+    }
+
+    pub fn buf(&self) -> &Buf {
+        &self.buf
+    }
+}
+
+/// The buffers of one I/O, in order.
+#[derive(Default)]
+pub struct Sgl {
+    segs: Vec<Seg>,
+}
+
+impl Sgl {
+    /// An empty list with room for `MAX_SEGS` segments, so that pushes never allocate.
+    pub fn new() -> Self {
+        Self {
+            segs: Vec::with_capacity(MAX_SEGS),
+        }
+    }
+
+    /// A list of one whole buffer.
+    pub fn single(buf: impl Into<Buf>) -> Self {
+        let buf = buf.into();
+        let len = buf.len();
+        let mut sgl = Sgl::new();
+        sgl.segs.push(Seg {
+            buf,
+            offset: 0,
+            len,
+        });
+        sgl
+    }
+
+    /// Append `[offset, offset + len)` of `buf`.
+    pub fn push(&mut self, buf: impl Into<Buf>, offset: usize, len: usize) -> Result<()> {
+        let buf = buf.into();
+        if self.segs.len() >= MAX_SEGS {
+            return Err(Error::TooManySegments { max: MAX_SEGS });
+        }
+        if offset.checked_add(len).is_none_or(|end| end > buf.len()) {
+            return Err(Error::SegmentOutOfBuffer {
+                offset,
+                len,
+                buf_len: buf.len(),
+            });
+        }
+        self.segs.push(Seg { buf, offset, len });
+        Ok(())
+    }
+
+    /// Total bytes over all segments.
+    pub fn len(&self) -> usize {
+        self.segs.iter().map(|s| s.len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segs.is_empty()
+    }
+
+    pub fn segs(&self) -> &[Seg] {
+        &self.segs
+    }
+
+    pub fn segs_mut(&mut self) -> &mut [Seg] {
+        &mut self.segs
+    }
+
+    /// Drop every segment (returning pool buffers), keeping the capacity.
+    pub fn clear(&mut self) {
+        self.segs.clear();
+    }
+
+    /// Take the buffers out, in order.
+    pub fn into_bufs(self) -> impl Iterator<Item = Buf> {
+        self.segs.into_iter().map(|s| s.buf)
+    }
+
+    /// Copy `data` into the segments, in order, from the start; returns the bytes copied.
+    pub fn copy_from(&mut self, data: &[u8]) -> usize {
+        let mut done = 0;
+        for seg in &mut self.segs {
+            if done == data.len() {
+                break;
+            }
+            let dst = seg.as_mut_slice();
+            let n = dst.len().min(data.len() - done);
+            dst[..n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+        done
+    }
+
+    /// The bytes of all segments, concatenated.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        for seg in &self.segs {
+            out.extend_from_slice(seg.as_slice());
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Sgl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lens: Vec<usize> = self.segs.iter().map(|s| s.len).collect();
+        write!(f, "Sgl({lens:?})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_bound_their_buffers_and_copy_in_order() {
+        let mut sgl = Sgl::new();
+        sgl.push(DmaBuf::new(4096).unwrap(), 512, 1024).unwrap();
+        sgl.push(DmaBuf::new(4096).unwrap(), 0, 512).unwrap();
+        assert_eq!(sgl.len(), 1536);
+        let data: Vec<u8> = (0..1536u32).map(|i| i as u8).collect();
+        assert_eq!(sgl.copy_from(&data), 1536);
+        assert_eq!(sgl.to_vec(), data);
+        assert!(matches!(
+            sgl.push(DmaBuf::new(4096).unwrap(), 4000, 200),
+            Err(Error::SegmentOutOfBuffer { .. })
+        ));
+        assert!(matches!(
+            sgl.push(DmaBuf::new(4096).unwrap(), usize::MAX, 2),
+            Err(Error::SegmentOutOfBuffer { .. })
+        ));
+        for _ in sgl.segs().len()..MAX_SEGS {
+            sgl.push(DmaBuf::new(512).unwrap(), 0, 512).unwrap();
+        }
+        assert!(matches!(
+            sgl.push(DmaBuf::new(512).unwrap(), 0, 512),
+            Err(Error::TooManySegments { .. })
+        ));
+    }
+}
