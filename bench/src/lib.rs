@@ -3,7 +3,6 @@
 //! so the ratio matches the figures criterion printed just above it.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Where criterion keeps its estimates: `$CARGO_TARGET_DIR/criterion`, else the `target`
 /// directory holding this benchmark executable (`target/release/deps/<bench>`).
@@ -18,8 +17,8 @@ fn criterion_dir() -> PathBuf {
         .join("criterion")
 }
 
-/// Criterion's estimate (slope, else mean) of time per iteration for benchmark `id` (`group/function[/parameter]`) in this run.
-pub fn estimate(id: &str) -> Option<Duration> {
+/// Criterion's estimate (slope, else mean) of nanoseconds per iteration for benchmark `id` (`group/function[/parameter]`) in this run.
+pub fn estimate_ns(id: &str) -> Option<f64> {
     let path = criterion_dir().join(id).join("new").join("estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     // The file is small and flat: find "mean": {... "point_estimate": N
@@ -36,22 +35,21 @@ pub fn estimate(id: &str) -> Option<Duration> {
         .chars()
         .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
         .collect();
-    number
-        .parse::<f64>()
-        .ok()
-        .map(|ns| Duration::from_secs_f64(ns / 1e9))
+    number.parse::<f64>().ok()
 }
 
 /// Print `tandem / baseline` for each pair; below 1.0 means Tandem took less time per operation.
 pub fn print_ratios(title: &str, pairs: &[(&str, &str)]) {
-    println!("\n== {title}: mean time per operation, Tandem / baseline (criterion estimates, same run) ==");
+    println!(
+        "\n== {title}: time per operation (criterion estimate), Tandem / baseline, same run =="
+    );
     for (tandem, baseline) in pairs {
-        match (estimate(tandem), estimate(baseline)) {
+        match (estimate_ns(tandem), estimate_ns(baseline)) {
             (Some(t), Some(b)) => println!(
                 "{tandem:<48} {:>10.2} ns   {baseline:<44} {:>10.2} ns   ratio {:.2}",
-                t.as_secs_f64() * 1e9,
-                b.as_secs_f64() * 1e9,
-                t.as_secs_f64() / b.as_secs_f64()
+                t,
+                b,
+                t / b
             ),
             _ => println!("{tandem}: not measured in this run (filtered out?)"),
         }

@@ -32,27 +32,29 @@ impl Malloc {
     }
 
     fn read_into(&self, words: std::ops::Range<usize>, sgl: &mut Sgl) {
-        let mut src = self.words[words].iter();
+        let mut device = &self.words[words];
         for seg in sgl.segs_mut() {
-            for chunk in seg.as_mut_slice().chunks_exact_mut(8) {
-                let w = src
-                    .next()
-                    .expect("segment lengths sum to the I/O")
-                    .load(Relaxed);
-                chunk.copy_from_slice(&w.to_ne_bytes());
+            let bytes = seg.as_mut_slice();
+            let (here, rest) = device.split_at(bytes.len() / 8);
+            // Zipped slices: no bounds check per word, one load and one store each.
+            for (chunk, word) in bytes.chunks_exact_mut(8).zip(here) {
+                chunk.copy_from_slice(&word.load(Relaxed).to_ne_bytes());
             }
+            device = rest;
         }
     }
 
     fn write_from(&self, words: std::ops::Range<usize>, sgl: &Sgl) {
-        let mut dst = self.words[words].iter();
+        let mut device = &self.words[words];
         for seg in sgl.segs() {
-            for chunk in seg.as_slice().chunks_exact(8) {
-                let w = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk"));
-                dst.next()
-                    .expect("segment lengths sum to the I/O")
-                    .store(w, Relaxed);
+            let bytes = seg.as_slice();
+            let (here, rest) = device.split_at(bytes.len() / 8);
+            for (chunk, word) in bytes.chunks_exact(8).zip(here) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(chunk);
+                word.store(u64::from_ne_bytes(w), Relaxed);
             }
+            device = rest;
         }
     }
 
