@@ -175,14 +175,12 @@ impl Channel {
         num_blocks: u64,
         cb: impl FnOnce(IoDone) + 'static,
     ) -> Result<()> {
-        self.submit(
+        self.submit_no_data(
             IoType::Flush,
             offset_blocks,
             num_blocks,
-            Sgl::default(),
             IoCallback::new(cb),
         )
-        .map_err(|(e, _)| e)
     }
 
     pub fn unmap(
@@ -191,14 +189,12 @@ impl Channel {
         num_blocks: u64,
         cb: impl FnOnce(IoDone) + 'static,
     ) -> Result<()> {
-        self.submit(
+        self.submit_no_data(
             IoType::Unmap,
             offset_blocks,
             num_blocks,
-            Sgl::default(),
             IoCallback::new(cb),
         )
-        .map_err(|(e, _)| e)
     }
 
     pub fn write_zeroes(
@@ -207,14 +203,23 @@ impl Channel {
         num_blocks: u64,
         cb: impl FnOnce(IoDone) + 'static,
     ) -> Result<()> {
-        self.submit(
+        self.submit_no_data(
             IoType::WriteZeroes,
             offset_blocks,
             num_blocks,
-            Sgl::default(),
             IoCallback::new(cb),
         )
-        .map_err(|(e, _)| e)
+    }
+
+    fn submit_no_data(
+        &self,
+        io_type: IoType,
+        offset_blocks: u64,
+        num_blocks: u64,
+        cb: IoCallback,
+    ) -> Result<()> {
+        self.submit(io_type, offset_blocks, num_blocks, Sgl::default(), cb)
+            .map_err(|(e, _)| e)
     }
 
     /// Submit any I/O. Reads and writes carry `num_blocks × block_size` bytes in `sgl`; the

@@ -83,9 +83,9 @@ impl Ring {
                         iov_base: base.cast(),
                         iov_len: len,
                     });
-                    // SAFETY: the regions belong to this reactor's pools, which live until the
-                    // reactor shuts down and are never moved; the kernel pins their pages for
-                    // as long as they are registered, and fixed I/O names only live pool buffers.
+                    // The regions belong to this reactor's pools, which live until the reactor
+                    // shuts down and never move; the kernel pins their pages while registered.
+                    // SAFETY: and fixed I/O names only pool buffers that are alive.
                     unsafe { ring.submitter().register_buffers(&iovs) }.is_ok()
                 }
                 Err(_) => false,
@@ -207,9 +207,9 @@ impl Ring {
         }
         .user_data(index as u64);
         let mut ring = self.ring.borrow_mut();
-        // SAFETY: the entry points at `slot.iov` and, through it, at the request's buffers. The
-        // slot table is never moved or resized, the slot stays taken and the request (owning
-        // the buffers) stays in it until the completion for this user_data is reaped.
+        // The entry points at `slot.iov` and so at the request's buffers. The slot table never
+        // moves; the slot stays taken, holding the request and its buffers, until reaped.
+        // SAFETY: so everything the kernel reads stays valid until the completion.
         let mut pushed = unsafe { ring.submission().push(&entry) }.is_ok();
         if !pushed {
             // The submission queue is full: hand it to the kernel and try once more.

@@ -90,9 +90,9 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&Inner) -> R) -> Result<R> {
     if ptr.is_null() {
         return Err(Error::NotOnReactor);
     }
-    // SAFETY: CURRENT is non-null only inside `Reactor::enter`, which holds an `Rc<Inner>` (so
-    // the Inner is alive) for the whole time the pointer is set, and restores the previous
-    // value before returning or unwinding. Only shared references are made from it.
+    // CURRENT is non-null only inside `Reactor::enter`, which holds an `Rc<Inner>` for as long
+    // as the pointer is set and restores the previous value before returning or unwinding.
+    // SAFETY: so the Inner is alive here; only shared references are made from it.
     let inner = unsafe { &*ptr };
     Ok(f(inner))
 }
