@@ -2,8 +2,9 @@
 //! randwrite at queue depth 32, O_DIRECT, one core each (a poll-mode reactor pinned to core 0,
 //! fio `--cpus_allowed=0`), buffers from the reactor's pool as the target's requests use. Prints IOPS for both and Tandem/fio; the goal is at least 1.0.
 //!
-//! `cargo bench -p tandem-bench --bench uring_vs_fio` (TANDEM_BENCH_SECS sets the time per run,
-//! default 10; the file goes to target/bench-uring.img and is kept for the next run).
+//! `cargo bench -p tandem-bench --bench uring_vs_fio` (TANDEM_BENCH_SECS: seconds per run,
+//! default 5; TANDEM_BENCH_ROUNDS: alternating rounds, default 3; the file goes to
+//! target/bench-uring.img and is kept for the next run).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,30 +117,54 @@ fn fio_iops(path: &Path, rw: &str, secs: u64) -> f64 {
         .expect("fio reported IOPS")
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 fn main() {
     // `cargo test --benches` runs this with no --bench flag: do one short pass as a smoke test.
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let secs: u64 = if smoke {
-        1
-    } else {
-        std::env::var("TANDEM_BENCH_SECS")
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(10)
+            .unwrap_or(d)
+    };
+    let (secs, rounds) = if smoke {
+        (1, 1)
+    } else {
+        (env("TANDEM_BENCH_SECS", 5), env("TANDEM_BENCH_ROUNDS", 3))
     };
     let path = bench_file();
     prepare(&path);
     println!(
-        "uring bdev vs fio: 4 KiB, QD {DEPTH}, O_DIRECT, one core, {secs} s each, file {}",
+        "uring bdev vs fio: 4 KiB, QD {DEPTH}, O_DIRECT, one core each, {secs} s per run, \
+         {rounds} alternating rounds (medians), file {}",
         path.display()
     );
     println!(
-        "{:<10} {:>14} {:>14} {:>8}",
+        "{:<10} {:>14} {:>14} {:>8}   per round (tandem/fio)",
         "workload", "tandem IOPS", "fio IOPS", "ratio"
     );
     for (io_type, rw) in [(IoType::Read, "randread"), (IoType::Write, "randwrite")] {
-        let t = tandem_iops(&path, io_type, secs);
-        let f = fio_iops(&path, rw, secs);
-        println!("{rw:<10} {t:>14.0} {f:>14.0} {:>8.2}", t / f);
+        // Alternate the two so that drift in the machine (this one's disk and vCPUs wander by
+        // ±10% between runs) falls on both alike.
+        let (mut t, mut f) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            t.push(tandem_iops(&path, io_type, secs));
+            f.push(fio_iops(&path, rw, secs));
+        }
+        let per_round: Vec<String> = t
+            .iter()
+            .zip(&f)
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .collect();
+        let (tm, fm) = (median(t), median(f));
+        println!(
+            "{rw:<10} {tm:>14.0} {fm:>14.0} {:>8.2}   {}",
+            tm / fm,
+            per_round.join(" ")
+        );
     }
 }
