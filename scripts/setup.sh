@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-# Debian packages, by name: the C toolchain for the examples and -sys crates, pkg-config,
-# fio (the uring bdev's benchmark baseline).
+# Debian packages, by name: the C toolchain (and binutils' nm and readelf) for the C examples
+# and -sys crates, pkg-config for the examples' Makefile, fio (the uring bdev's benchmark
+# baseline).
 APT_PACKAGES=(build-essential pkg-config fio)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -24,4 +25,10 @@ fi
 for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
+# cbindgen generates include/tandem.h; the test command checks the checked-in one is fresh.
+CBINDGEN_VERSION=0.29.4
+if ! cbindgen --version 2>/dev/null | grep -q "$CBINDGEN_VERSION"; then
+  echo "cargo: installing cbindgen $CBINDGEN_VERSION"
+  cargo install cbindgen --version "$CBINDGEN_VERSION" --locked --quiet
+fi
 echo "set-up complete"

@@ -26,6 +26,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "Rust tests (unit, integration, doc)"
 cargo test --workspace
 
+step "C ABI: header fresh, libtandem.a and .so, tandem.pc, only tandem_* exported"
+pkgconfig=$(./scripts/build-c.sh | tail -1)
+
+step "C examples against the static and the shared library, under AddressSanitizer"
+PKG_CONFIG_PATH="$pkgconfig" make -C examples-c --no-print-directory clean run
+
 step "benchmarks, each run once as a smoke test"
 cargo test -p tandem-bench --benches
 

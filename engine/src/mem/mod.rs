@@ -15,7 +15,7 @@ pub use dma::{DmaBuf, PAGE};
 pub use pool::{
     pool_regions, pool_stats, take_large, take_small, PoolBuf, PoolStats, LARGE_BUF, SMALL_BUF,
 };
-pub use sgl::{Buf, Seg, Sgl, MAX_SEGS};
+pub use sgl::{Buf, ForeignBuf, Seg, Sgl, MAX_SEGS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -13,6 +13,37 @@ pub const MAX_SEGS: usize = 32;
 pub enum Buf {
     Dma(DmaBuf),
     Pool(PoolBuf),
+    /// Memory the caller owns (a C program's buffer): see [`ForeignBuf::new`].
+    Foreign(ForeignBuf),
+}
+
+/// Memory owned outside Rust, lent to one I/O. Built only through the `unsafe` constructor,
+/// whose caller promises what Rust cannot check.
+pub struct ForeignBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl ForeignBuf {
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes, and nothing else may touch that
+    /// memory, until the `ForeignBuf` (or the I/O holding it) is dropped.
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> Option<ForeignBuf> {
+        Some(ForeignBuf {
+            ptr: std::ptr::NonNull::new(ptr)?,
+            len,
+        })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: the constructor's caller promised `len` valid, exclusively lent bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`; `&mut self` excludes other access through this value.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
 }
 
 impl Buf {
@@ -20,6 +51,7 @@ impl Buf {
         match self {
             Buf::Dma(b) => b.len(),
             Buf::Pool(b) => b.len(),
+            Buf::Foreign(b) => b.len,
         }
     }
 
@@ -31,6 +63,7 @@ impl Buf {
         match self {
             Buf::Dma(b) => b.as_slice(),
             Buf::Pool(b) => b.as_slice(),
+            Buf::Foreign(b) => b.as_slice(),
         }
     }
 
@@ -38,6 +71,7 @@ impl Buf {
         match self {
             Buf::Dma(b) => b.as_mut_slice(),
             Buf::Pool(b) => b.as_mut_slice(),
+            Buf::Foreign(b) => b.as_mut_slice(),
         }
     }
 }

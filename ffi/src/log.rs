@@ -1,0 +1,130 @@
+//! Logs: the engine logs through `tracing`; this routes every event to a callback that the
+//! firmware sets (its own logger), or to stderr until it does, filtered by a level it sets.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Once;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+
+use crate::guard;
+
+/// Log levels, most severe first.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum tandem_log_level {
+    TANDEM_LOG_ERROR = 0,
+    TANDEM_LOG_WARN = 1,
+    TANDEM_LOG_INFO = 2,
+    TANDEM_LOG_DEBUG = 3,
+    TANDEM_LOG_TRACE = 4,
+}
+
+/// Receives one log line: its level, the module it came from, and the message, both
+/// NUL-terminated and valid only during the call. Called on whichever thread logged.
+pub type tandem_log_fn = Option<
+    unsafe extern "C" fn(
+        cb_arg: *mut c_void,
+        level: tandem_log_level,
+        module: *const c_char,
+        msg: *const c_char,
+    ),
+>;
+
+static LEVEL: AtomicI32 = AtomicI32::new(tandem_log_level::TANDEM_LOG_WARN as i32);
+static CALLBACK: AtomicUsize = AtomicUsize::new(0);
+static CALLBACK_ARG: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+static INSTALL: Once = Once::new();
+
+fn level_of(l: &Level) -> tandem_log_level {
+    match *l {
+        Level::ERROR => tandem_log_level::TANDEM_LOG_ERROR,
+        Level::WARN => tandem_log_level::TANDEM_LOG_WARN,
+        Level::INFO => tandem_log_level::TANDEM_LOG_INFO,
+        Level::DEBUG => tandem_log_level::TANDEM_LOG_DEBUG,
+        Level::TRACE => tandem_log_level::TANDEM_LOG_TRACE,
+    }
+}
+
+struct Line(String);
+
+impl Visit for Line {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+struct ToCallback;
+
+impl<S: Subscriber> Layer<S> for ToCallback {
+    fn enabled(&self, meta: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        level_of(meta.level()) as i32 <= LEVEL.load(Ordering::Relaxed)
+    }
+
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut line = Line(String::new());
+        event.record(&mut line);
+        let meta = event.metadata();
+        let level = level_of(meta.level());
+        let cb = CALLBACK.load(Ordering::Acquire);
+        if cb == 0 {
+            eprintln!("tandem {:?} {}: {}", meta.level(), meta.target(), line.0);
+            return;
+        }
+        // SAFETY: CALLBACK holds 0 or a function pointer of this type, stored by
+        // `tandem_log_set_callback`.
+        let f: unsafe extern "C" fn(*mut c_void, tandem_log_level, *const c_char, *const c_char) =
+            unsafe { std::mem::transmute::<usize, _>(cb) };
+        let module = CString::new(meta.target()).unwrap_or_default();
+        let msg = CString::new(line.0.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: the firmware's callback, given valid NUL-terminated strings for the call.
+        unsafe {
+            f(
+                CALLBACK_ARG.load(Ordering::Acquire),
+                level,
+                module.as_ptr(),
+                msg.as_ptr(),
+            )
+        };
+    }
+}
+
+/// Install the routing subscriber once (a no-op if the process already has one).
+pub(crate) fn install() {
+    INSTALL.call_once(|| {
+        let _ = tracing_subscriber::registry().with(ToCallback).try_init();
+    });
+}
+
+/// Route log lines to `cb` (NULL: back to stderr). Any thread; takes effect at once.
+#[no_mangle]
+pub extern "C" fn tandem_log_set_callback(cb: tandem_log_fn, cb_arg: *mut c_void) -> c_int {
+    guard(|| {
+        install();
+        CALLBACK_ARG.store(cb_arg, Ordering::Release);
+        CALLBACK.store(cb.map_or(0, |f| f as usize), Ordering::Release);
+        0
+    })
+}
+
+/// Log only lines at `level` or more severe. Any thread.
+#[no_mangle]
+pub extern "C" fn tandem_log_set_level(level: c_int) -> c_int {
+    guard(|| {
+        if !(0..=4).contains(&level) {
+            return -libc::EINVAL;
+        }
+        install();
+        LEVEL.store(level, Ordering::Relaxed);
+        tracing::callsite::rebuild_interest_cache();
+        0
+    })
+}
