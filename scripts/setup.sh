@@ -31,4 +31,11 @@ if ! cbindgen --version 2>/dev/null | grep -q "$CBINDGEN_VERSION"; then
   echo "cargo: installing cbindgen $CBINDGEN_VERSION"
   cargo install cbindgen --version "$CBINDGEN_VERSION" --locked --quiet
 fi
+# SPDK's own JSON-RPC client (spdk-rpc), which the RPC tests drive tandemd with.
+SPDK_PY_VERSION=26.9
+if ! python3 -c "import spdk.spdk_rpc" 2>/dev/null || ! command -v spdk-rpc >/dev/null; then
+  echo "pip: installing spdk $SPDK_PY_VERSION (spdk-rpc)"
+  python3 -m pip install --quiet "spdk==$SPDK_PY_VERSION"
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
 echo "set-up complete"

@@ -13,6 +13,7 @@
 //! | [`sys`] | the Linux system calls the runtime parks on (eventfd, timerfd, epoll) |
 //! | [`logging`] | tracing set-up shared by the daemon, the CLI and the C ABI |
 //! | [`inline_fn`] | closures stored inline: messages and completions without allocation |
+//! | [`rpc`] | JSON-RPC 2.0 on a Unix socket with SPDK's method names; replays the start-up config |
 //! | [`config`] | the JSON start-up configuration, in the shape of SPDK's `save_config` |
 //!
 //! The map of the whole design is `ARCHITECTURE.md`; this crate grows into it issue by issue.
@@ -23,6 +24,7 @@ pub mod inline_fn;
 pub mod logging;
 pub mod mem;
 pub mod reactor;
+pub mod rpc;
 pub mod sys;
 
 /// The engine's version, as the daemon, the CLI and the C ABI report it.

@@ -134,7 +134,12 @@ pub extern "C" fn tandem_bdev_error_create(base: *const c_char, name: *const c_c
                 Err(e) => return e,
             }
         };
-        ebdev::create(ebdev::ErrorOpts { name, base }).map_or_else(|e| errno(&e), |_| 0)
+        ebdev::create(ebdev::ErrorOpts {
+            name,
+            base,
+            uuid: 0,
+        })
+        .map_or_else(|e| errno(&e), |_| 0)
     })
 }
 

@@ -30,6 +30,10 @@ pub trait Backend: Send + Sync + 'static {
         serde_json::Value::Null
     }
 
+    /// The `save_config` entry that recreates this bdev (`{"method": ..., "params": ...}`), or
+    /// `None` for bdevs made by other modules.
+    fn save_config(&self, bdev: &super::Bdev) -> Option<serde_json::Value>;
+
     /// For modules that reach their own backend through a registered bdev (the error bdev's
     /// fault settings).
     fn as_any(&self) -> &dyn std::any::Any;

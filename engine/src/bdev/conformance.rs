@@ -106,6 +106,7 @@ fn make(kind: Kind, block_size: u32) -> Fixture {
             let bdev = error::create(error::ErrorOpts {
                 name: Some(name),
                 base: base.clone(),
+                uuid: 0,
             })
             .unwrap();
             Fixture {
@@ -705,7 +706,8 @@ fn a_claimed_base_cannot_be_deleted_or_claimed_twice() {
     assert!(matches!(
         error::create(error::ErrorOpts {
             name: None,
-            base: base.clone()
+            base: base.clone(),
+            uuid: 0,
         }),
         Err(Error::Claimed { .. })
     ));
@@ -736,6 +738,9 @@ impl Backend for NoZeroesBackend {
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+    fn save_config(&self, _: &Bdev) -> Option<serde_json::Value> {
+        None
     }
 }
 

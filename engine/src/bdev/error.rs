@@ -55,6 +55,8 @@ pub enum When {
     Every,
     /// Only the nth matching I/O after the fault is set (1 = the next one).
     Nth(u64),
+    /// The next n matching I/Os after the fault is set (SPDK's `num`).
+    Next(u64),
     /// Each matching I/O with this probability in millionths, from a seeded generator.
     Fraction {
         per_million: u32,
@@ -116,6 +118,7 @@ impl Shared {
         let hit = match f.when {
             When::Every => true,
             When::Nth(n) => self.matched.fetch_add(1, Ordering::Relaxed) + 1 == n,
+            When::Next(n) => self.matched.fetch_add(1, Ordering::Relaxed) < n,
             When::Fraction { per_million, seed } => {
                 let draw = self.draws.fetch_add(1, Ordering::Relaxed);
                 let mut rng = crate::reactor::sim::SimRng::new(
@@ -170,6 +173,16 @@ impl Backend for ErrorBackend {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn save_config(&self, bdev: &Bdev) -> Option<serde_json::Value> {
+        let base = self.base.bdev();
+        let default_name = format!("EE_{}", base.name());
+        let mut params = serde_json::json!({"base_name": base.name(), "uuid": bdev.uuid_string()});
+        if bdev.name() != default_name {
+            params["name"] = bdev.name().into();
+        }
+        Some(serde_json::json!({"method": "bdev_error_create", "params": params}))
     }
 }
 
@@ -362,6 +375,8 @@ pub struct ErrorOpts {
     /// Default: `EE_<base>`, as SPDK names it.
     pub name: Option<String>,
     pub base: String,
+    /// 0 to generate.
+    pub uuid: u128,
 }
 
 /// Create and register an error bdev over `base`, claiming the base (`bdev_error_create`).
@@ -382,7 +397,7 @@ pub fn create(opts: ErrorOpts) -> Result<Bdev> {
     let made = Bdev::new(
         BdevInfo {
             name,
-            uuid: 0,
+            uuid: opts.uuid,
             block_size: base.block_size(),
             num_blocks: base.num_blocks(),
         },

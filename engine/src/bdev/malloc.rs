@@ -87,6 +87,14 @@ impl Backend for MallocBackend {
         self
     }
 
+    fn save_config(&self, bdev: &Bdev) -> Option<serde_json::Value> {
+        Some(
+            serde_json::json!({"method": "bdev_malloc_create", "params": {
+            "name": bdev.name(), "num_blocks": bdev.num_blocks(),
+            "block_size": bdev.block_size(), "uuid": bdev.uuid_string()}}),
+        )
+    }
+
     fn open_channel(&self) -> Result<Box<dyn BackendChannel>> {
         Ok(Box::new(MallocChannel(std::sync::Arc::clone(&self.0))))
     }

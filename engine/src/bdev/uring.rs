@@ -314,6 +314,14 @@ impl Backend for Uring {
         self
     }
 
+    fn save_config(&self, bdev: &Bdev) -> Option<serde_json::Value> {
+        Some(
+            serde_json::json!({"method": "bdev_uring_create", "params": {
+            "name": bdev.name(), "filename": self.filename,
+            "block_size": bdev.block_size(), "uuid": bdev.uuid_string()}}),
+        )
+    }
+
     fn open_channel(&self) -> Result<Box<dyn BackendChannel>> {
         Ok(Box::new(UringChannel {
             fd: Arc::clone(&self.fd),

@@ -1,5 +1,6 @@
-//! tandemd: the Tandem daemon. Starts one reactor per core of the mask and serves until SIGINT
-//! or SIGTERM, then stops the reactors cleanly (each runs the messages already queued).
+//! tandemd: the Tandem daemon. Starts one reactor per core of the mask, replays the start-up
+//! config, answers JSON-RPC on its Unix socket, and serves until SIGINT or SIGTERM; then it
+//! stops the reactors cleanly (each runs the messages already queued).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The start-up config is replayed through the RPC methods, in order, before the server
+    // listens: what save_config wrote comes back as it was.
+    for c in &calls {
+        if let Err(e) = tandem::rpc::call(&c.method, &c.params) {
+            eprintln!(
+                "tandemd: config {}: {}: {}",
+                args.config
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+                c.method,
+                e.message
+            );
+            let _ = engine.stop();
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    let server = match tandem::rpc::Server::start(&args.rpc_socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tandemd: RPC socket {}: {e}", args.rpc_socket.display());
+            let _ = engine.stop();
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     tracing::info!(
         cores = %args.cpumask,
         mode = ?args.mode,
@@ -95,6 +120,7 @@ fn main() -> ExitCode {
     );
     let signal = wait(&signals);
     tracing::info!(signal, "stopping");
+    drop(server);
     match engine.stop() {
         Ok(()) => {
             tracing::info!("stopped");

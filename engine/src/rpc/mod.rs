@@ -1,0 +1,164 @@
+//! JSON-RPC 2.0 on a Unix socket, with SPDK's method names and parameters where SPDK has the
+//! method, so that SPDK's own client (`spdk-rpc` from PyPI) drives tandemd.
+//!
+//! Control path only: the server runs on its own threads (one per connection; clients are
+//! operators and orchestration, few and slow) and calls the engine's control APIs, which never
+//! block a reactor. The same dispatch replays a start-up config ([`crate::config`]).
+//!
+//! Framing is SPDK's: requests and responses are bare JSON values on the stream, one after
+//! another, read incrementally (a request may arrive in pieces, several may arrive at once).
+//! Errors are JSON-RPC error objects: SPDK's codes for protocol errors (-32700 parse, -32600
+//! invalid request, -32601 unknown method, -32602 invalid params) and a negative errno for a
+//! refused operation, as SPDK answers, with a message that names the problem.
+
+mod bdev_methods;
+mod params;
+mod server;
+
+use serde_json::{json, Value};
+
+pub use params::Params;
+pub use server::Server;
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message} (code {code})")]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(INVALID_PARAMS, message)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({ "code": self.code, "message": self.message })
+    }
+}
+
+impl From<crate::bdev::Error> for RpcError {
+    fn from(e: crate::bdev::Error) -> Self {
+        let code = match e {
+            crate::bdev::Error::InvalidArgument(_) => INVALID_PARAMS,
+            ref other => other.errno() as i64,
+        };
+        RpcError::new(code, e.to_string())
+    }
+}
+
+pub type RpcResult = Result<Value, RpcError>;
+
+type Method = fn(&Params) -> RpcResult;
+
+/// Every method tandemd answers, by name.
+const METHODS: &[(&str, Method)] = &[
+    ("rpc_get_methods", rpc_get_methods),
+    ("spdk_get_version", spdk_get_version),
+    ("framework_wait_init", framework_wait_init),
+    ("save_config", save_config),
+    ("framework_get_subsystems", framework_get_subsystems),
+    ("framework_get_config", framework_get_config),
+    ("bdev_malloc_create", bdev_methods::malloc_create),
+    ("bdev_malloc_delete", bdev_methods::malloc_delete),
+    ("bdev_null_create", bdev_methods::null_create),
+    ("bdev_null_delete", bdev_methods::null_delete),
+    ("bdev_uring_create", bdev_methods::uring_create),
+    ("bdev_uring_delete", bdev_methods::uring_delete),
+    ("bdev_error_create", bdev_methods::error_create),
+    ("bdev_error_delete", bdev_methods::error_delete),
+    ("bdev_error_inject_error", bdev_methods::error_inject_error),
+    ("bdev_get_bdevs", bdev_methods::get_bdevs),
+    ("bdev_get_iostat", bdev_methods::get_iostat),
+];
+
+/// Run one method. `params` is the request's `params` member (absent: `Value::Null`).
+pub fn call(method: &str, params: &Value) -> RpcResult {
+    let f = METHODS
+        .iter()
+        .find(|(name, _)| *name == method)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| RpcError::new(METHOD_NOT_FOUND, format!("Method not found: {method}")))?;
+    f(&Params::new(method, params)?)
+}
+
+fn rpc_get_methods(p: &Params) -> RpcResult {
+    p.only(&["current", "include_aliases"])?;
+    Ok(json!(METHODS.iter().map(|(n, _)| *n).collect::<Vec<_>>()))
+}
+
+fn spdk_get_version(p: &Params) -> RpcResult {
+    p.only(&[])?;
+    let mut parts = crate::VERSION
+        .split('.')
+        .map(|x| x.parse::<u64>().unwrap_or(0));
+    Ok(json!({
+        "version": format!("Tandem v{}", crate::VERSION),
+        "fields": {
+            "major": parts.next().unwrap_or(0),
+            "minor": parts.next().unwrap_or(0),
+            "patch": parts.next().unwrap_or(0),
+            "suffix": "",
+        }
+    }))
+}
+
+/// Tandem initialises before its RPC server listens: this answers at once.
+fn framework_wait_init(p: &Params) -> RpcResult {
+    p.only(&[])?;
+    Ok(json!(true))
+}
+
+/// The subsystems whose configuration tandemd saves, in start-up order.
+const SUBSYSTEMS: &[&str] = &["bdev"];
+
+fn subsystem_config(name: &str) -> Option<Vec<Value>> {
+    match name {
+        "bdev" => Some(bdev_methods::save()),
+        _ => None,
+    }
+}
+
+/// SPDK's client builds `save_config` from this and `framework_get_config`.
+fn framework_get_subsystems(p: &Params) -> RpcResult {
+    p.only(&[])?;
+    Ok(json!(SUBSYSTEMS
+        .iter()
+        .map(|s| json!({"subsystem": s, "depends_on": []}))
+        .collect::<Vec<_>>()))
+}
+
+fn framework_get_config(p: &Params) -> RpcResult {
+    p.only(&["name", "with_batches"])?;
+    let name = p.str("name")?;
+    subsystem_config(name)
+        .map(Value::from)
+        .ok_or_else(|| RpcError::invalid_params(format!("no subsystem named {name:?}")))
+}
+
+/// The whole running configuration in the shape `spdk-rpc save_config` writes; `--config`
+/// reloads it.
+fn save_config(p: &Params) -> RpcResult {
+    p.only(&[])?;
+    let subsystems: Vec<Value> = SUBSYSTEMS
+        .iter()
+        .map(|s| json!({ "subsystem": s, "config": subsystem_config(s).unwrap_or_default() }))
+        .collect();
+    Ok(json!({ "subsystems": subsystems }))
+}
+
+#[cfg(test)]
+mod tests;
