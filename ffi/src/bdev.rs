@@ -64,33 +64,46 @@ fn read_opts(opts: *const tandem_bdev_opts) -> Result<(String, u32, u64), c_int>
     Ok((c_str(o.name)?.to_owned(), o.block_size, o.num_blocks))
 }
 
+/// Create a bdev from `opts` with `make` (name, block size, block count).
+fn create_from(
+    opts: *const tandem_bdev_opts,
+    make: fn(String, u32, u64) -> bdev::Result<bdev::Bdev>,
+) -> c_int {
+    match read_opts(opts) {
+        Ok((name, block_size, num_blocks)) => {
+            make(name, block_size, num_blocks).map_or_else(|e| errno(&e), |_| 0)
+        }
+        Err(e) => e,
+    }
+}
+
 /// Create a RAM bdev (`bdev_malloc_create`). `-EEXIST` if the name is taken. Any thread.
 #[no_mangle]
 pub extern "C" fn tandem_bdev_malloc_create(opts: *const tandem_bdev_opts) -> c_int {
-    guard(|| match read_opts(opts) {
-        Ok((name, block_size, num_blocks)) => malloc::create(malloc::MallocOpts {
-            name,
-            num_blocks,
-            block_size,
-            uuid: 0,
+    guard(|| {
+        create_from(opts, |name, block_size, num_blocks| {
+            malloc::create(malloc::MallocOpts {
+                name,
+                num_blocks,
+                block_size,
+                uuid: 0,
+            })
         })
-        .map_or_else(|e| errno(&e), |_| 0),
-        Err(e) => e,
     })
 }
 
 /// Create a null bdev: writes vanish, reads return zeros (`bdev_null_create`). Any thread.
 #[no_mangle]
 pub extern "C" fn tandem_bdev_null_create(opts: *const tandem_bdev_opts) -> c_int {
-    guard(|| match read_opts(opts) {
-        Ok((name, block_size, num_blocks)) => null::create(null::NullOpts {
-            name,
-            num_blocks,
-            block_size,
-            uuid: 0,
+    guard(|| {
+        create_from(opts, |name, block_size, num_blocks| {
+            null::create(null::NullOpts {
+                name,
+                num_blocks,
+                block_size,
+                uuid: 0,
+            })
         })
-        .map_or_else(|e| errno(&e), |_| 0),
-        Err(e) => e,
     })
 }
 

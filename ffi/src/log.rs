@@ -79,10 +79,10 @@ impl<S: Subscriber> Layer<S> for ToCallback {
             eprintln!("tandem {:?} {}: {}", meta.level(), meta.target(), line.0);
             return;
         }
-        // SAFETY: CALLBACK holds 0 or a function pointer of this type, stored by
-        // `tandem_log_set_callback`.
-        let f: unsafe extern "C" fn(*mut c_void, tandem_log_level, *const c_char, *const c_char) =
-            unsafe { std::mem::transmute::<usize, _>(cb) };
+        type LogFn =
+            unsafe extern "C" fn(*mut c_void, tandem_log_level, *const c_char, *const c_char);
+        // SAFETY: CALLBACK holds 0 or a LogFn stored by `tandem_log_set_callback`.
+        let f: LogFn = unsafe { std::mem::transmute::<usize, LogFn>(cb) };
         let module = CString::new(meta.target()).unwrap_or_default();
         let msg = CString::new(line.0.replace('\0', " ")).unwrap_or_default();
         // SAFETY: the firmware's callback, given valid NUL-terminated strings for the call.
