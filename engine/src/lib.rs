@@ -13,6 +13,8 @@
 //! | [`sys`] | the Linux system calls the runtime parks on (eventfd, timerfd, epoll) |
 //! | [`logging`] | tracing set-up shared by the daemon, the CLI and the C ABI |
 //! | [`inline_fn`] | closures stored inline: messages and completions without allocation |
+//! | [`nvme`] | NVMe wire structures: SQE, CQE, status codes, opcodes |
+//! | [`nvmf`] | the NVMe-oF target; so far the NVMe/TCP PDU codec, shared with the host |
 //! | [`rpc`] | JSON-RPC 2.0 on a Unix socket with SPDK's method names; replays the start-up config |
 //! | [`config`] | the JSON start-up configuration, in the shape of SPDK's `save_config` |
 //!
@@ -23,6 +25,8 @@ pub mod config;
 pub mod inline_fn;
 pub mod logging;
 pub mod mem;
+pub mod nvme;
+pub mod nvmf;
 pub mod reactor;
 pub mod rpc;
 pub mod sys;
