@@ -26,6 +26,8 @@ static void never(void *arg, int status) { (void)arg; (void)status; failures += 
 static int idle_poller(void *arg) { (void)arg; return 0; }
 static void no_timer(void *arg) { (void)arg; failures += 1000; }
 static void put_channel(void *arg) { EXPECT(tandem_channel_put(arg), 0); }
+/* A thread cannot destroy itself from code it is running: its poll is still under way. */
+static void destroy_self(void *arg) { EXPECT(tandem_thread_destroy(arg), -EBUSY); }
 
 static void *other_thread(void *arg)
 {
@@ -96,6 +98,9 @@ int main(void)
     EXPECT(tandem_fault_init(&fault, sizeof(fault)), 0);
     EXPECT(tandem_bdev_error_inject("Malloc0", &fault), -EINVAL); /* not an error bdev */
     EXPECT(tandem_bdev_error_inject("EE_Malloc0", NULL), -EINVAL);
+    fault.action = 7; /* not a TANDEM_FAULT_* */
+    EXPECT(tandem_bdev_error_inject("EE_Malloc0", &fault), -EINVAL);
+    fault.action = TANDEM_FAULT_DROP;
     EXPECT(tandem_bdev_error_inject("EE_Malloc0", &fault), 0);
     EXPECT(tandem_bdev_error_clear("EE_Malloc0"), 0);
     EXPECT(tandem_bdev_delete("EE_Malloc0"), 0);
@@ -136,6 +141,7 @@ int main(void)
     EXPECT(tandem_send_msg(id, NULL, NULL), -EINVAL);
     EXPECT(tandem_send_msg(999, on_thread, NULL), -ENODEV);
     EXPECT(tandem_send_msg(id, on_thread, NULL), 0);
+    EXPECT(tandem_send_msg(id, destroy_self, thread), 0);
     for (int i = 0; i < 10; i++) tandem_thread_poll(thread);
     EXPECT(tandem_poller_register(NULL, NULL, 0, NULL), -EINVAL);
     tandem_poller *p;

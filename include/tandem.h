@@ -8,6 +8,18 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+// `tandem_fault.action`: complete with -EIO without touching the base.
+#define TANDEM_FAULT_FAIL 0
+
+// `tandem_fault.action`: hold `delay_us`, then pass to the base.
+#define TANDEM_FAULT_DELAY 1
+
+// `tandem_fault.action`: never complete until the faults are cleared (then -ECANCELED).
+#define TANDEM_FAULT_DROP 2
+
+// `tandem_fault.action`: write only `tear_blocks` leading blocks, then fail with -EIO.
+#define TANDEM_FAULT_TEAR 3
+
 // I/O type bits for `tandem_fault.io_types`.
 #define TANDEM_IO_READ (1 << 0)
 
@@ -18,18 +30,6 @@
 #define TANDEM_IO_UNMAP (1 << 3)
 
 #define TANDEM_IO_WRITE_ZEROES (1 << 4)
-
-// What an injected fault does.
-typedef enum tandem_fault_action {
-  // Complete with -EIO without touching the base.
-  TANDEM_FAULT_FAIL = 0,
-  // Hold `delay_us`, then pass to the base.
-  TANDEM_FAULT_DELAY = 1,
-  // Never complete until the faults are cleared (then -ECANCELED).
-  TANDEM_FAULT_DROP = 2,
-  // Write only `tear_blocks` leading blocks, then fail with -EIO.
-  TANDEM_FAULT_TEAR = 3,
-} tandem_fault_action;
 
 // Events a descriptor hears.
 typedef enum tandem_bdev_event {
@@ -74,7 +74,9 @@ typedef struct tandem_bdev_opts {
 typedef struct tandem_fault {
   // `sizeof(struct tandem_fault)` as the caller was compiled with.
   size_t opts_size;
-  enum tandem_fault_action action;
+  // One of TANDEM_FAULT_*: an integer, not an enum, so that any value C stores is defined
+  // behaviour and an unknown one is refused with -EINVAL.
+  uint32_t action;
   // TANDEM_IO_* bits; 0 means every type. Default 0.
   uint32_t io_types;
   // Hit only I/O overlapping blocks [lba_start, lba_end); lba_end 0 means any. Default any.
@@ -306,7 +308,8 @@ int tandem_thread_poll(struct tandem_thread *t);
 int tandem_thread_id(const struct tandem_thread *t, uint32_t *out);
 
 // Destroy the thread: it runs the messages already queued, then refuses new ones. Only on the
-// thread that created it. The handle is stale afterwards.
+// thread that created it, and not from code the thread is running (`-EBUSY`: its poll is
+// still under way). The handle is stale afterwards.
 int tandem_thread_destroy(struct tandem_thread *t);
 
 // The id of the engine thread running the caller. `-EPERM` off an engine thread.
@@ -324,7 +327,8 @@ int tandem_poller_register(tandem_poller_fn f,
                            struct tandem_poller **out);
 
 // Unregister a poller: on its own thread (also from inside it) it is not called again; from
-// another thread the removal is a message to its thread. The handle is stale afterwards.
+// another thread the removal is a message to its thread, and `-EAGAIN` (handle still valid:
+// try again) when that thread's ring is full. On success the handle is stale.
 int tandem_poller_unregister(struct tandem_poller *p);
 
 // Run `fn(arg)` once on the calling engine thread after `delay_us` microseconds. Writes an id
@@ -335,7 +339,8 @@ int tandem_timer_set(uint64_t delay_us, tandem_timer_fn f, void *arg, uint64_t *
 // cancelled, or belongs to another thread; `-EPERM` off an engine thread.
 int tandem_timer_cancel(uint64_t id);
 
-// Route log lines to `cb` (NULL: back to stderr). Any thread; takes effect at once.
+// Route log lines to `cb` (NULL: back to stderr). Any thread. A line being logged on another
+// thread at that moment may still reach the previous callback: keep it callable for a while.
 int tandem_log_set_callback(tandem_log_fn cb, void *cb_arg);
 
 // Log only lines at `level` or more severe. Any thread.

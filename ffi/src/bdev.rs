@@ -156,19 +156,14 @@ pub extern "C" fn tandem_bdev_error_create(base: *const c_char, name: *const c_c
     })
 }
 
-/// What an injected fault does.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum tandem_fault_action {
-    /// Complete with -EIO without touching the base.
-    TANDEM_FAULT_FAIL = 0,
-    /// Hold `delay_us`, then pass to the base.
-    TANDEM_FAULT_DELAY = 1,
-    /// Never complete until the faults are cleared (then -ECANCELED).
-    TANDEM_FAULT_DROP = 2,
-    /// Write only `tear_blocks` leading blocks, then fail with -EIO.
-    TANDEM_FAULT_TEAR = 3,
-}
+/// `tandem_fault.action`: complete with -EIO without touching the base.
+pub const TANDEM_FAULT_FAIL: u32 = 0;
+/// `tandem_fault.action`: hold `delay_us`, then pass to the base.
+pub const TANDEM_FAULT_DELAY: u32 = 1;
+/// `tandem_fault.action`: never complete until the faults are cleared (then -ECANCELED).
+pub const TANDEM_FAULT_DROP: u32 = 2;
+/// `tandem_fault.action`: write only `tear_blocks` leading blocks, then fail with -EIO.
+pub const TANDEM_FAULT_TEAR: u32 = 3;
 
 /// I/O type bits for `tandem_fault.io_types`.
 pub const TANDEM_IO_READ: u32 = 1 << 0;
@@ -182,7 +177,9 @@ pub const TANDEM_IO_WRITE_ZEROES: u32 = 1 << 4;
 pub struct tandem_fault {
     /// `sizeof(struct tandem_fault)` as the caller was compiled with.
     pub opts_size: usize,
-    pub action: tandem_fault_action,
+    /// One of TANDEM_FAULT_*: an integer, not an enum, so that any value C stores is defined
+    /// behaviour and an unknown one is refused with -EINVAL.
+    pub action: u32,
     /// TANDEM_IO_* bits; 0 means every type. Default 0.
     pub io_types: u32,
     /// Hit only I/O overlapping blocks [lba_start, lba_end); lba_end 0 means any. Default any.
@@ -209,7 +206,7 @@ pub extern "C" fn tandem_fault_init(fault: *mut tandem_fault, opts_size: usize) 
             fault,
             tandem_fault {
                 opts_size,
-                action: tandem_fault_action::TANDEM_FAULT_FAIL,
+                action: TANDEM_FAULT_FAIL,
                 io_types: 0,
                 lba_start: 0,
                 lba_end: 0,
@@ -249,14 +246,13 @@ pub extern "C" fn tandem_bdev_error_inject(
             .filter(|t| f.io_types == 0 || f.io_types & (1 << *t as u32) != 0)
             .collect();
         let action = match f.action {
-            tandem_fault_action::TANDEM_FAULT_FAIL => ebdev::Action::Fail,
-            tandem_fault_action::TANDEM_FAULT_DELAY => {
-                ebdev::Action::Delay(Duration::from_micros(f.delay_us))
-            }
-            tandem_fault_action::TANDEM_FAULT_DROP => ebdev::Action::Drop,
-            tandem_fault_action::TANDEM_FAULT_TEAR => ebdev::Action::Tear {
+            TANDEM_FAULT_FAIL => ebdev::Action::Fail,
+            TANDEM_FAULT_DELAY => ebdev::Action::Delay(Duration::from_micros(f.delay_us)),
+            TANDEM_FAULT_DROP => ebdev::Action::Drop,
+            TANDEM_FAULT_TEAR => ebdev::Action::Tear {
                 blocks: f.tear_blocks,
             },
+            _ => return -libc::EINVAL,
         };
         let when = match (f.nth, f.per_million) {
             (0, 0) => ebdev::When::Every,
@@ -425,6 +421,8 @@ pub extern "C" fn tandem_desc_close(desc: *mut tandem_desc) -> c_int {
 pub struct ChannelObj {
     channel: Channel,
     reactor: ReactorId,
+    /// Reactor ids restart with each engine; the OS thread pins the channel to its owner.
+    thread: std::thread::ThreadId,
 }
 
 /// A descriptor's I/O channel on one engine thread.
@@ -456,7 +454,11 @@ pub extern "C" fn tandem_desc_get_channel(
         match d.channel() {
             Ok(channel) => put(
                 out,
-                handle::make::<tandem_channel>(ChannelObj { channel, reactor }),
+                handle::make::<tandem_channel>(ChannelObj {
+                    channel,
+                    reactor,
+                    thread: std::thread::current().id(),
+                }),
             ),
             Err(e) => errno(&e),
         }
@@ -466,7 +468,7 @@ pub extern "C" fn tandem_desc_get_channel(
 fn on_its_thread(ch: *const tandem_channel) -> Result<&'static ChannelObj, c_int> {
     // SAFETY: the handle contract of `handle::get`.
     let obj = unsafe { handle::get(ch) }?;
-    if reactor::current() != Some(obj.reactor) {
+    if reactor::current() != Some(obj.reactor) || std::thread::current().id() != obj.thread {
         return Err(-libc::EPERM);
     }
     Ok(obj)

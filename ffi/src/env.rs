@@ -214,12 +214,15 @@ pub extern "C" fn tandem_thread_id(t: *const tandem_thread, out: *mut u32) -> c_
 }
 
 /// Destroy the thread: it runs the messages already queued, then refuses new ones. Only on the
-/// thread that created it. The handle is stale afterwards.
+/// thread that created it, and not from code the thread is running (`-EBUSY`: its poll is
+/// still under way). The handle is stale afterwards.
 #[no_mangle]
 pub extern "C" fn tandem_thread_destroy(t: *mut tandem_thread) -> c_int {
     guard(|| {
-        if let Err(e) = owned(t) {
-            return e;
+        match owned(t) {
+            Err(e) => return e,
+            Ok(obj) if reactor::current() == Some(obj.reactor.id()) => return -libc::EBUSY,
+            Ok(_) => {}
         }
         // SAFETY: the handle contract; the owner thread is the only user.
         match unsafe { handle::destroy(t) } {
@@ -329,23 +332,32 @@ pub extern "C" fn tandem_poller_register(
 }
 
 /// Unregister a poller: on its own thread (also from inside it) it is not called again; from
-/// another thread the removal is a message to its thread. The handle is stale afterwards.
+/// another thread the removal is a message to its thread, and `-EAGAIN` (handle still valid:
+/// try again) when that thread's ring is full. On success the handle is stale.
 #[no_mangle]
 pub extern "C" fn tandem_poller_unregister(p: *mut tandem_poller) -> c_int {
     guard(|| {
-        // SAFETY: the handle contract of `handle::destroy`.
-        match unsafe { handle::destroy(p) } {
-            Ok(h) => h.unregister().map_or(-libc::EAGAIN, |()| 0),
-            Err(e) => e,
+        // SAFETY: the handle contract of `handle::get`.
+        let h = match unsafe { handle::get(p) } {
+            Ok(h) => h,
+            Err(e) => return e,
+        };
+        if h.unregister().is_err() {
+            return -libc::EAGAIN;
         }
+        // SAFETY: the handle contract of `handle::destroy`.
+        unsafe { handle::destroy(p) }.map_or_else(|e| e, |_| 0)
     })
 }
 
 /// A timer's function, run once.
 pub type tandem_timer_fn = Option<unsafe extern "C" fn(arg: *mut c_void)>;
 
-static TIMERS: ReactorLocal<RefCell<(u64, HashMap<u64, TimerHandle>)>> =
-    ReactorLocal::new(|| RefCell::new((0, HashMap::new())));
+/// Each engine thread's pending timers, by id. Ids come from one process-wide counter, so an id
+/// names one timer on one thread, and another thread's cancel finds nothing.
+static TIMERS: ReactorLocal<RefCell<HashMap<u64, TimerHandle>>> =
+    ReactorLocal::new(|| RefCell::new(HashMap::new()));
+static NEXT_TIMER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Run `fn(arg)` once on the calling engine thread after `delay_us` microseconds. Writes an id
 /// for `tandem_timer_cancel` to `*out_id`. `-EPERM` off an engine thread.
@@ -362,18 +374,14 @@ pub extern "C" fn tandem_timer_set(
             return -libc::EINVAL;
         }
         let set = TIMERS.with(|t| {
-            let id = {
-                let mut t = t.borrow_mut();
-                t.0 += 1;
-                t.0
-            };
+            let id = NEXT_TIMER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let handle = reactor::set_timer(Duration::from_micros(delay_us), move || {
-                let _ = TIMERS.with(|t| t.borrow_mut().1.remove(&id));
+                let _ = TIMERS.with(|t| t.borrow_mut().remove(&id));
                 // SAFETY: the caller's function, called once with its own argument.
                 unsafe { f(arg) }
             })
             .ok()?;
-            t.borrow_mut().1.insert(id, handle);
+            t.borrow_mut().insert(id, handle);
             Some(id)
         });
         match set {
@@ -387,7 +395,7 @@ pub extern "C" fn tandem_timer_set(
 /// cancelled, or belongs to another thread; `-EPERM` off an engine thread.
 #[no_mangle]
 pub extern "C" fn tandem_timer_cancel(id: u64) -> c_int {
-    guard(|| match TIMERS.with(|t| t.borrow_mut().1.remove(&id)) {
+    guard(|| match TIMERS.with(|t| t.borrow_mut().remove(&id)) {
         Ok(Some(h)) => h.cancel().map_or(-libc::EIO, |()| 0),
         Ok(None) => -libc::ENOENT,
         Err(_) => -libc::EPERM,

@@ -3,7 +3,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 use std::sync::Once;
 
 use tracing::field::{Field, Visit};
@@ -36,8 +36,25 @@ pub type tandem_log_fn = Option<
 >;
 
 static LEVEL: AtomicI32 = AtomicI32::new(tandem_log_level::TANDEM_LOG_WARN as i32);
-static CALLBACK: AtomicUsize = AtomicUsize::new(0);
-static CALLBACK_ARG: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+type LogFn = unsafe extern "C" fn(*mut c_void, tandem_log_level, *const c_char, *const c_char);
+
+/// A callback and its argument, published together so that no reader sees one without the
+/// other. Replaced pairs are never freed: a thread logging at that moment may still hold one.
+struct Sink {
+    f: LogFn,
+    arg: *mut c_void,
+}
+
+static SINK: AtomicPtr<Sink> = AtomicPtr::new(std::ptr::null_mut());
+
+// The field is never read: it keeps the sink reachable for leak checkers.
+#[allow(dead_code)]
+struct Retired(*mut Sink);
+// SAFETY: only keeps replaced sinks reachable (for leak checkers); never dereferenced.
+unsafe impl Send for Retired {}
+
+/// Replaced sinks, kept (not freed) so that a logging thread may still use one safely.
+static RETIRED: std::sync::Mutex<Vec<Retired>> = std::sync::Mutex::new(Vec::new());
 static INSTALL: Once = Once::new();
 
 fn level_of(l: &Level) -> tandem_log_level {
@@ -74,26 +91,17 @@ impl<S: Subscriber> Layer<S> for ToCallback {
         event.record(&mut line);
         let meta = event.metadata();
         let level = level_of(meta.level());
-        let cb = CALLBACK.load(Ordering::Acquire);
-        if cb == 0 {
+        let sink = SINK.load(Ordering::Acquire);
+        if sink.is_null() {
             eprintln!("tandem {:?} {}: {}", meta.level(), meta.target(), line.0);
             return;
         }
-        type LogFn =
-            unsafe extern "C" fn(*mut c_void, tandem_log_level, *const c_char, *const c_char);
-        // SAFETY: CALLBACK holds 0 or a LogFn stored by `tandem_log_set_callback`.
-        let f: LogFn = unsafe { std::mem::transmute::<usize, LogFn>(cb) };
+        // SAFETY: SINK holds null or a Sink leaked by `tandem_log_set_callback`, never freed.
+        let sink = unsafe { &*sink };
         let module = CString::new(meta.target()).unwrap_or_default();
         let msg = CString::new(line.0.replace('\0', " ")).unwrap_or_default();
         // SAFETY: the firmware's callback, given valid NUL-terminated strings for the call.
-        unsafe {
-            f(
-                CALLBACK_ARG.load(Ordering::Acquire),
-                level,
-                module.as_ptr(),
-                msg.as_ptr(),
-            )
-        };
+        unsafe { (sink.f)(sink.arg, level, module.as_ptr(), msg.as_ptr()) };
     }
 }
 
@@ -104,13 +112,23 @@ pub(crate) fn install() {
     });
 }
 
-/// Route log lines to `cb` (NULL: back to stderr). Any thread; takes effect at once.
+/// Route log lines to `cb` (NULL: back to stderr). Any thread. A line being logged on another
+/// thread at that moment may still reach the previous callback: keep it callable for a while.
 #[no_mangle]
 pub extern "C" fn tandem_log_set_callback(cb: tandem_log_fn, cb_arg: *mut c_void) -> c_int {
     guard(|| {
         install();
-        CALLBACK_ARG.store(cb_arg, Ordering::Release);
-        CALLBACK.store(cb.map_or(0, |f| f as usize), Ordering::Release);
+        let sink = cb.map_or(std::ptr::null_mut(), |f| {
+            Box::into_raw(Box::new(Sink { f, arg: cb_arg }))
+        });
+        let old = SINK.swap(sink, Ordering::AcqRel);
+        if !old.is_null() {
+            // Kept, never freed (16 bytes a call): see `Sink`.
+            RETIRED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Retired(old));
+        }
         0
     })
 }

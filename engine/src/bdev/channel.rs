@@ -89,6 +89,17 @@ impl ChannelShared {
     }
 }
 
+impl Drop for ChannelShared {
+    /// Only a reactor shutting down drops a channel with completions still queued (otherwise
+    /// its poller keeps it until they are delivered): deliver them now, so that every accepted
+    /// I/O's callback still runs exactly once.
+    fn drop(&mut self) {
+        while let Some((io, result)) = self.done.pop() {
+            io.finish(result);
+        }
+    }
+}
+
 /// A descriptor's I/O channel on the current reactor. Not `Send`: it belongs to the reactor.
 pub struct Channel {
     desc: Arc<DescInner>,

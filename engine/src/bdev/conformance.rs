@@ -699,6 +699,82 @@ fn error_bdev_drops_until_cleared_and_delays_on_a_sleeping_reactor() {
 }
 
 #[test]
+fn deleting_an_error_bdev_releases_the_io_it_holds() {
+    let (fx, sim) = error_fixture();
+    let name = fx.bdev.name().to_owned();
+    sim.enter(0, || {
+        let desc = open(&name, true, None).unwrap();
+        let ch = desc.channel().unwrap();
+        error::set_fault(&name, Fault::every(Action::Drop, IoTypes::ALL)).unwrap();
+        let slot = submit(
+            &ch,
+            IoType::Read,
+            0,
+            1,
+            Sgl::single(DmaBuf::new(512).unwrap()),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        for _ in 0..20 {
+            sim.poll_round();
+        }
+        assert!(slot.borrow().is_none(), "held while the fault stands");
+        delete(&name).unwrap();
+        assert_eq!(
+            wait(&sim, &slot).status,
+            Err(IoError::Aborted),
+            "released by the delete"
+        );
+    });
+}
+
+#[test]
+fn uring_io_in_flight_at_shutdown_completes_before_its_buffers_go() {
+    let fx = make(Kind::Uring, 4096);
+    let engine = Engine::start(EngineOpts {
+        core_mask: Some(CoreMask::from_cores([available_cores()[0]]).unwrap()),
+        mode: Mode::Poll,
+        ..EngineOpts::default()
+    })
+    .unwrap();
+    let r0 = engine.reactor_ids()[0];
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (d, name) = (done.clone(), fx.bdev.name().to_owned());
+    let (tx, rx) = mpsc::channel();
+    engine
+        .send(r0, move || {
+            let desc = open(&name, true, None).unwrap();
+            let ch = desc.channel().unwrap();
+            for i in 0..256u64 {
+                let d = d.clone();
+                ch.read(
+                    i % BLOCKS,
+                    1,
+                    Sgl::single(DmaBuf::new(4096).unwrap()),
+                    move |io| {
+                        assert!(io.sgl.len() == 4096);
+                        d.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    },
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+            }
+            // Released with reads still in the ring: the channel's poller keeps it until they
+            // complete, or, here, until the reactor shuts down first.
+            drop((ch, desc));
+            tx.send(()).unwrap();
+        })
+        .unwrap();
+    rx.recv().unwrap();
+    engine.stop().unwrap();
+    assert_eq!(
+        done.load(std::sync::atomic::Ordering::SeqCst),
+        256,
+        "every read completed exactly once"
+    );
+}
+
+#[test]
 fn a_claimed_base_cannot_be_deleted_or_claimed_twice() {
     let fx = make(Kind::ErrorOverMalloc, 512);
     let base = fx.extra[0].clone();

@@ -34,17 +34,31 @@ impl DescInner {
         let Some(cb) = self.event_cb.clone() else {
             return;
         };
-        match &self.home {
-            Some((reactor, messenger)) => {
-                if let Err(e) = messenger.send(*reactor, move || cb(event)) {
-                    // The opener's reactor is gone; tell the callback here rather than never.
-                    tracing::warn!("bdev event for a stopped reactor: {e}");
-                    let msg = e.into_msg();
-                    drop(msg);
+        let Some((reactor, messenger)) = &self.home else {
+            cb(event);
+            return;
+        };
+        let mut msg = crate::reactor::Msg::new(move || cb(event));
+        // A full ring is retried for a while; a stopped (or still full) reactor means the event
+        // is delivered here instead: late or elsewhere, but never lost.
+        for _ in 0..10_000 {
+            match messenger.send_msg(*reactor, msg) {
+                Ok(()) => return,
+                Err(e) if e.kind == crate::reactor::SendErrorKind::Full => {
+                    msg = e.into_msg();
+                    std::thread::yield_now();
+                }
+                Err(e) => {
+                    msg = e.into_msg();
+                    break;
                 }
             }
-            None => cb(event),
         }
+        tracing::warn!(
+            reactor = reactor.0,
+            "bdev event delivered on the deleting thread: its reactor cannot take it"
+        );
+        msg.run_here();
     }
 }
 

@@ -164,6 +164,10 @@ impl Backend for ErrorBackend {
     }
 
     fn on_remove(&self) {
+        // Held I/O must still complete: clearing the fault releases it (dropped I/O aborts,
+        // delayed I/O goes on to the base).
+        self.shared.fault.store(None);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
         self.base.bdev().release_claim();
     }
 
@@ -198,7 +202,8 @@ struct ErrChan {
     parked: RefCell<Vec<Option<Parked>>>,
     free: RefCell<Vec<usize>>,
     delayed: RefCell<VecDeque<(u64, BdevIo, Completions)>>,
-    dropped: RefCell<Vec<(BdevIo, Completions)>>,
+    /// Dropped I/O and the fault generation it was dropped under: released once that changes.
+    dropped: RefCell<Vec<(BdevIo, Completions, u64)>>,
     generation: Cell<u64>,
     ticker: RefCell<Option<PollerHandle>>,
 }
@@ -299,8 +304,14 @@ impl ErrChan {
         let mut status = PollStatus::Idle;
         let generation = self.shared.generation.load(Ordering::Acquire);
         if generation != self.generation.replace(generation) {
-            let dropped: Vec<_> = self.dropped.borrow_mut().drain(..).collect();
-            for (io, done) in dropped {
+            let released: Vec<_> = {
+                let mut dropped = self.dropped.borrow_mut();
+                let (gone, kept): (Vec<_>, Vec<_>) =
+                    dropped.drain(..).partition(|(_, _, g)| *g != generation);
+                *dropped = kept;
+                gone
+            };
+            for (io, done, _) in released {
                 done.complete(io, Err(IoError::Aborted));
                 status = PollStatus::Busy;
             }
@@ -344,12 +355,16 @@ impl BackendChannel for ErrorChannel {
                 Ok(())
             }
             Some(Action::Drop) => {
-                chan.dropped.borrow_mut().push((io, done.clone()));
+                let generation = chan.shared.generation.load(Ordering::Acquire);
+                chan.dropped
+                    .borrow_mut()
+                    .push((io, done.clone(), generation));
                 chan.arm_ticker();
                 Ok(())
             }
             Some(Action::Delay(d)) => {
-                let at = crate::sys::monotonic_ns() + d.as_nanos() as u64;
+                let at = crate::sys::monotonic_ns()
+                    .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
                 chan.delayed.borrow_mut().push_back((at, io, done.clone()));
                 chan.arm_ticker();
                 Ok(())

@@ -280,6 +280,48 @@ impl Ring {
     }
 }
 
+impl Drop for Ring {
+    /// The reactor is shutting down with I/O still in the kernel: those requests point at
+    /// buffers that must not be freed (nor their pages reused) while the kernel may still write
+    /// them. Wait for every one, then complete it, so each callback still runs exactly once.
+    /// This blocks, on the shutdown path only, for as long as the device takes.
+    fn drop(&mut self) {
+        let ring = self.ring.get_mut();
+        let slots = self.slots.get_mut();
+        let mut in_flight = slots.iter().filter(|s| s.io.is_some()).count();
+        while in_flight > 0 {
+            if let Err(e) = ring.submit_and_wait(1) {
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    tracing::error!(
+                        "io_uring at shutdown: {e}; {in_flight} I/Os abandoned with their buffers"
+                    );
+                    for slot in slots.iter_mut() {
+                        if let Some(io) = slot.io.take() {
+                            std::mem::forget(io); // the kernel may still write its buffers
+                        }
+                    }
+                    return;
+                }
+            }
+            for cqe in ring.completion() {
+                let Some(slot) = slots.get_mut(cqe.user_data() as usize) else {
+                    continue;
+                };
+                if let Some(io) = slot.io.take() {
+                    slot.done = None;
+                    in_flight -= 1;
+                    let status = if cqe.result() < 0 {
+                        Err(IoError::Device(Errno(-cqe.result())))
+                    } else {
+                        Ok(())
+                    };
+                    io.finish(status);
+                }
+            }
+        }
+    }
+}
+
 struct Uring {
     fd: Arc<OwnedFd>,
     filename: String,

@@ -37,6 +37,12 @@ impl Msg {
     pub(crate) fn run(self) {
         self.0.call(())
     }
+
+    /// Run the message on the calling thread, for a sender whose message cannot be delivered
+    /// and must not be lost.
+    pub fn run_here(self) {
+        self.run()
+    }
 }
 
 /// Why a message was not accepted. The message comes back, so the sender can retry it later

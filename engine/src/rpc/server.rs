@@ -1,9 +1,11 @@
 //! The Unix-socket server: a listener thread, and a thread per connection that reads JSON
 //! values as they complete and answers each (or each member of a batch) in order.
 
-use std::io::{BufReader, Write};
+use std::cell::Cell;
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -82,15 +84,43 @@ impl Drop for Server {
     }
 }
 
-/// Requests a connection may pipeline before it must read answers (bounds one client's memory).
+/// The largest request accepted (bounds what one client can make the server buffer).
 const MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Counts the bytes read since the last request ended, and refuses to read past the limit.
+struct PerRequestLimit {
+    inner: UnixStream,
+    used: Rc<Cell<u64>>,
+}
+
+impl Read for PerRequestLimit {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = MAX_REQUEST_BYTES.saturating_sub(self.used.get());
+        if left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "request larger than 16 MiB",
+            ));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.used.set(self.used.get() + n as u64);
+        Ok(n)
+    }
+}
 
 fn serve(stream: UnixStream) {
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
-    let reader = BufReader::new(std::io::Read::take(stream, MAX_REQUEST_BYTES));
+    let used = Rc::new(Cell::new(0));
+    let reader = BufReader::new(PerRequestLimit {
+        inner: stream,
+        used: used.clone(),
+    });
     for value in serde_json::Deserializer::from_reader(reader).into_iter::<Value>() {
+        // The limit is per request: what was read for this one no longer counts.
+        used.set(0);
         let reply = match value {
             Ok(v) => answer(v),
             Err(e) if e.is_eof() => return,
