@@ -31,6 +31,13 @@ if ! cbindgen --version 2>/dev/null | grep -q "$CBINDGEN_VERSION"; then
   echo "cargo: installing cbindgen $CBINDGEN_VERSION"
   cargo install cbindgen --version "$CBINDGEN_VERSION" --locked --quiet
 fi
+# cargo-fuzz runs the fuzz targets (scripts/fuzz.sh).
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  echo "cargo: installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --quiet
+fi
+
 # SPDK's own JSON-RPC client (spdk-rpc), which the RPC tests drive tandemd with.
 SPDK_PY_VERSION=26.9
 if ! python3 -c "import spdk.spdk_rpc" 2>/dev/null || ! command -v spdk-rpc >/dev/null; then

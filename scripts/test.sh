@@ -32,6 +32,9 @@ pkgconfig=$(./scripts/build-c.sh | tail -1)
 step "C examples against the static and the shared library, under AddressSanitizer"
 PKG_CONFIG_PATH="$pkgconfig" make -C examples-c --no-print-directory clean run
 
+step "fuzz targets, bounded (every parser of outside bytes)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" ./scripts/fuzz.sh
+
 step "benchmarks, each run once as a smoke test"
 cargo test -p tandem-bench --benches
 

@@ -18,7 +18,7 @@ mod server;
 use serde_json::{json, Value};
 
 pub use params::Params;
-pub use server::Server;
+pub use server::{answer, Server};
 
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;

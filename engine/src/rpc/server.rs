@@ -154,8 +154,8 @@ fn error_response(id: Value, e: &RpcError) -> Value {
     json!({ "jsonrpc": "2.0", "error": e.to_json(), "id": id })
 }
 
-/// The response to one request or batch; `None` for notifications.
-pub(crate) fn answer(v: Value) -> Option<Value> {
+/// The response to one decoded request or batch; `None` for notifications.
+pub fn answer(v: Value) -> Option<Value> {
     match v {
         Value::Array(batch) if batch.is_empty() => Some(error_response(
             Value::Null,
