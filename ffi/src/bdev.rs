@@ -499,6 +499,22 @@ fn callback(cb: unsafe extern "C" fn(*mut c_void, c_int), cb_arg: *mut c_void) -
     })
 }
 
+/// Submit a read or write whose buffers were just gathered (or refused).
+fn submit_data(
+    ch: *const tandem_channel,
+    io_type: IoType,
+    offset: u64,
+    blocks: u64,
+    sgl: Result<Sgl, c_int>,
+    cb: tandem_io_cb,
+    cb_arg: *mut c_void,
+) -> c_int {
+    match sgl {
+        Ok(sgl) => submit(ch, io_type, offset, blocks, sgl, cb, cb_arg),
+        Err(e) => e,
+    }
+}
+
 fn submit(
     ch: *const tandem_channel,
     io_type: IoType,
@@ -563,12 +579,10 @@ pub extern "C" fn tandem_read(
     cb: tandem_io_cb,
     cb_arg: *mut c_void,
 ) -> c_int {
-    guard(
-        || match length(ch, num_blocks).and_then(|len| one(buf, len)) {
-            Ok(sgl) => submit(ch, IoType::Read, offset_blocks, num_blocks, sgl, cb, cb_arg),
-            Err(e) => e,
-        },
-    )
+    guard(|| {
+        let sgl = length(ch, num_blocks).and_then(|len| one(buf, len));
+        submit_data(ch, IoType::Read, offset_blocks, num_blocks, sgl, cb, cb_arg)
+    })
 }
 
 /// Write `num_blocks` blocks from `buf` at `offset_blocks`. As `tandem_read`.
@@ -581,20 +595,18 @@ pub extern "C" fn tandem_write(
     cb: tandem_io_cb,
     cb_arg: *mut c_void,
 ) -> c_int {
-    guard(
-        || match length(ch, num_blocks).and_then(|len| one(buf, len)) {
-            Ok(sgl) => submit(
-                ch,
-                IoType::Write,
-                offset_blocks,
-                num_blocks,
-                sgl,
-                cb,
-                cb_arg,
-            ),
-            Err(e) => e,
-        },
-    )
+    guard(|| {
+        let sgl = length(ch, num_blocks).and_then(|len| one(buf, len));
+        submit_data(
+            ch,
+            IoType::Write,
+            offset_blocks,
+            num_blocks,
+            sgl,
+            cb,
+            cb_arg,
+        )
+    })
 }
 
 /// Read into `iovcnt` (at most 32) buffers; their lengths must sum to the I/O's bytes.
@@ -608,9 +620,9 @@ pub extern "C" fn tandem_readv(
     cb: tandem_io_cb,
     cb_arg: *mut c_void,
 ) -> c_int {
-    guard(|| match lent(iov, iovcnt) {
-        Ok(sgl) => submit(ch, IoType::Read, offset_blocks, num_blocks, sgl, cb, cb_arg),
-        Err(e) => e,
+    guard(|| {
+        let sgl = lent(iov, iovcnt);
+        submit_data(ch, IoType::Read, offset_blocks, num_blocks, sgl, cb, cb_arg)
     })
 }
 
@@ -625,8 +637,9 @@ pub extern "C" fn tandem_writev(
     cb: tandem_io_cb,
     cb_arg: *mut c_void,
 ) -> c_int {
-    guard(|| match lent(iov, iovcnt) {
-        Ok(sgl) => submit(
+    guard(|| {
+        let sgl = lent(iov, iovcnt);
+        submit_data(
             ch,
             IoType::Write,
             offset_blocks,
@@ -634,8 +647,7 @@ pub extern "C" fn tandem_writev(
             sgl,
             cb,
             cb_arg,
-        ),
-        Err(e) => e,
+        )
     })
 }
 

@@ -6,6 +6,7 @@
 //! and written to little-endian bytes explicitly, so decoding bytes from a socket cannot
 //! panic or depend on the host's endianness.
 
+pub(crate) mod le;
 mod opcode;
 mod queue_entry;
 mod status;

@@ -12,22 +12,12 @@
 //! ```
 //! In a Fabrics command capsule the data pointer is an SGL descriptor (PSDT 01b).
 
+use super::le::{u16_at, u32_at, u64_at};
+
 /// Bytes of a submission queue entry.
 pub const SQE_LEN: usize = 64;
 /// Bytes of a completion queue entry.
 pub const CQE_LEN: usize = 16;
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
 
 /// A submission queue entry, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

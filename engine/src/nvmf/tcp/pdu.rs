@@ -24,6 +24,7 @@
 //! a [`ProtocolError`] carrying the Fatal Error Status and the byte offset of the field at fault
 //! (the FEI of the TermReq that the receiver then sends).
 
+use crate::nvme::le::{u16_at, u32_at};
 use crate::nvme::{Cqe, Sqe, CQE_LEN, SQE_LEN};
 
 pub const COMMON_HEADER_LEN: usize = 8;
@@ -325,12 +326,42 @@ pub fn check_header_digest(header: &[u8], h: &CommonHeader) -> Result<(), Protoc
     Ok(())
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+/// ICReq and ICResp share one layout after the common header: PFV (bytes 8-9), a PDU data
+/// alignment (HPDA or CPDA, byte 10), DGST (byte 11), and a 32-bit limit (MAXR2T or
+/// MAXH2CDATA, bytes 12-15); the rest of the 128 bytes is reserved.
+struct SetUpFields {
+    pfv: u16,
+    pda: u8,
+    dgst: u8,
+    limit: u32,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+impl SetUpFields {
+    fn decode(h: &[u8; 128]) -> SetUpFields {
+        SetUpFields {
+            pfv: u16_at(h, 8),
+            pda: h[10],
+            dgst: h[11],
+            limit: u32_at(h, 12),
+        }
+    }
+
+    fn encode(&self, pdu_type: PduType) -> [u8; 128] {
+        let mut b = [0u8; 128];
+        let ch = CommonHeader {
+            pdu_type,
+            flags: 0,
+            hlen: 128,
+            pdo: 0,
+            plen: 128,
+        };
+        b[..8].copy_from_slice(&ch.encode());
+        b[8..10].copy_from_slice(&self.pfv.to_le_bytes());
+        b[10] = self.pda;
+        b[11] = self.dgst;
+        b[12..16].copy_from_slice(&self.limit.to_le_bytes());
+        b
+    }
 }
 
 /// ICReq (host to controller): protocol version, host PDU data alignment, digests wanted, and
@@ -346,11 +377,12 @@ pub struct IcReq {
 impl IcReq {
     /// Decode bytes 8..128 of an ICReq header.
     pub fn decode(h: &[u8; 128]) -> Result<IcReq, ProtocolError> {
+        let f = SetUpFields::decode(h);
         let r = IcReq {
-            pfv: u16_at(h, 8),
-            hpda: h[10],
-            dgst: h[11],
-            maxr2t: u32_at(h, 12),
+            pfv: f.pfv,
+            hpda: f.pda,
+            dgst: f.dgst,
+            maxr2t: f.limit,
         };
         if r.pfv != 0 {
             return Err(err(Fes::UnsupportedParameter, 8, "PFV other than 0"));
@@ -362,22 +394,13 @@ impl IcReq {
     }
 
     pub fn encode(&self) -> [u8; 128] {
-        let mut b = [0u8; 128];
-        b[..8].copy_from_slice(
-            &CommonHeader {
-                pdu_type: PduType::IcReq,
-                flags: 0,
-                hlen: 128,
-                pdo: 0,
-                plen: 128,
-            }
-            .encode(),
-        );
-        b[8..10].copy_from_slice(&self.pfv.to_le_bytes());
-        b[10] = self.hpda;
-        b[11] = self.dgst;
-        b[12..16].copy_from_slice(&self.maxr2t.to_le_bytes());
-        b
+        SetUpFields {
+            pfv: self.pfv,
+            pda: self.hpda,
+            dgst: self.dgst,
+            limit: self.maxr2t,
+        }
+        .encode(PduType::IcReq)
     }
 }
 
@@ -394,11 +417,12 @@ pub struct IcResp {
 impl IcResp {
     /// Decode, with the checks a host applies (Linux refuses all of these).
     pub fn decode(h: &[u8; 128]) -> Result<IcResp, ProtocolError> {
+        let f = SetUpFields::decode(h);
         let r = IcResp {
-            pfv: u16_at(h, 8),
-            cpda: h[10],
-            dgst: h[11],
-            maxh2cdata: u32_at(h, 12),
+            pfv: f.pfv,
+            cpda: f.pda,
+            dgst: f.dgst,
+            maxh2cdata: f.limit,
         };
         if r.pfv != 0 {
             return Err(err(Fes::UnsupportedParameter, 8, "PFV other than 0"));
@@ -414,22 +438,13 @@ impl IcResp {
     }
 
     pub fn encode(&self) -> [u8; 128] {
-        let mut b = [0u8; 128];
-        b[..8].copy_from_slice(
-            &CommonHeader {
-                pdu_type: PduType::IcResp,
-                flags: 0,
-                hlen: 128,
-                pdo: 0,
-                plen: 128,
-            }
-            .encode(),
-        );
-        b[8..10].copy_from_slice(&self.pfv.to_le_bytes());
-        b[10] = self.cpda;
-        b[11] = self.dgst;
-        b[12..16].copy_from_slice(&self.maxh2cdata.to_le_bytes());
-        b
+        SetUpFields {
+            pfv: self.pfv,
+            pda: self.cpda,
+            dgst: self.dgst,
+            limit: self.maxh2cdata,
+        }
+        .encode(PduType::IcResp)
     }
 }
 
