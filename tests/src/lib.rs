@@ -127,3 +127,68 @@ pub fn run_tandemd(args: &[&str]) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+pub mod nvme_tcp;
+
+/// A TCP port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A tandemd serving its default namespace on 127.0.0.1:`port`, with its RPC socket at
+/// `sock`, in adaptive mode on the first core (two reactors when `two_cores`).
+pub fn serve_default(port: u16, sock: &str, two_cores: bool, extra: &[&str]) -> Daemon {
+    let cores = tandem::reactor::available_cores();
+    let mask = if two_cores && cores.len() > 1 {
+        format!("[{},{}]", cores[0], cores[1])
+    } else {
+        format!("[{}]", cores[0])
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "-m",
+        mask.as_str(),
+        "--mode",
+        "adaptive",
+        "-r",
+        sock,
+        "--listen",
+        listen.as_str(),
+        "--default-ns-size",
+        "64",
+    ];
+    args.extend_from_slice(extra);
+    let mut d = Daemon::spawn(&args);
+    d.wait_for("started", Duration::from_secs(20));
+    d
+}
+
+/// Call a JSON-RPC method on tandemd's socket: the result, or the error's (code, message).
+pub fn rpc(
+    sock: &str,
+    method: &str,
+    params: serde_json::Value,
+) -> Result<serde_json::Value, (i64, String)> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the RPC socket");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    s.write_all(req.to_string().as_bytes())
+        .expect("send the request");
+    let reply: serde_json::Value = serde_json::Deserializer::from_reader(&mut s)
+        .into_iter()
+        .next()
+        .expect("a reply")
+        .expect("a JSON reply");
+    match (reply.get("result"), reply.get("error")) {
+        (Some(r), _) => Ok(r.clone()),
+        (_, Some(e)) => Err((
+            e["code"].as_i64().unwrap_or(0),
+            e["message"].as_str().unwrap_or_default().to_owned(),
+        )),
+        _ => panic!("a reply with neither result nor error: {reply}"),
+    }
+}

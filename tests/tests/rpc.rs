@@ -15,7 +15,7 @@ fn sock(tag: &str) -> String {
 
 fn start(sock: &str, extra: &[&str]) -> Daemon {
     let core = format!("[{}]", tandem::reactor::available_cores()[0]);
-    let mut args = vec!["-m", core.as_str(), "-r", sock];
+    let mut args = vec!["-m", core.as_str(), "-r", sock, "--no-default"];
     args.extend_from_slice(extra);
     let mut d = Daemon::spawn(&args);
     d.wait_for("started", Duration::from_secs(10));

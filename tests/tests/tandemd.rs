@@ -22,6 +22,7 @@ fn stops_cleanly_on_sigterm_and_sigint() {
             "adaptive",
             "-r",
             "/tmp/tandem-test-unused.sock",
+            "--no-default",
         ]);
         let started = d.wait_for("started", START);
         assert!(started.contains("1 reactors"), "{started}");
@@ -41,7 +42,7 @@ fn stops_cleanly_on_sigterm_and_sigint() {
 fn starts_one_reactor_per_core_of_the_mask_in_poll_mode() {
     let cores = tandem::reactor::available_cores();
     let mask = format!("{}-{}", cores[0], cores[cores.len().min(2) - 1]);
-    let mut d = Daemon::spawn(&["-m", &mask, "--mode", "poll"]);
+    let mut d = Daemon::spawn(&["-m", &mask, "--mode", "poll", "--no-default"]);
     let line = d.wait_for("started", START);
     assert!(
         line.contains(&format!("{} reactors", cores.len().min(2))),

@@ -30,6 +30,15 @@ struct Args {
     /// Start-up configuration (JSON, in the shape of SPDK's save_config output).
     #[arg(short = 'c', long = "config")]
     config: Option<PathBuf>,
+    /// Without --config: the size in MiB of the default RAM-backed namespace.
+    #[arg(long = "default-ns-size", default_value_t = 1024, value_name = "MiB")]
+    default_ns_size: u64,
+    /// Without --config: where the default subsystem listens (IPv4 address:port).
+    #[arg(long = "listen", default_value = "127.0.0.1:4420")]
+    listen: std::net::SocketAddrV4,
+    /// Start with nothing configured, even without --config.
+    #[arg(long = "no-default")]
+    no_default: bool,
     /// Log level (error, warn, info, debug, trace) or a RUST_LOG-style directive; default info
     /// or RUST_LOG.
     #[arg(short = 'L', long = "log-level")]
@@ -66,7 +75,8 @@ fn main() -> ExitCode {
             Ok(calls) => calls,
             Err(e) => return usage_error(e),
         },
-        None => Vec::new(),
+        None if args.no_default => Vec::new(),
+        None => default_config(&args),
     };
 
     // Block the stop signals before any thread exists, so every reactor inherits the mask and
@@ -85,6 +95,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tandem::nvmf::target::attach(engine.messenger());
     // The start-up config is replayed through the RPC methods, in order, before the server
     // listens: what save_config wrote comes back as it was.
     for c in &calls {
@@ -131,6 +142,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What tandemd serves with no config: a RAM disk as the one namespace of a subsystem that any
+/// host may use, on one TCP listener. Made through the same RPC methods as any config.
+fn default_config(args: &Args) -> Vec<tandem::config::ConfigCall> {
+    use serde_json::json;
+    const BLOCK: u64 = 512;
+    let nqn = tandem::nvmf::DEFAULT_SUBNQN;
+    let call = |method: &str, params| tandem::config::ConfigCall {
+        subsystem: "default".into(),
+        method: method.into(),
+        params,
+    };
+    vec![
+        call(
+            "bdev_malloc_create",
+            json!({ "name": "Malloc0", "num_blocks": args.default_ns_size * 1024 * 1024 / BLOCK,
+                    "block_size": BLOCK }),
+        ),
+        call("nvmf_create_transport", json!({ "trtype": "TCP" })),
+        call(
+            "nvmf_create_subsystem",
+            json!({ "nqn": nqn, "allow_any_host": true, "serial_number": "TANDEM0000000001" }),
+        ),
+        call(
+            "nvmf_subsystem_add_ns",
+            json!({ "nqn": nqn, "namespace": { "bdev_name": "Malloc0" } }),
+        ),
+        call(
+            "nvmf_subsystem_add_listener",
+            json!({ "nqn": nqn, "listen_address": { "trtype": "TCP", "adrfam": "IPv4",
+                    "traddr": args.listen.ip().to_string(), "trsvcid": args.listen.port().to_string() } }),
+        ),
+    ]
 }
 
 fn stop_signals() -> libc::sigset_t {

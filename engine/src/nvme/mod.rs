@@ -6,11 +6,17 @@
 //! and written to little-endian bytes explicitly, so decoding bytes from a socket cannot
 //! panic or depend on the host's endianness.
 
+pub mod fabrics;
+pub mod features;
+pub mod identify;
 pub(crate) mod le;
+pub mod log_page;
 mod opcode;
 mod queue_entry;
+pub mod registers;
+pub mod sgl;
 mod status;
 
-pub use opcode::{admin, fabrics, io};
+pub use opcode::{admin, io};
 pub use queue_entry::{Cqe, Sqe, CQE_LEN, SQE_LEN};
 pub use status::{Status, StatusCodeType};

@@ -1,5 +1,5 @@
 //! Command opcodes (NVMe Base 2.0, figures "Opcodes for Admin Commands" and "Opcodes for NVM
-//! Commands"; NVMe over Fabrics 1.1, "Fabrics Command Types").
+//! Commands"). Fabrics command types are in [`super::fabrics`].
 
 /// Admin command set.
 pub mod admin {
@@ -19,12 +19,4 @@ pub mod io {
     pub const READ: u8 = 0x02;
     pub const WRITE_ZEROES: u8 = 0x08;
     pub const DATASET_MANAGEMENT: u8 = 0x09;
-}
-
-/// Fabrics commands: opcode 0x7F, the command type in byte 4 (`fctype`).
-pub mod fabrics {
-    pub const OPCODE: u8 = 0x7F;
-    pub const PROPERTY_SET: u8 = 0x00;
-    pub const CONNECT: u8 = 0x01;
-    pub const PROPERTY_GET: u8 = 0x04;
 }

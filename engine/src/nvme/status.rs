@@ -35,6 +35,8 @@ impl Status {
     pub const INVALID_SGL_DESCRIPTOR: Status = Status::generic(0x0D).no_retry();
     pub const DATA_SGL_LENGTH_INVALID: Status = Status::generic(0x0F).no_retry();
     pub const SGL_DESCRIPTOR_TYPE_INVALID: Status = Status::generic(0x11).no_retry();
+    /// A data digest did not match: the host may retry.
+    pub const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22);
     pub const LBA_OUT_OF_RANGE: Status = Status::generic(0x80).no_retry();
     pub const CAPACITY_EXCEEDED: Status = Status::generic(0x81).no_retry();
     pub const NAMESPACE_NOT_READY: Status = Status::generic(0x82);
@@ -43,6 +45,8 @@ impl Status {
     pub const CONNECT_CONTROLLER_BUSY: Status = Status::command_specific(0x81);
     pub const CONNECT_INVALID_PARAMETERS: Status = Status::command_specific(0x82).no_retry();
     pub const CONNECT_INVALID_HOST: Status = Status::command_specific(0x84).no_retry();
+    pub const INVALID_LOG_PAGE: Status = Status::command_specific(0x09).no_retry();
+    pub const FEATURE_NOT_CHANGEABLE: Status = Status::command_specific(0x0E).no_retry();
     pub const WRITE_FAULT: Status = Status::media(0x80);
     pub const UNRECOVERED_READ_ERROR: Status = Status::media(0x81);
 

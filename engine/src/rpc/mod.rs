@@ -12,6 +12,7 @@
 //! refused operation, as SPDK answers, with a message that names the problem.
 
 mod bdev_methods;
+mod nvmf_methods;
 mod params;
 mod server;
 
@@ -83,6 +84,28 @@ const METHODS: &[(&str, Method)] = &[
     ("bdev_error_inject_error", bdev_methods::error_inject_error),
     ("bdev_get_bdevs", bdev_methods::get_bdevs),
     ("bdev_get_iostat", bdev_methods::get_iostat),
+    ("nvmf_create_transport", nvmf_methods::create_transport),
+    ("nvmf_get_transports", nvmf_methods::get_transports),
+    ("nvmf_create_subsystem", nvmf_methods::create_subsystem),
+    ("nvmf_delete_subsystem", nvmf_methods::delete_subsystem),
+    ("nvmf_subsystem_add_ns", nvmf_methods::add_ns),
+    ("nvmf_subsystem_remove_ns", nvmf_methods::remove_ns),
+    ("nvmf_subsystem_add_listener", nvmf_methods::add_listener),
+    (
+        "nvmf_subsystem_remove_listener",
+        nvmf_methods::remove_listener,
+    ),
+    ("nvmf_subsystem_add_host", nvmf_methods::add_host),
+    ("nvmf_subsystem_remove_host", nvmf_methods::remove_host),
+    (
+        "nvmf_subsystem_allow_any_host",
+        nvmf_methods::allow_any_host,
+    ),
+    ("nvmf_get_subsystems", nvmf_methods::get_subsystems),
+    (
+        "nvmf_subsystem_get_controllers",
+        nvmf_methods::get_controllers,
+    ),
 ];
 
 /// Run one method. `params` is the request's `params` member (absent: `Value::Null`).
@@ -123,11 +146,12 @@ fn framework_wait_init(p: &Params) -> RpcResult {
 }
 
 /// The subsystems whose configuration tandemd saves, in start-up order.
-const SUBSYSTEMS: &[&str] = &["bdev"];
+const SUBSYSTEMS: &[&str] = &["bdev", "nvmf"];
 
 fn subsystem_config(name: &str) -> Option<Vec<Value>> {
     match name {
         "bdev" => Some(bdev_methods::save()),
+        "nvmf" => Some(nvmf_methods::save()),
         _ => None,
     }
 }

@@ -104,6 +104,18 @@ impl<'a> Params<'a> {
         }
     }
 
+    /// A nested object, decoded as strictly as the outer one.
+    pub fn obj(&self, key: &str) -> Result<Params<'a>, RpcError> {
+        match self.map.get(key) {
+            Some(Value::Object(map)) => Ok(Params {
+                method: self.method,
+                map,
+            }),
+            None | Some(Value::Null) => Err(self.missing(key)),
+            Some(_) => Err(self.bad(key, "an object")),
+        }
+    }
+
     /// A key SPDK has but Tandem does not implement: accepted only at its default value.
     pub fn default_only(&self, key: &str, default: &Value) -> Result<(), RpcError> {
         match self.map.get(key) {

@@ -1,3 +1,5 @@
 //! The NVMe/TCP transport (NVMe/TCP Transport Specification 1.0).
 
+pub(crate) mod conn;
+pub(crate) mod listener;
 pub mod pdu;

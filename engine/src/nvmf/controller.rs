@@ -1,0 +1,324 @@
+//! Controllers. A controller is made by an admin-queue Connect and lives until its admin queue
+//! goes (the host disconnects, or its keep-alive timer expires).
+//!
+//! Its state is split by who touches it. [`CtrlShared`] is what the I/O queues on other
+//! reactors and the control path need (identity, liveness, the reset epoch, the I/O queues
+//! connected): atomics, and one `Mutex` taken only by Connect. [`Controller`] is the rest
+//! (registers, features, asynchronous events, keep-alive), owned by the admin queue's reactor
+//! and never shared.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::subsystem::{Kind, Subsystem};
+use super::TransportOpts;
+use crate::nvme::fabrics::PropertyCmd;
+use crate::nvme::registers::{self, cc, csts};
+use crate::nvme::Status;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Asynchronous Event Requests a controller holds at once (AERL + 1).
+pub const MAX_AERS: usize = 4;
+/// Keep-alive granularity reported in KAS, in 100 ms units: one second.
+pub const KAS_100MS: u16 = 10;
+/// CAP.TO: how long a host waits for CSTS.RDY, in 500 ms units.
+const CAP_TIMEOUT_500MS: u8 = 30;
+
+/// Hooks by which the transport that owns the admin queue hears of events from other threads.
+pub trait AdminHooks: Send + Sync {
+    /// A namespace was added, removed or resized (called on any thread).
+    fn ns_changed(&self, ctrl: &Arc<CtrlShared>, nsid: u32);
+    /// The controller is gone: every queue of it must close (called on any thread).
+    fn killed(&self, ctrl: &Arc<CtrlShared>);
+}
+
+pub struct CtrlShared {
+    /// Unique over the process's life (controller IDs are reused).
+    pub id: u64,
+    pub cntlid: u16,
+    pub subsystem: Arc<Subsystem>,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    dead: AtomicBool,
+    /// Moves at each controller reset (CC.EN cleared): I/O queues of an older epoch close.
+    epoch: AtomicU32,
+    ready: AtomicBool,
+    /// I/O queues granted by Set Features Number of Queues (or the transport's maximum).
+    io_queues: AtomicU16,
+    connected: Mutex<Vec<u16>>,
+    hooks: Arc<dyn AdminHooks>,
+}
+
+impl CtrlShared {
+    pub fn new(
+        cntlid: u16,
+        subsystem: Arc<Subsystem>,
+        hostnqn: String,
+        hostid: [u8; 16],
+        max_io_queues: u16,
+        hooks: Arc<dyn AdminHooks>,
+    ) -> Arc<CtrlShared> {
+        Arc::new(CtrlShared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            cntlid,
+            subsystem,
+            hostnqn,
+            hostid,
+            dead: AtomicBool::new(false),
+            epoch: AtomicU32::new(0),
+            ready: AtomicBool::new(false),
+            io_queues: AtomicU16::new(max_io_queues),
+            connected: Mutex::new(Vec::new()),
+            hooks,
+        })
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn io_queues(&self) -> u16 {
+        self.io_queues.load(Ordering::Acquire)
+    }
+
+    /// Take I/O queue `qid` for a Connect; false if it is out of range or taken.
+    pub fn claim_io_queue(&self, qid: u16) -> bool {
+        if qid == 0 || qid > self.io_queues() {
+            return false;
+        }
+        let mut c = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if c.contains(&qid) {
+            return false;
+        }
+        c.push(qid);
+        true
+    }
+
+    pub fn release_io_queue(&self, qid: u16) {
+        self.connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&q| q != qid);
+    }
+
+    pub fn connected_io_queues(&self) -> usize {
+        self.connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    pub fn notify_ns_changed(self: &Arc<Self>, nsid: u32) {
+        self.hooks.ns_changed(self, nsid);
+    }
+
+    /// End the controller: it leaves its subsystem and every queue of it closes.
+    pub fn kill(self: &Arc<Self>) {
+        if !self.dead.swap(true, Ordering::AcqRel) {
+            self.ready.store(false, Ordering::Release);
+            self.subsystem.remove_controller(self.cntlid);
+            self.hooks.killed(self);
+        }
+    }
+}
+
+/// A completion the admin queue sends: status, dword 0, and data for the host if any.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: Status,
+    pub dw0: u32,
+    pub data: Option<Vec<u8>>,
+}
+
+impl Reply {
+    pub fn ok(dw0: u32) -> Reply {
+        Reply {
+            status: Status::SUCCESS,
+            dw0,
+            data: None,
+        }
+    }
+
+    pub fn data(data: Vec<u8>) -> Reply {
+        Reply {
+            status: Status::SUCCESS,
+            dw0: 0,
+            data: Some(data),
+        }
+    }
+
+    pub fn err(status: Status) -> Reply {
+        Reply {
+            status,
+            dw0: 0,
+            data: None,
+        }
+    }
+}
+
+/// What an admin command comes to: a reply now, or later (an Asynchronous Event Request).
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Reply),
+    Held,
+}
+
+/// The admin-queue side of a controller: registers, features and events.
+pub struct Controller {
+    pub shared: Arc<CtrlShared>,
+    pub opts: TransportOpts,
+    cc: u32,
+    csts: u32,
+    pub(super) aen_config: u32,
+    /// Keep-alive timeout in milliseconds (0: none).
+    pub kato_ms: u32,
+    pub last_keep_alive: Duration,
+    /// Feature values stored and returned as set, for features Tandem does not act on.
+    pub(super) plain_features: Vec<(u8, u32)>,
+    /// CIDs of Asynchronous Event Requests waiting for an event.
+    aers: VecDeque<u16>,
+    /// Event completions (dword 0) waiting for an Asynchronous Event Request.
+    events: VecDeque<u32>,
+    pub(super) changed_ns: Vec<u32>,
+    /// A namespace notice was sent and the Changed Namespace List not yet read.
+    pub(super) ns_notice_masked: bool,
+}
+
+/// Asynchronous event dword 0 for "namespace attribute changed": type Notice (2), information
+/// 0, log page 04h.
+pub const AEN_NS_CHANGED: u32 = 0x2 | (crate::nvme::log_page::lid::CHANGED_NS_LIST as u32) << 16;
+
+impl Controller {
+    pub fn new(shared: Arc<CtrlShared>, opts: TransportOpts, kato_ms: u32, now: Duration) -> Self {
+        Controller {
+            shared,
+            opts,
+            cc: 0,
+            csts: 0,
+            aen_config: 0,
+            kato_ms,
+            last_keep_alive: now,
+            plain_features: Vec::new(),
+            aers: VecDeque::new(),
+            events: VecDeque::new(),
+            changed_ns: Vec::new(),
+            ns_notice_masked: false,
+        }
+    }
+
+    pub fn is_discovery(&self) -> bool {
+        self.shared.subsystem.kind == Kind::Discovery
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.csts & csts::RDY != 0
+    }
+
+    fn cap(&self) -> u64 {
+        registers::cap(self.opts.max_queue_depth - 1, CAP_TIMEOUT_500MS)
+    }
+
+    pub fn property_get(&self, p: &PropertyCmd) -> Result<u64, Status> {
+        let v = match (p.offset, p.wide) {
+            (registers::CAP, true) => self.cap(),
+            (registers::VS, false) => registers::VERSION_1_3 as u64,
+            (registers::CC, false) => self.cc as u64,
+            (registers::CSTS, false) => self.csts as u64,
+            _ => return Err(Status::INVALID_FIELD),
+        };
+        Ok(v)
+    }
+
+    /// Property Set. Only CC is writable: EN 0→1 makes the controller ready, 1→0 resets it
+    /// (its I/O queues close), and a shutdown notification completes at once, as nothing is
+    /// cached.
+    pub fn property_set(&mut self, p: &PropertyCmd) -> Result<(), Status> {
+        if p.offset != registers::CC || p.wide {
+            return Err(Status::INVALID_FIELD);
+        }
+        let new = p.value as u32 & cc::WRITABLE;
+        let old = self.cc;
+        self.cc = new;
+        if new & cc::SHN_MASK != 0 {
+            self.csts |= csts::SHST_COMPLETE;
+        } else {
+            self.csts &= !(0x3 << 2);
+        }
+        if new & cc::EN != 0 && old & cc::EN == 0 {
+            self.csts |= csts::RDY;
+            self.shared.ready.store(true, Ordering::Release);
+        } else if new & cc::EN == 0 && old & cc::EN != 0 {
+            self.csts &= !csts::RDY;
+            self.shared.ready.store(false, Ordering::Release);
+            self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+            self.shared
+                .connected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            self.aers.clear();
+            self.events.clear();
+        }
+        Ok(())
+    }
+
+    pub fn grant_io_queues(&mut self, n: u16) -> u16 {
+        let n = n.clamp(1, self.opts.max_io_qpairs_per_ctrlr);
+        self.shared.io_queues.store(n, Ordering::Release);
+        n
+    }
+
+    /// Hold an Asynchronous Event Request, or answer it at once with a queued event.
+    pub fn hold_aer(&mut self, cid: u16) -> Result<Option<u32>, Status> {
+        if let Some(ev) = self.events.pop_front() {
+            return Ok(Some(ev));
+        }
+        if self.aers.len() >= MAX_AERS {
+            // Asynchronous Event Request Limit Exceeded.
+            return Err(Status::command_specific(0x05).no_retry());
+        }
+        self.aers.push_back(cid);
+        Ok(None)
+    }
+
+    /// A namespace changed: remember it for the Changed Namespace List and, if the host enabled
+    /// namespace notices and has read the last one, raise an event. Returns the AER to complete
+    /// (its CID and dword 0) when one is waiting.
+    pub fn ns_changed(&mut self, nsid: u32) -> Option<(u16, u32)> {
+        if !self.changed_ns.contains(&nsid) {
+            self.changed_ns.push(nsid);
+        }
+        if self.aen_config & crate::nvme::features::AEN_NS_ATTRIBUTE == 0 || self.ns_notice_masked {
+            return None;
+        }
+        self.ns_notice_masked = true;
+        match self.aers.pop_front() {
+            Some(cid) => Some((cid, AEN_NS_CHANGED)),
+            None => {
+                self.events.push_back(AEN_NS_CHANGED);
+                None
+            }
+        }
+    }
+
+    pub fn keep_alive(&mut self, now: Duration) {
+        self.last_keep_alive = now;
+    }
+
+    /// True when the host has been silent past its keep-alive timeout.
+    pub fn keep_alive_expired(&self, now: Duration) -> bool {
+        self.kato_ms != 0
+            && now.saturating_sub(self.last_keep_alive) > Duration::from_millis(self.kato_ms as u64)
+    }
+}
