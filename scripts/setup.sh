@@ -45,4 +45,5 @@ if ! python3 -c "import spdk.spdk_rpc" 2>/dev/null || ! command -v spdk-rpc >/de
   python3 -m pip install --quiet "spdk==$SPDK_PY_VERSION"
   command -v pyenv >/dev/null && pyenv rehash || true
 fi
+tests/linux-host/guest.sh --prepare   # Linux NVMe/TCP host harness: QEMU, Debian kernel, guest tools (cached)
 echo "set-up complete"

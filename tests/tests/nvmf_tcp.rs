@@ -167,6 +167,22 @@ fn io_roundtrip(io: &mut Host) {
 fn reads_and_writes_in_capsule_and_through_r2t() {
     let (_d, _port, _admin, mut io) = io_queue("rw", false, false, false);
     io_roundtrip(&mut io);
+    // Compare: the data written compares equal; anything else is a Compare Failure.
+    let data = pattern(65536, 2);
+    let mut cmp = Sqe {
+        opcode: tandem::nvme::io::COMPARE,
+        nsid: 1,
+        ..Sqe::default()
+    };
+    cmp.cdw[0] = 100;
+    cmp.cdw[2] = 127;
+    assert!(io.run(cmp, &data, 0, 8192).status().is_success());
+    let mut other = data.clone();
+    other[65535] ^= 1;
+    assert_eq!(
+        io.run(cmp, &other, 0, 8192).status(),
+        Status::COMPARE_FAILURE
+    );
     // Flush, write zeroes, deallocate.
     let flush = io.run(
         Sqe {

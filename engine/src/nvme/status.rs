@@ -49,6 +49,7 @@ impl Status {
     pub const FEATURE_NOT_CHANGEABLE: Status = Status::command_specific(0x0E).no_retry();
     pub const WRITE_FAULT: Status = Status::media(0x80);
     pub const UNRECOVERED_READ_ERROR: Status = Status::media(0x81);
+    pub const COMPARE_FAILURE: Status = Status::media(0x85).no_retry();
 
     pub const fn generic(sc: u8) -> Status {
         Status {

@@ -13,8 +13,8 @@ use crate::nvme::identify::{
 use crate::nvme::log_page::{self, lid, GetLogPage};
 use crate::nvme::{admin, Sqe, Status};
 
-/// ONCS: Dataset Management (bit 2) and Write Zeroes (bit 3).
-const ONCS: u16 = 1 << 2 | 1 << 3;
+/// ONCS: Compare (bit 0), Dataset Management (bit 2) and Write Zeroes (bit 3).
+const ONCS: u16 = 1 | 1 << 2 | 1 << 3;
 /// Broadcast NSID: "all namespaces" where a command allows it.
 const NSID_ALL: u32 = u32::MAX;
 

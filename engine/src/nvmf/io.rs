@@ -24,6 +24,11 @@ pub enum IoCmd {
         nlb: u64,
         fua: bool,
     },
+    /// Read the range and compare it with the command's data.
+    Compare {
+        slba: u64,
+        nlb: u64,
+    },
     Flush,
     WriteZeroes {
         slba: u64,
@@ -55,7 +60,7 @@ pub fn check_range(slba: u64, nlb: u64, num_blocks: u64) -> Result<(), Status> {
 pub fn decode(sqe: &Sqe, block_size: u32, num_blocks: u64, xfer: u32) -> Result<IoCmd, Status> {
     let bytes = |nlb: u64| nlb * block_size as u64;
     match sqe.opcode {
-        io::READ | io::WRITE => {
+        io::READ | io::WRITE | io::COMPARE => {
             let (slba, nlb) = lba_range(sqe);
             if bytes(nlb) != xfer as u64 {
                 return Err(Status::DATA_SGL_LENGTH_INVALID);
@@ -63,6 +68,8 @@ pub fn decode(sqe: &Sqe, block_size: u32, num_blocks: u64, xfer: u32) -> Result<
             check_range(slba, nlb, num_blocks)?;
             Ok(if sqe.opcode == io::READ {
                 IoCmd::Read { slba, nlb }
+            } else if sqe.opcode == io::COMPARE {
+                IoCmd::Compare { slba, nlb }
             } else {
                 IoCmd::Write {
                     slba,

@@ -55,8 +55,44 @@ fn check_trtype(t: &str) -> Result<(), RpcError> {
     }
 }
 
+/// Options of SPDK's that tune its own buffer caches, acceptor and timeouts: Tandem's buffers
+/// come from per-reactor pools and its sockets are polled by reactors, so these are accepted and
+/// have no effect.
+const TUNING_ONLY: &[&str] = &[
+    "num_shared_buffers",
+    "buf_cache_size",
+    "iobuf_small_cache_size",
+    "iobuf_large_cache_size",
+    "acceptor_backlog",
+    "acceptor_poll_rate",
+    "abort_timeout_sec",
+    "ack_timeout",
+    "data_wr_pool_size",
+    "control_msg_num",
+];
+
+/// Options of other transports (RDMA, vfio-user) or features Tandem lacks, which SPDK's client
+/// sends at their defaults: accepted only so.
+const DEFAULT_ONLY: &[(&str, Value)] = &[
+    ("no_srq", Value::Bool(false)),
+    ("no_wr_batching", Value::Bool(false)),
+    ("disable_mappable_bar0", Value::Bool(false)),
+    ("disable_adaptive_irq", Value::Bool(false)),
+    ("disable_shadow_doorbells", Value::Bool(false)),
+    ("disable_command_passthru", Value::Bool(false)),
+    ("dif_insert_or_strip", Value::Bool(false)),
+    ("zcopy", Value::Bool(false)),
+    ("num_cqe", Value::Null),
+    ("max_srq_depth", Value::Null),
+    ("sock_priority", Value::Null),
+    ("kas", Value::Null),
+    ("min_kato", Value::Null),
+    ("masked_oncs", Value::Null),
+    ("masked_fuses", Value::Null),
+];
+
 pub(super) fn create_transport(p: &Params) -> RpcResult {
-    p.only(&[
+    let mut known = vec![
         "trtype",
         "tgt_name",
         "max_queue_depth",
@@ -66,23 +102,16 @@ pub(super) fn create_transport(p: &Params) -> RpcResult {
         "max_io_size",
         "io_unit_size",
         "max_aq_depth",
-        "num_shared_buffers",
-        "buf_cache_size",
-        "dif_insert_or_strip",
         "c2h_success",
-        "sock_priority",
-        "abort_timeout_sec",
-        "ack_timeout",
-        "zcopy",
-        "data_wr_pool_size",
-        "control_msg_num",
-        "disable_command_passthru",
-    ])?;
+    ];
+    known.extend_from_slice(TUNING_ONLY);
+    known.extend(DEFAULT_ONLY.iter().map(|(k, _)| *k));
+    p.only(&known)?;
     no_tgt_name(p)?;
     check_trtype(p.str("trtype")?)?;
-    p.default_only("dif_insert_or_strip", &json!(false))?;
-    p.default_only("zcopy", &json!(false))?;
-    p.default_only("sock_priority", &json!(0))?;
+    for (k, v) in DEFAULT_ONLY {
+        p.default_only(k, v)?;
+    }
     let d = TransportOpts::default();
     // SPDK's max_qpairs_per_ctrlr counts the admin queue too.
     let io_qpairs = match p.opt_u64("max_qpairs_per_ctrlr")? {
@@ -104,8 +133,6 @@ pub(super) fn create_transport(p: &Params) -> RpcResult {
         c2h_success: p.opt_bool("c2h_success")?.unwrap_or(d.c2h_success),
         max_h2c_data: d.max_h2c_data,
     };
-    // num_shared_buffers, buf_cache_size and the timeouts tune SPDK's own buffer and socket
-    // handling; Tandem's buffers come from per-reactor pools, so they are accepted and unused.
     target::create_transport(opts)?;
     Ok(json!(true))
 }

@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::io::{IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +97,8 @@ struct Slot {
     status: Status,
     /// The command's data; empty when it has none. Kept across commands (cleared, not freed).
     sgl: Sgl,
+    /// What a Compare read from the namespace, to hold beside the host's data.
+    cmp: Sgl,
 }
 
 impl Slot {
@@ -109,6 +112,7 @@ impl Slot {
             pending: 0,
             status: Status::SUCCESS,
             sgl: Sgl::new(),
+            cmp: Sgl::new(),
         }
     }
 
@@ -183,8 +187,55 @@ struct Queue {
     ns: Vec<NsEntry>,
 }
 
+/// The connection's byte stream: a TCP socket, or one end of a Unix socket pair (how the fuzz
+/// harness and tests feed a connection without a network).
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.read(b),
+            Socket::Unix(s) => s.read(b),
+        }
+    }
+
+    fn write_vectored(&mut self, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.write_vectored(iov),
+            Socket::Unix(s) => s.write_vectored(iov),
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Socket::Tcp(s) => s.shutdown(Shutdown::Both),
+            Socket::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// The peer, for log lines.
+    fn peer(&self) -> String {
+        match self {
+            Socket::Tcp(s) => s
+                .peer_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+            Socket::Unix(_) => "unix".to_owned(),
+        }
+    }
+}
+
 pub(crate) struct Conn {
-    sock: TcpStream,
+    sock: Socket,
     fd: RawFd,
     addr: ListenAddr,
     opts: TransportOpts,
@@ -216,6 +267,11 @@ pub(crate) fn start(sock: TcpStream, addr: ListenAddr) {
         tracing::warn!("nvmf/tcp: new connection: {e}");
         return;
     }
+    start_socket(Socket::Tcp(sock), addr);
+}
+
+/// Take a connection on a non-blocking socket onto the current reactor.
+pub(crate) fn start_socket(sock: Socket, addr: ListenAddr) {
     let opts = target::transport().unwrap_or_default();
     let fd = sock.as_raw_fd();
     let conn = Rc::new_cyclic(|me| {
@@ -462,7 +518,7 @@ impl Conn {
             (Phase::Ready, PduType::CapsuleCmd) => self.capsule(h, pdu),
             (Phase::Ready, PduType::H2cData) => self.h2c_data(h, pdu),
             (Phase::Ready, PduType::H2cTermReq) => {
-                tracing::info!(peer = ?self.sock.peer_addr().ok(), "nvmf/tcp: host ended the connection (H2CTermReq)");
+                tracing::info!(peer = %self.sock.peer(), "nvmf/tcp: host ended the connection (H2CTermReq)");
                 self.close();
                 Ok(())
             }
@@ -751,7 +807,7 @@ impl Conn {
         match r {
             Ok(cntlid) => self.finish(slot, Status::SUCCESS, cntlid as u32),
             Err((status, dw0)) => {
-                tracing::info!(peer = ?self.sock.peer_addr().ok(), ?status, dw0, "nvmf/tcp: Connect refused");
+                tracing::info!(peer = %self.sock.peer(), ?status, dw0, "nvmf/tcp: Connect refused");
                 self.finish(slot, status, dw0)
             }
         }
@@ -981,6 +1037,23 @@ impl Conn {
                     self.slots[slot as usize].sgl = sgl;
                     nio::submit_status(&e)
                 })
+            }
+            IoCmd::Compare { slba, nlb } => {
+                let s = &mut self.slots[slot as usize];
+                s.cmp.clear();
+                let filled =
+                    take_buf(len as usize).is_some_and(|b| s.cmp.push(b, 0, len as usize).is_ok());
+                if !filled {
+                    return self.finish(slot, Status::INTERNAL_ERROR, 0);
+                }
+                let sgl = std::mem::take(&mut s.cmp);
+                let me = self.me.upgrade().expect("alive");
+                channel
+                    .read(slba, nlb, sgl, move |d: IoDone| compare_done(&me, slot, d))
+                    .map_err(|(e, sgl)| {
+                        self.slots[slot as usize].cmp = sgl;
+                        nio::submit_status(&e)
+                    })
             }
             IoCmd::Flush => {
                 if channel.bdev().supports(IoType::Flush) {
@@ -1259,7 +1332,7 @@ impl Conn {
 
     /// End the connection for a protocol error: a C2HTermReq, then close.
     fn fatal(&mut self, e: &ProtocolError, offending: &[u8]) {
-        tracing::warn!(peer = ?self.sock.peer_addr().ok(), "nvmf/tcp: {e}; terminating the connection");
+        tracing::warn!(peer = %self.sock.peer(), "nvmf/tcp: {e}; terminating the connection");
         let hdr = &offending[..offending.len().min(128)];
         let b = pdu::term_req(PduType::C2hTermReq, e, hdr);
         self.tx.push_back(Out::new(&b));
@@ -1357,7 +1430,7 @@ impl Conn {
         for p in self.pollers.drain(..) {
             let _ = p.unregister();
         }
-        let _ = self.sock.shutdown(Shutdown::Both);
+        self.sock.shutdown();
         self.tx.clear();
         if let Some(q) = self.queue.as_mut() {
             q.ns.clear();
@@ -1373,6 +1446,30 @@ impl Conn {
 
 fn io_done(conn: &ConnRef, slot: u16, is_read: bool, d: IoDone) {
     conn.borrow_mut().io_finished(slot, is_read, d);
+}
+
+/// A Compare's read finished: answer with the comparison.
+fn compare_done(conn: &ConnRef, slot: u16, d: IoDone) {
+    let mut c = conn.borrow_mut();
+    if c.phase == Phase::Closed {
+        return;
+    }
+    let s = &mut c.slots[slot as usize];
+    s.cmp = d.sgl;
+    let status = match &d.status {
+        Err(e) => nio::completion_status(e, true),
+        Ok(()) => {
+            let len = s.len as usize;
+            let theirs = s.cmp.segs().first().map_or(&[][..], |x| x.as_slice());
+            if theirs.get(..len) == s.data().get(..len) {
+                Status::SUCCESS
+            } else {
+                Status::COMPARE_FAILURE
+            }
+        }
+    };
+    s.cmp.clear();
+    c.finish(slot, status, 0);
 }
 
 fn fua_done(conn: &ConnRef, slot: u16, ch: Channel, slba: u64, nlb: u64, d: IoDone) {
