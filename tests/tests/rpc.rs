@@ -184,3 +184,160 @@ fn bad_bytes_get_a_parse_error_and_the_server_keeps_serving() {
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+#[test]
+fn spdk_rpc_builds_an_nvmf_target_and_save_config_reloads_it() {
+    let s1 = sock("nvmf1");
+    let mut d = start(&s1, &[]);
+    let port = tandem_tests::free_port().to_string();
+    let nqn = "nqn.2016-06.io.spdk:cnode7";
+    let host = "nqn.2014-08.org.nvmexpress:uuid:6b6c2a83-0d6e-4d38-9b1a-2f0b8d6e6a11";
+    for args in [
+        &["bdev_malloc_create", "-b", "Malloc0", "16", "512"][..],
+        &["bdev_malloc_create", "-b", "Malloc1", "16", "4096"],
+        &[
+            "nvmf_create_transport",
+            "-t",
+            "TCP",
+            "-q",
+            "64",
+            "-c",
+            "4096",
+        ],
+        &[
+            "nvmf_create_subsystem",
+            nqn,
+            "-s",
+            "SN0007",
+            "-d",
+            "Tandem test",
+            "-i",
+            "5",
+            "-I",
+            "9",
+        ],
+        &["nvmf_subsystem_add_ns", nqn, "Malloc0"],
+        &["nvmf_subsystem_add_ns", nqn, "Malloc1", "-n", "5"],
+        &["nvmf_subsystem_add_host", nqn, host],
+        &[
+            "nvmf_subsystem_add_listener",
+            nqn,
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            &port,
+            "-f",
+            "ipv4",
+        ],
+    ] {
+        let (ok, _, err) = spdk_rpc(&s1, args);
+        assert!(ok, "spdk-rpc {args:?}: {err}");
+    }
+    let t = spdk_json(&s1, &["nvmf_get_transports"]);
+    assert_eq!(t[0]["trtype"], "TCP");
+    assert_eq!(t[0]["max_queue_depth"], 64);
+    assert_eq!(t[0]["in_capsule_data_size"], 4096);
+    let subs = spdk_json(&s1, &["nvmf_get_subsystems"]);
+    let sub = subs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["nqn"] == nqn)
+        .expect("the subsystem is listed");
+    assert_eq!(sub["serial_number"], "SN0007");
+    assert_eq!(sub["model_number"], "Tandem test");
+    assert_eq!(sub["allow_any_host"], false);
+    assert_eq!(sub["hosts"][0]["nqn"], host);
+    assert_eq!(sub["namespaces"][1]["nsid"], 5);
+    assert_eq!(sub["listen_addresses"][0]["trsvcid"], port.as_str());
+    assert!(subs
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["subtype"] == "Discovery"));
+
+    // Refusals name the problem and carry SPDK's codes.
+    for (args, code, words) in [
+        (&["nvmf_create_subsystem", nqn][..], "-17", "already exists"),
+        (
+            &["nvmf_create_subsystem", "not-an-nqn"],
+            "-22",
+            "not a valid NQN",
+        ),
+        (
+            &["nvmf_subsystem_add_ns", nqn, "NoSuchBdev"],
+            "-19",
+            "no bdev named",
+        ),
+        (
+            &["nvmf_subsystem_add_ns", nqn, "Malloc0"],
+            "-17",
+            "already a namespace",
+        ),
+        (
+            &["nvmf_subsystem_remove_ns", nqn, "9"],
+            "-19",
+            "no namespace with NSID 9",
+        ),
+        (
+            &["nvmf_create_transport", "-t", "RDMA"],
+            "-32602",
+            "not supported",
+        ),
+        (
+            &[
+                "nvmf_subsystem_add_listener",
+                nqn,
+                "-t",
+                "tcp",
+                "-a",
+                "127.0.0.1",
+                "-s",
+                &port,
+                "-f",
+                "ipv4",
+            ],
+            "-17",
+            "already listens",
+        ),
+    ] {
+        let (ok, out, err) = spdk_rpc(&s1, args);
+        let shown = out + &err;
+        assert!(
+            !ok && shown.contains(code) && shown.contains(words),
+            "{args:?}: {shown}"
+        );
+    }
+
+    let saved = spdk_json(&s1, &["save_config"]);
+    let config = format!("/tmp/tandem-rpc-nvmf-{}.json", std::process::id());
+    std::fs::write(&config, serde_json::to_string_pretty(&saved).unwrap()).unwrap();
+    let before = tandem_rpc(&s1, "nvmf_get_subsystems", "{}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+
+    let s2 = sock("nvmf2");
+    let mut d2 = start(&s2, &["--config", &config]);
+    let after = tandem_rpc(&s2, "nvmf_get_subsystems", "{}");
+    assert_eq!(
+        after, before,
+        "the reloaded config gives the same subsystems"
+    );
+    assert_eq!(
+        tandem_rpc(&s2, "nvmf_get_transports", "{}"),
+        spdk_json(&s2, &["nvmf_get_transports"])
+    );
+    // And the listener serves: a TCP connection is accepted on the saved port.
+    std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap()))
+        .expect("the reloaded listener accepts");
+    // Deleting frees the port for reuse at once.
+    let (ok, _, err) = spdk_rpc(&s2, &["nvmf_delete_subsystem", nqn]);
+    assert!(ok, "{err}");
+    std::net::TcpListener::bind(("127.0.0.1", port.parse::<u16>().unwrap()))
+        .expect("the port is free after the subsystem is deleted");
+    d2.signal(libc::SIGTERM);
+    assert_eq!(d2.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    std::fs::remove_file(&config).unwrap();
+}

@@ -105,3 +105,24 @@ fn a_malformed_config_is_refused_and_a_good_one_is_read() {
     assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn without_a_config_it_serves_a_ram_namespace_to_any_host() {
+    let port = tandem_tests::free_port();
+    let sock = format!("/tmp/tandem-default-{}.sock", std::process::id());
+    let mut d = tandem_tests::serve_default(port, &sock, false, &[]);
+    let subs = tandem_tests::rpc(&sock, "nvmf_get_subsystems", serde_json::json!({})).unwrap();
+    let sub = &subs[1];
+    assert_eq!(sub["nqn"], tandem::nvmf::DEFAULT_SUBNQN);
+    assert_eq!(sub["allow_any_host"], true);
+    assert_eq!(sub["listen_addresses"][0]["traddr"], "127.0.0.1");
+    assert_eq!(sub["listen_addresses"][0]["trsvcid"], port.to_string());
+    let bdevs = tandem_tests::rpc(&sock, "bdev_get_bdevs", serde_json::json!({})).unwrap();
+    assert_eq!(
+        bdevs[0]["num_blocks"].as_u64().unwrap() * bdevs[0]["block_size"].as_u64().unwrap(),
+        64 << 20,
+        "--default-ns-size is in MiB"
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}

@@ -322,3 +322,124 @@ impl Controller {
             && now.saturating_sub(self.last_keep_alive) > Duration::from_millis(self.kato_ms as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvme::fabrics::PropertyCmd;
+    use crate::nvmf::subsystem::SubsystemOpts;
+
+    struct NoHooks;
+    impl AdminHooks for NoHooks {
+        fn ns_changed(&self, _: &Arc<CtrlShared>, _: u32) {}
+        fn killed(&self, _: &Arc<CtrlShared>) {}
+    }
+
+    fn controller() -> Controller {
+        let sub = Subsystem::new(SubsystemOpts {
+            nqn: "nqn.2016-06.io.tandem:unit".into(),
+            serial: "S".into(),
+            model: "M".into(),
+            allow_any_host: true,
+            max_namespaces: 4,
+            min_cntlid: 1,
+            max_cntlid: 10,
+        });
+        let shared = sub
+            .add_controller(|id| {
+                CtrlShared::new(
+                    id,
+                    Arc::clone(&sub),
+                    "h".into(),
+                    [0; 16],
+                    8,
+                    Arc::new(NoHooks),
+                )
+            })
+            .unwrap();
+        Controller::new(shared, TransportOpts::default(), 2000, Duration::ZERO)
+    }
+
+    fn set_cc(c: &mut Controller, v: u32) {
+        c.property_set(&PropertyCmd {
+            wide: false,
+            offset: registers::CC,
+            value: v as u64,
+        })
+        .unwrap();
+    }
+
+    fn get(c: &Controller, offset: u32, wide: bool) -> Result<u64, Status> {
+        c.property_get(&PropertyCmd {
+            wide,
+            offset,
+            value: 0,
+        })
+    }
+
+    #[test]
+    fn enable_reset_and_shutdown_follow_cc() {
+        let mut c = controller();
+        assert_eq!(get(&c, registers::CAP, true).unwrap() & 0xFFFF, 127);
+        assert_eq!(get(&c, registers::CAP, false), Err(Status::INVALID_FIELD));
+        assert_eq!(get(&c, 0x40, false), Err(Status::INVALID_FIELD));
+        set_cc(&mut c, 0x46_0001);
+        assert_eq!(get(&c, registers::CSTS, false).unwrap() & 1, 1);
+        assert!(c.shared.is_ready());
+        assert!(c.shared.claim_io_queue(1));
+        assert!(!c.shared.claim_io_queue(1), "a queue ID is taken once");
+        assert!(!c.shared.claim_io_queue(9), "beyond the queues granted");
+        // Reset: not ready, I/O queues of the old epoch go.
+        let epoch = c.shared.epoch();
+        set_cc(&mut c, 0x46_0000);
+        assert_eq!(get(&c, registers::CSTS, false).unwrap() & 1, 0);
+        assert_ne!(c.shared.epoch(), epoch);
+        assert_eq!(c.shared.connected_io_queues(), 0);
+        // Normal shutdown completes at once.
+        set_cc(&mut c, 0x46_4001);
+        assert_eq!(get(&c, registers::CSTS, false).unwrap() & 0xC, 0x8);
+        // Only CC is writable.
+        let vs = PropertyCmd {
+            wide: false,
+            offset: registers::VS,
+            value: 0,
+        };
+        assert_eq!(c.property_set(&vs), Err(Status::INVALID_FIELD));
+    }
+
+    #[test]
+    fn namespace_notices_wait_for_an_aer_and_for_the_log_to_be_read() {
+        let mut c = controller();
+        // Not enabled by the host: remembered, no event.
+        assert_eq!(c.ns_changed(3), None);
+        c.aen_config = crate::nvme::features::AEN_NS_ATTRIBUTE;
+        assert_eq!(c.hold_aer(40), Ok(None));
+        assert_eq!(c.ns_changed(4), Some((40, AEN_NS_CHANGED)));
+        // Masked until the Changed Namespace List is read: no second event.
+        assert_eq!(c.hold_aer(41), Ok(None));
+        assert_eq!(c.ns_changed(5), None);
+        assert_eq!(c.changed_ns, vec![3, 4, 5]);
+        c.ns_notice_masked = false;
+        assert_eq!(c.ns_changed(6), Some((41, AEN_NS_CHANGED)));
+        // With no AER waiting, the event queues for the next one.
+        c.ns_notice_masked = false;
+        assert_eq!(c.ns_changed(7), None);
+        assert_eq!(c.hold_aer(42), Ok(Some(AEN_NS_CHANGED)));
+        // The limit on outstanding requests.
+        for cid in 0..MAX_AERS as u16 {
+            assert_eq!(c.hold_aer(cid), Ok(None));
+        }
+        assert!(c.hold_aer(99).is_err());
+    }
+
+    #[test]
+    fn keep_alive_expires_only_after_kato_without_one() {
+        let mut c = controller();
+        assert!(!c.keep_alive_expired(Duration::from_millis(1500)));
+        c.keep_alive(Duration::from_millis(1500));
+        assert!(!c.keep_alive_expired(Duration::from_millis(3400)));
+        assert!(c.keep_alive_expired(Duration::from_millis(3600)));
+        c.kato_ms = 0;
+        assert!(!c.keep_alive_expired(Duration::from_secs(3600)));
+    }
+}

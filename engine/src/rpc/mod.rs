@@ -145,8 +145,9 @@ fn framework_wait_init(p: &Params) -> RpcResult {
     Ok(json!(true))
 }
 
-/// The subsystems whose configuration tandemd saves, in start-up order.
-const SUBSYSTEMS: &[&str] = &["bdev", "nvmf"];
+/// The subsystems whose configuration tandemd saves, in start-up order, each with those it
+/// depends on (namespaces need their bdevs).
+const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nvmf", &["bdev"])];
 
 fn subsystem_config(name: &str) -> Option<Vec<Value>> {
     match name {
@@ -161,7 +162,7 @@ fn framework_get_subsystems(p: &Params) -> RpcResult {
     p.only(&[])?;
     Ok(json!(SUBSYSTEMS
         .iter()
-        .map(|s| json!({"subsystem": s, "depends_on": []}))
+        .map(|(s, deps)| json!({"subsystem": s, "depends_on": deps}))
         .collect::<Vec<_>>()))
 }
 
@@ -179,7 +180,7 @@ fn save_config(p: &Params) -> RpcResult {
     p.only(&[])?;
     let subsystems: Vec<Value> = SUBSYSTEMS
         .iter()
-        .map(|s| json!({ "subsystem": s, "config": subsystem_config(s).unwrap_or_default() }))
+        .map(|(s, _)| json!({ "subsystem": s, "config": subsystem_config(s).unwrap_or_default() }))
         .collect();
     Ok(json!({ "subsystems": subsystems }))
 }
