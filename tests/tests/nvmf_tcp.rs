@@ -566,3 +566,184 @@ fn a_namespace_added_while_connected_raises_an_async_event() {
     let list = h.identify(cns::ACTIVE_NS_LIST, 0);
     assert_eq!(&list.data[..8], &[1, 0, 0, 0, 0, 0, 0, 0]);
 }
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
+}
+
+#[test]
+fn a_host_that_stops_reading_cannot_make_the_target_hoard_answers() {
+    let (d, port, _admin, mut io) = io_queue("hoard", false, false, false);
+    let mut h = Host::new(port, false, false);
+    h.admin(DISCOVERY_NQN, 0);
+    let before = rss_mib(d.child.id());
+    // 20 000 requests for 128 KiB of discovery log each (2.5 GiB of answers), never read.
+    let mut sqe = Sqe {
+        opcode: tandem::nvme::admin::GET_LOG_PAGE,
+        ..Sqe::default()
+    };
+    sqe.cdw[0] = 0x70 | (32767 << 16);
+    sqe.dptr = tandem::nvme::sgl::SglDesc {
+        addr: 0,
+        len: 131072,
+        id: tandem::nvme::sgl::TRANSPORT,
+    }
+    .encode();
+    let capsule = h.capsule(&sqe, &[]);
+    h.sock.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sent < 20_000 && Instant::now() < deadline {
+        use std::io::Write;
+        match h.sock.write(&capsule) {
+            Ok(n) if n == capsule.len() => sent += 1,
+            Ok(_) => break,
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss_mib(d.child.id()).saturating_sub(before);
+    assert!(
+        grown < 256,
+        "tandemd grew by {grown} MiB for {sent} unread answers"
+    );
+    // Other hosts are served meanwhile and after.
+    io_roundtrip(&mut io);
+    drop(h);
+    io_roundtrip(&mut io);
+}
+
+#[test]
+fn silent_peers_are_let_go_and_missing_digests_are_fatal() {
+    let port = free_port();
+    let _d = serve_default(port, &sock("silent"), false, &[]);
+    // Connected but silent: closed after the set-up timeout.
+    let mut quiet = Host::tcp(port);
+    quiet
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let t0 = Instant::now();
+    // Data digest negotiated, then in-capsule data without one: TermReq at FLAGS.
+    let mut h = Host::new(port, false, true);
+    h.neg.data_digest = false;
+    let mut sqe = Sqe {
+        opcode: tandem::nvme::io::WRITE,
+        ..Sqe::default()
+    };
+    sqe.dptr = tandem::nvme::sgl::SglDesc {
+        addr: 0,
+        len: 512,
+        id: tandem::nvme::sgl::IN_CAPSULE,
+    }
+    .encode();
+    let capsule = h.capsule(&sqe, &[7; 512]);
+    h.send(&capsule);
+    h.neg.data_digest = true;
+    assert_eq!(
+        h.recv().unwrap().term(),
+        (Fes::InvalidHeaderField as u16, 1)
+    );
+    assert!(h.closed_by_target());
+    assert!(quiet.closed_by_target(), "a silent connection is closed");
+    let waited = t0.elapsed();
+    assert!(
+        waited > Duration::from_secs(8) && waited < Duration::from_secs(14),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn in_capsule_data_may_start_at_an_offset() {
+    let (_d, _port, _admin, mut io) = io_queue("offset", false, false, false);
+    let data = pattern(1024, 4);
+    let mut inline = vec![0xEE; 100];
+    inline.extend_from_slice(&data);
+    let mut sqe = Sqe {
+        opcode: tandem::nvme::io::WRITE,
+        nsid: 1,
+        cid: 321,
+        ..Sqe::default()
+    };
+    sqe.cdw[0] = 40;
+    sqe.cdw[2] = 1;
+    sqe.dptr = tandem::nvme::sgl::SglDesc {
+        addr: 100,
+        len: 1024,
+        id: tandem::nvme::sgl::IN_CAPSULE,
+    }
+    .encode();
+    let capsule = io.capsule(&sqe, &inline);
+    io.send(&capsule);
+    let p = io.recv().unwrap();
+    let cqe = tandem::nvmf::tcp::pdu::capsule_cqe(&p.bytes).unwrap();
+    assert_eq!(Status::from_field(cqe.status).0, Status::SUCCESS);
+    assert_eq!(io.read(1, 40, BLOCK, 1024).data, data);
+    // An offset past the data is refused.
+    sqe.dptr = tandem::nvme::sgl::SglDesc {
+        addr: 2000,
+        len: 1024,
+        id: tandem::nvme::sgl::IN_CAPSULE,
+    }
+    .encode();
+    let capsule = io.capsule(&sqe, &inline);
+    io.send(&capsule);
+    let p = io.recv().unwrap();
+    let cqe = tandem::nvmf::tcp::pdu::capsule_cqe(&p.bytes).unwrap();
+    assert_eq!(Status::from_field(cqe.status).0, Status::SGL_OFFSET_INVALID);
+}
+
+#[test]
+fn a_controller_reset_closes_io_queues_and_ends_held_events() {
+    let (_d, port, mut admin, mut io) = io_queue("reset", false, false, false);
+    let aer = Sqe {
+        opcode: tandem::nvme::admin::ASYNC_EVENT_REQUEST,
+        cid: 900,
+        ..Sqe::default()
+    };
+    let capsule = admin.capsule(&aer, &[]);
+    admin.send(&capsule);
+    // CC.EN = 0: a reset.
+    let mut set = Sqe {
+        opcode: tandem::nvme::fabrics::OPCODE,
+        nsid: tandem::nvme::fabrics::PROPERTY_SET as u32,
+        cid: 901,
+        ..Sqe::default()
+    };
+    set.cdw[1] = registers::CC;
+    set.cdw[2] = 0x46_0000;
+    let capsule = admin.capsule(&set, &[]);
+    admin.send(&capsule);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let p = admin.recv().unwrap();
+        let cqe = tandem::nvmf::tcp::pdu::capsule_cqe(&p.bytes).unwrap();
+        seen.push((cqe.cid, Status::from_field(cqe.status).0));
+    }
+    assert!(
+        seen.contains(&(900, Status::ABORTED_SQ_DELETION)),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&(901, Status::SUCCESS)), "{seen:?}");
+    assert!(io.closed_by_target(), "the reset closes the I/O queue");
+    // A new I/O queue needs the controller enabled again.
+    let mut q = Host::new(port, false, false);
+    let cntlid = {
+        let list = admin.identify(cns::CONTROLLER, 0);
+        assert_eq!(list.status(), Status::COMMAND_SEQUENCE_ERROR, "disabled");
+        let c = q.connect(DEFAULT_SUBNQN, HOSTNQN, 1, 1, 0);
+        assert_eq!(c.status(), Status::COMMAND_SEQUENCE_ERROR);
+        admin.prop_set(registers::CC, 0x46_0001);
+        1
+    };
+    let c = q.connect(DEFAULT_SUBNQN, HOSTNQN, 1, cntlid, 0);
+    assert!(c.status().is_success(), "{:?}", c.status());
+    io_roundtrip(&mut q);
+}

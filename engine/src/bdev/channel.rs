@@ -329,6 +329,17 @@ impl Channel {
     }
 }
 
+impl Clone for Channel {
+    /// Another handle on the same channel: no lookup, no allocation.
+    fn clone(&self) -> Channel {
+        self.shared.users.set(self.shared.users.get() + 1);
+        Channel {
+            desc: Arc::clone(&self.desc),
+            shared: Rc::clone(&self.shared),
+        }
+    }
+}
+
 impl Drop for Channel {
     fn drop(&mut self) {
         self.shared.users.set(self.shared.users.get() - 1);

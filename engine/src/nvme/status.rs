@@ -30,11 +30,13 @@ impl Status {
     pub const DATA_TRANSFER_ERROR: Status = Status::generic(0x04);
     pub const INTERNAL_ERROR: Status = Status::generic(0x06);
     pub const ABORTED_BY_REQUEST: Status = Status::generic(0x07);
+    pub const ABORTED_SQ_DELETION: Status = Status::generic(0x08);
     pub const INVALID_NAMESPACE: Status = Status::generic(0x0B).no_retry();
     pub const COMMAND_SEQUENCE_ERROR: Status = Status::generic(0x0C).no_retry();
     pub const INVALID_SGL_DESCRIPTOR: Status = Status::generic(0x0D).no_retry();
     pub const DATA_SGL_LENGTH_INVALID: Status = Status::generic(0x0F).no_retry();
     pub const SGL_DESCRIPTOR_TYPE_INVALID: Status = Status::generic(0x11).no_retry();
+    pub const SGL_OFFSET_INVALID: Status = Status::generic(0x16).no_retry();
     /// A data digest did not match: the host may retry.
     pub const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22);
     pub const LBA_OUT_OF_RANGE: Status = Status::generic(0x80).no_retry();

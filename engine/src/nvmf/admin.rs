@@ -38,7 +38,7 @@ impl Controller {
                 Err(s) => Reply::err(s),
             },
             admin::GET_FEATURES => self.get_features(sqe),
-            admin::SET_FEATURES => self.set_features(sqe),
+            admin::SET_FEATURES => self.set_features(sqe, now),
             // Commands complete as they arrive, so there is never one to abort: dword 0 bit 0
             // says "not aborted".
             admin::ABORT if !discovery => Reply::ok(1),
@@ -203,7 +203,7 @@ impl Controller {
         }
     }
 
-    fn set_features(&mut self, sqe: &Sqe) -> Reply {
+    fn set_features(&mut self, sqe: &Sqe, now: Duration) -> Reply {
         let id = sqe.cdw(10) as u8;
         let v = sqe.cdw(11);
         if sqe.cdw(10) & (1 << 31) != 0 {
@@ -224,6 +224,7 @@ impl Controller {
             }
             fid::KEEP_ALIVE_TIMER => {
                 self.kato_ms = v;
+                self.keep_alive(now);
                 Reply::ok(0)
             }
             fid::ASYNC_EVENT_CONFIG => {

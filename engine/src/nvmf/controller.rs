@@ -35,6 +35,15 @@ pub trait AdminHooks: Send + Sync {
     fn killed(&self, ctrl: &Arc<CtrlShared>);
 }
 
+/// Why an I/O queue could not be connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimError {
+    /// CSTS.RDY is clear.
+    NotReady,
+    /// The queue ID is 0, beyond the queues granted, or already connected.
+    BadQid,
+}
+
 pub struct CtrlShared {
     /// Unique over the process's life (controller IDs are reused).
     pub id: u64,
@@ -48,7 +57,8 @@ pub struct CtrlShared {
     ready: AtomicBool,
     /// I/O queues granted by Set Features Number of Queues (or the transport's maximum).
     io_queues: AtomicU16,
-    connected: Mutex<Vec<u16>>,
+    /// The I/O queues connected, each with the epoch it connected in.
+    connected: Mutex<Vec<(u16, u32)>>,
     hooks: Arc<dyn AdminHooks>,
 }
 
@@ -92,31 +102,42 @@ impl CtrlShared {
         self.io_queues.load(Ordering::Acquire)
     }
 
-    /// Take I/O queue `qid` for a Connect; false if it is out of range or taken.
-    pub fn claim_io_queue(&self, qid: u16) -> bool {
-        if qid == 0 || qid > self.io_queues() {
-            return false;
-        }
-        let mut c = self.connected.lock().unwrap_or_else(|p| p.into_inner());
-        if c.contains(&qid) {
-            return false;
-        }
-        c.push(qid);
-        true
+    fn connected(&self) -> std::sync::MutexGuard<'_, Vec<(u16, u32)>> {
+        self.connected.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn release_io_queue(&self, qid: u16) {
-        self.connected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|&q| q != qid);
+    /// Take I/O queue `qid` for a Connect: the epoch it belongs to. The controller must be
+    /// ready, and checked under the same lock a reset takes, so a queue never joins an epoch
+    /// that already ended.
+    pub fn claim_io_queue(&self, qid: u16) -> Result<u32, ClaimError> {
+        let mut c = self.connected();
+        if !self.is_ready() {
+            return Err(ClaimError::NotReady);
+        }
+        if qid == 0 || qid > self.io_queues() || c.iter().any(|&(q, _)| q == qid) {
+            return Err(ClaimError::BadQid);
+        }
+        let epoch = self.epoch();
+        c.push((qid, epoch));
+        Ok(epoch)
+    }
+
+    /// Give back queue `qid` of `epoch` (a reset already forgot the queues of older epochs).
+    pub fn release_io_queue(&self, qid: u16, epoch: u32) {
+        self.connected().retain(|&q| q != (qid, epoch));
     }
 
     pub fn connected_io_queues(&self) -> usize {
-        self.connected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.connected().len()
+    }
+
+    /// A controller reset (CC.EN cleared): not ready, and every I/O queue of the ending epoch
+    /// closes.
+    fn reset(&self) {
+        let mut c = self.connected();
+        self.ready.store(false, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        c.clear();
     }
 
     pub fn notify_ns_changed(self: &Arc<Self>, nsid: u32) {
@@ -241,9 +262,10 @@ impl Controller {
     }
 
     /// Property Set. Only CC is writable: EN 0→1 makes the controller ready, 1→0 resets it
-    /// (its I/O queues close), and a shutdown notification completes at once, as nothing is
-    /// cached.
-    pub fn property_set(&mut self, p: &PropertyCmd) -> Result<(), Status> {
+    /// (its I/O queues close, its features return to their defaults), and a shutdown
+    /// notification completes at once, as nothing is cached. Returns the CIDs of the
+    /// Asynchronous Event Requests a reset ended, to be answered as aborted.
+    pub fn property_set(&mut self, p: &PropertyCmd) -> Result<Vec<u16>, Status> {
         if p.offset != registers::CC || p.wide {
             return Err(Status::INVALID_FIELD);
         }
@@ -260,17 +282,18 @@ impl Controller {
             self.shared.ready.store(true, Ordering::Release);
         } else if new & cc::EN == 0 && old & cc::EN != 0 {
             self.csts &= !csts::RDY;
-            self.shared.ready.store(false, Ordering::Release);
-            self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+            self.shared.reset();
             self.shared
-                .connected
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
-            self.aers.clear();
+                .io_queues
+                .store(self.opts.max_io_qpairs_per_ctrlr, Ordering::Release);
+            self.aen_config = 0;
+            self.plain_features.clear();
             self.events.clear();
+            self.changed_ns.clear();
+            self.ns_notice_masked = false;
+            return Ok(self.aers.drain(..).collect());
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     pub fn grant_io_queues(&mut self, n: u16) -> u16 {
@@ -386,15 +409,41 @@ mod tests {
         set_cc(&mut c, 0x46_0001);
         assert_eq!(get(&c, registers::CSTS, false).unwrap() & 1, 1);
         assert!(c.shared.is_ready());
-        assert!(c.shared.claim_io_queue(1));
-        assert!(!c.shared.claim_io_queue(1), "a queue ID is taken once");
-        assert!(!c.shared.claim_io_queue(9), "beyond the queues granted");
-        // Reset: not ready, I/O queues of the old epoch go.
-        let epoch = c.shared.epoch();
-        set_cc(&mut c, 0x46_0000);
+        let epoch = c.shared.claim_io_queue(1).unwrap();
+        assert_eq!(
+            c.shared.claim_io_queue(1),
+            Err(ClaimError::BadQid),
+            "taken once"
+        );
+        assert_eq!(
+            c.shared.claim_io_queue(9),
+            Err(ClaimError::BadQid),
+            "beyond the grant"
+        );
+        // Reset: not ready, I/O queues of the old epoch go, held AERs end.
+        c.aen_config = crate::nvme::features::AEN_NS_ATTRIBUTE;
+        assert_eq!(c.hold_aer(7), Ok(None));
+        let ended = c
+            .property_set(&PropertyCmd {
+                wide: false,
+                offset: registers::CC,
+                value: 0x46_0000,
+            })
+            .unwrap();
+        assert_eq!(ended, vec![7]);
+        assert_eq!(c.aen_config, 0, "features return to their defaults");
         assert_eq!(get(&c, registers::CSTS, false).unwrap() & 1, 0);
         assert_ne!(c.shared.epoch(), epoch);
         assert_eq!(c.shared.connected_io_queues(), 0);
+        assert_eq!(c.shared.claim_io_queue(1), Err(ClaimError::NotReady));
+        // The old queue's late release does not free a new claim of the same ID.
+        set_cc(&mut c, 0x46_0001);
+        let new_epoch = c.shared.claim_io_queue(1).unwrap();
+        c.shared.release_io_queue(1, epoch);
+        assert_eq!(c.shared.connected_io_queues(), 1);
+        c.shared.release_io_queue(1, new_epoch);
+        assert_eq!(c.shared.connected_io_queues(), 0);
+        set_cc(&mut c, 0x46_0000);
         // Normal shutdown completes at once.
         set_cc(&mut c, 0x46_4001);
         assert_eq!(get(&c, registers::CSTS, false).unwrap() & 0xC, 0x8);

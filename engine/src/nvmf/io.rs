@@ -47,6 +47,15 @@ fn lba_range(sqe: &Sqe) -> (u64, u64) {
     (slba, nlb)
 }
 
+/// Is `opcode` an NVM command Tandem runs? Checked before the namespace, so that an unknown
+/// command is an invalid opcode whatever its NSID.
+pub fn known_opcode(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        io::READ | io::WRITE | io::COMPARE | io::FLUSH | io::WRITE_ZEROES | io::DATASET_MANAGEMENT
+    )
+}
+
 /// Check `[slba, slba + nlb)` against a namespace of `num_blocks`.
 pub fn check_range(slba: u64, nlb: u64, num_blocks: u64) -> Result<(), Status> {
     match slba.checked_add(nlb) {

@@ -26,8 +26,12 @@ pub enum Kind {
     Discovery,
 }
 
+static NEXT_NS_ID: AtomicU64 = AtomicU64::new(1);
+
 /// A namespace: a bdev opened read-write, under an NSID.
 pub struct Namespace {
+    /// Unique over the process's life (an NSID may be reused for another bdev).
+    id: u64,
     pub nsid: u32,
     pub desc: Desc,
     pub uuid: u128,
@@ -135,9 +139,11 @@ impl Subsystem {
     ) -> Result<u32, super::Error> {
         let bdev =
             bdev::get(bdev_name).ok_or_else(|| super::Error::NoSuchBdev(bdev_name.to_owned()))?;
+        let in_use =
+            |s: &SubsystemState| s.namespaces.values().any(|n| n.bdev().name() == bdev_name);
         let nsid = {
             let s = self.state();
-            if s.namespaces.values().any(|n| n.bdev().name() == bdev_name) {
+            if in_use(&s) {
                 return Err(super::Error::BdevInUse(bdev_name.to_owned()));
             }
             match nsid {
@@ -151,43 +157,76 @@ impl Subsystem {
                 n => n,
             }
         };
-        // Hot removal of the bdev removes the namespace, and the hosts hear of it.
+        // Hot removal of the bdev removes this namespace (and not another one that took its
+        // NSID since), and the hosts hear of it.
+        let id = NEXT_NS_ID.fetch_add(1, Ordering::Relaxed);
         let weak = Arc::downgrade(self);
         let on_event: bdev::EventCallback = Arc::new(move |bdev::BdevEvent::Remove| {
             if let Some(sub) = weak.upgrade() {
-                let _ = sub.remove_namespace(nsid);
+                sub.remove_namespace_if(nsid, id);
             }
         });
         let desc = bdev::open(bdev_name, true, Some(on_event)).map_err(super::Error::Bdev)?;
         let uuid = uuid.unwrap_or_else(|| bdev.uuid());
         let ns = Arc::new(Namespace {
+            id,
             nsid,
             desc,
             uuid,
             nguid: nguid.unwrap_or_else(|| uuid.to_be_bytes()),
         });
         {
+            // Checked again: another RPC may have raced this one since the first look.
             let mut s = self.state();
             if s.namespaces.contains_key(&nsid) {
                 return Err(super::Error::NsidInUse(nsid));
+            }
+            if in_use(&s) {
+                return Err(super::Error::BdevInUse(bdev_name.to_owned()));
             }
             s.namespaces.insert(nsid, ns);
         }
         self.bump_ns_gen();
         self.namespace_changed(nsid);
+        // A removal that came between the open and the insert found nothing to remove.
+        if bdev.is_removed() {
+            self.remove_namespace_if(nsid, id);
+            return Err(super::Error::NoSuchBdev(bdev_name.to_owned()));
+        }
         Ok(nsid)
     }
 
+    /// Remove namespace `nsid` if it is still the one made with `id`.
+    fn remove_namespace_if(&self, nsid: u32, id: u64) {
+        drop(self.take_namespace(nsid, Some(id)));
+    }
+
+    /// Remove every namespace (the subsystem is being deleted).
+    pub(crate) fn clear_namespaces(&self) {
+        let gone = std::mem::take(&mut self.state().namespaces);
+        self.bump_ns_gen();
+        drop(gone);
+    }
+
     pub fn remove_namespace(&self, nsid: u32) -> Result<(), super::Error> {
-        let ns = self
-            .state()
-            .namespaces
-            .remove(&nsid)
-            .ok_or(super::Error::NoSuchNamespace(nsid))?;
+        self.take_namespace(nsid, None)
+            .map(drop)
+            .ok_or(super::Error::NoSuchNamespace(nsid))
+    }
+
+    /// Take namespace `nsid` out (only if it is the one made with `id`, when given), and tell
+    /// the controllers.
+    fn take_namespace(&self, nsid: u32, id: Option<u64>) -> Option<Arc<Namespace>> {
+        let ns = {
+            let mut s = self.state();
+            match s.namespaces.get(&nsid) {
+                Some(n) if id.is_none_or(|id| n.id == id) => s.namespaces.remove(&nsid),
+                _ => None,
+            }
+        }?;
         self.bump_ns_gen();
         self.namespace_changed(nsid);
-        drop(ns);
-        Ok(())
+        Some(ns)
     }
 
     /// Tell every controller that `nsid` changed (an asynchronous event, if the host asked).

@@ -81,12 +81,12 @@ impl TransportOpts {
                 self.in_capsule_data_size
             ));
         }
-        if self.max_io_size < 4096
+        if self.max_io_size < 8192
             || self.max_io_size > LARGE_BUF as u32
             || !self.max_io_size.is_power_of_two()
         {
             return bad(format!(
-                "max_io_size {} is not a power of two from 4096 to {LARGE_BUF}",
+                "max_io_size {} is not a power of two from 8192 to {LARGE_BUF}",
                 self.max_io_size
             ));
         }
@@ -284,7 +284,7 @@ pub fn delete_subsystem(nqn: &str) -> Result<(), Error> {
     for c in ctrls {
         c.kill();
     }
-    sub.state().namespaces.clear();
+    sub.clear_namespaces();
     bump_genctr();
     Ok(())
 }

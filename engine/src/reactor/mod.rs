@@ -206,6 +206,13 @@ pub fn register_fd(fd: RawFd) -> Result<()> {
     with_current(|r| r.register_fd(fd))?
 }
 
+/// Choose what of `fd` (registered with [`register_fd`]) wakes the current reactor: readable,
+/// writable, both or neither. A socket whose send buffer filled asks for writable until it
+/// drains; one whose peer is not reading its answers stops asking for readable meanwhile.
+pub fn fd_interest(fd: RawFd, readable: bool, writable: bool) -> Result<()> {
+    with_current(|r| r.fd_interest(fd, readable, writable))?
+}
+
 pub fn unregister_fd(fd: RawFd) -> Result<()> {
     with_current(|r| r.unregister_fd(fd))?
 }

@@ -507,6 +507,15 @@ impl Inner {
         Ok(())
     }
 
+    pub(crate) fn fd_interest(&self, fd: RawFd, readable: bool, writable: bool) -> Result<()> {
+        self.epoll
+            .modify(fd, TOKEN_USER, readable, writable)
+            .map_err(|source| Error::Sys {
+                op: "epoll_ctl(mod)",
+                source,
+            })
+    }
+
     pub(crate) fn unregister_fd(&self, fd: RawFd) -> Result<()> {
         self.epoll.remove(fd).map_err(|source| Error::Sys {
             op: "epoll_ctl(del)",

@@ -14,7 +14,7 @@ use crate::nvme::fabrics::{
 };
 use crate::nvme::sgl::{self as nsgl, DataDir, SglDesc};
 use crate::nvme::{Sqe, Status};
-use crate::nvmf::controller::{AdminHooks, Controller, CtrlShared, Outcome, Reply};
+use crate::nvmf::controller::{AdminHooks, ClaimError, Controller, CtrlShared, Outcome, Reply};
 use crate::nvmf::subsystem::Kind;
 use crate::nvmf::target;
 use crate::reactor::{self, PollStatus, ReactorId};
@@ -75,7 +75,7 @@ impl Conn {
         let len = s.len as usize;
         match dir {
             DataDir::None => self.execute(slot),
-            DataDir::Both => self.finish(slot, Status::INVALID_FIELD, 0),
+            DataDir::Both => self.finish(slot, Status::INVALID_OPCODE, 0),
             DataDir::ControllerToHost => {
                 if sgl.id != nsgl::TRANSPORT {
                     self.finish(slot, Status::SGL_DESCRIPTOR_TYPE_INVALID, 0)
@@ -88,13 +88,18 @@ impl Conn {
             DataDir::HostToController if len == 0 => self.execute(slot),
             DataDir::HostToController => match sgl.id {
                 nsgl::IN_CAPSULE => {
-                    if sgl.addr != 0 || len > dlen {
+                    // The address is an offset into the in-capsule data (SGLS bit 20).
+                    let off = usize::try_from(sgl.addr).unwrap_or(usize::MAX);
+                    if off >= dlen {
+                        self.finish(slot, Status::SGL_OFFSET_INVALID, 0)
+                    } else if len > dlen - off {
                         self.finish(slot, Status::DATA_SGL_LENGTH_INVALID, 0)
                     } else if !digest_ok {
                         self.finish(slot, Status::TRANSIENT_TRANSPORT_ERROR, 0)
                     } else if self.fill(slot, len) {
+                        let from = at + off;
                         self.slots[slot as usize].data_mut()[..len]
-                            .copy_from_slice(&pdu[at..at + len]);
+                            .copy_from_slice(&pdu[from..from + len]);
                         self.execute(slot)
                     }
                 }
@@ -223,8 +228,16 @@ impl Conn {
                         Err(s) => self.finish(slot, s, 0),
                     }
                 } else {
-                    let r = ctrl.property_set(&p);
-                    self.finish(slot, r.err().unwrap_or(Status::SUCCESS), 0)
+                    match ctrl.property_set(&p) {
+                        Ok(ended) => {
+                            // A reset ends the Asynchronous Event Requests it held.
+                            for cid in ended {
+                                self.reply(cid, Status::ABORTED_SQ_DELETION, 0);
+                            }
+                            self.finish(slot, Status::SUCCESS, 0)
+                        }
+                        Err(s) => self.finish(slot, s, 0),
+                    }
                 }
             }
             _ => self.finish(slot, Status::INVALID_OPCODE, 0),
@@ -281,7 +294,7 @@ impl Conn {
             return Err(bad_param(false, connect_offset::SQSIZE));
         }
         let now = reactor::now().unwrap_or_default();
-        let (ctrl, admin) = if cmd.qid == 0 {
+        let (ctrl, admin, epoch) = if cmd.qid == 0 {
             if data.cntlid != CNTLID_DYNAMIC && data.cntlid != 0xFFFE {
                 return Err(bad_param(true, connect_offset::CNTLID));
             }
@@ -301,8 +314,14 @@ impl Conn {
                     )
                 })
                 .ok_or((Status::CONNECT_CONTROLLER_BUSY, 0))?;
+            // The subsystem may have been deleted while this Connect ran.
+            if !target::subsystem(&sub.nqn).is_some_and(|s| Arc::ptr_eq(&s, &sub)) {
+                ctrl.kill();
+                return Err(bad_param(true, connect_offset::SUBNQN));
+            }
             let admin = Box::new(Controller::new(Arc::clone(&ctrl), opts, cmd.kato, now));
-            (ctrl, Some(admin))
+            let epoch = ctrl.epoch();
+            (ctrl, Some(admin), epoch)
         } else {
             let ctrl = sub
                 .controller(data.cntlid)
@@ -314,16 +333,14 @@ impl Conn {
             if sub.kind == Kind::Discovery {
                 return Err(bad_param(false, connect_offset::QID));
             }
-            if !ctrl.is_ready() {
-                return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
-            }
-            if !ctrl.claim_io_queue(cmd.qid) {
-                return Err(bad_param(false, connect_offset::QID));
-            }
-            (ctrl, None)
+            let epoch = ctrl.claim_io_queue(cmd.qid).map_err(|e| match e {
+                ClaimError::NotReady => (Status::COMMAND_SEQUENCE_ERROR, 0),
+                ClaimError::BadQid => bad_param(false, connect_offset::QID),
+            })?;
+            (ctrl, None, epoch)
         };
         let entries = cmd.sqsize + 1;
-        let has_keep_alive = admin.as_ref().is_some_and(|a| a.kato_ms != 0);
+        let is_admin = admin.is_some();
         tracing::info!(
             subnqn = %sub.nqn, hostnqn = %data.hostnqn, cntlid = ctrl.cntlid, qid = cmd.qid,
             entries, "nvmf/tcp: queue connected"
@@ -333,7 +350,7 @@ impl Conn {
             entries,
             sq_head: 1 % entries,
             sqflow_off: cmd.cattr & CATTR_DISABLE_SQFLOW != 0,
-            epoch: ctrl.epoch(),
+            epoch,
             ctrl: Arc::clone(&ctrl),
             admin,
             ns_gen: u64::MAX,
@@ -343,7 +360,8 @@ impl Conn {
         self.slots.resize_with(entries as usize, Slot::new);
         self.free.extend((1..entries).rev());
         self.tx.reserve(entries as usize * TX_PER_SLOT);
-        if has_keep_alive {
+        // Every admin queue watches its timer: Set Features may start one Connect did not.
+        if is_admin {
             self.start_keep_alive();
         }
         Ok(ctrl.cntlid)

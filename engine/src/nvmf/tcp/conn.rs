@@ -29,6 +29,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::io_cmd::NsEntry;
 use super::pdu::{
@@ -40,7 +41,9 @@ use crate::mem::{self, Sgl};
 use crate::nvme::{Sqe, Status};
 use crate::nvmf::controller::{AdminHooks, Controller, CtrlShared};
 use crate::nvmf::{target, ListenAddr, TransportOpts};
-use crate::reactor::{self, PollStatus, PollerHandle, ReactorId, ReactorLocal};
+use crate::reactor::{
+    self, Messenger, Msg, PollStatus, PollerHandle, ReactorId, ReactorLocal, SendErrorKind,
+};
 
 /// In-capsule data a host may send on the admin queue (Linux sends up to 8 KiB there whatever
 /// IOCCSZ says).
@@ -49,6 +52,15 @@ pub(super) const ADMIN_IN_CAPSULE: usize = 8192;
 pub(super) const PDU_BUDGET: usize = 64;
 /// Send-queue entries reserved per queue slot (a data PDU and a response).
 pub(super) const TX_PER_SLOT: usize = 2;
+/// Send-queue entries beyond that (replies that hold no slot: events, early errors) before the
+/// connection stops reading commands until the host reads its answers.
+const TX_SPARE: usize = 16;
+/// How long a connection may take to send ICReq and Connect.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TermReq may take to leave before the connection closes anyway.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The receive buffer before ICReq: room for the ICReq alone.
+const SETUP_RX: usize = 256;
 
 /// Every connection on this reactor, for the events that reach them by message.
 pub(super) static CONNS: ReactorLocal<RefCell<Vec<Weak<RefCell<Conn>>>>> =
@@ -199,6 +211,8 @@ pub(crate) struct Conn {
     pub(super) slots: Vec<Slot>,
     pub(super) free: Vec<u16>,
     pub(super) pollers: Vec<PollerHandle>,
+    /// What of the socket wakes the reactor now: (readable, writable).
+    interest: (bool, bool),
     pub(super) me: Weak<RefCell<Conn>>,
 }
 
@@ -229,7 +243,7 @@ pub(crate) fn start_socket(sock: Socket, addr: ListenAddr) {
             phase: Phase::AwaitIcReq,
             neg: Negotiated::INITIAL,
             c2h_align: 4,
-            rx: vec![0u8; rx_capacity(&opts)].into_boxed_slice(),
+            rx: vec![0u8; SETUP_RX].into_boxed_slice(),
             rx_start: 0,
             rx_end: 0,
             tx: VecDeque::with_capacity(8),
@@ -238,6 +252,7 @@ pub(crate) fn start_socket(sock: Socket, addr: ListenAddr) {
             slots: vec![Slot::new()],
             free: vec![0],
             pollers: Vec::new(),
+            interest: (true, false),
             me: me.clone(),
         })
     });
@@ -257,6 +272,18 @@ pub(crate) fn start_socket(sock: Socket, addr: ListenAddr) {
         let mut c = c.borrow_mut();
         c.retain(|w| w.strong_count() > 0);
         c.push(Rc::downgrade(&conn));
+    });
+    // A peer that connects and says nothing (or never connects a queue) is let go.
+    let weak = Rc::downgrade(&conn);
+    let _ = reactor::set_timer(SETUP_TIMEOUT, move || {
+        if let Some(c) = weak.upgrade() {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                if c.queue.is_none() && c.phase != Phase::Closed {
+                    tracing::info!(peer = %c.sock.peer(), "nvmf/tcp: no Connect in time: closing");
+                    c.close();
+                }
+            }
+        }
     });
 }
 
@@ -295,7 +322,7 @@ impl AdminHooks for Hooks {
     fn ns_changed(&self, ctrl: &Arc<CtrlShared>, nsid: u32) {
         let id = ctrl.id;
         if let Some(m) = target::messenger() {
-            let _ = m.send(self.reactor, move || {
+            deliver(&m, self.reactor, move || {
                 for_conns(|c| {
                     if c.ctrl_id() == Some(id) {
                         c.ns_changed(nsid);
@@ -305,20 +332,33 @@ impl AdminHooks for Hooks {
         }
     }
 
-    fn killed(&self, ctrl: &Arc<CtrlShared>) {
-        let id = ctrl.id;
+    /// Wake every reactor: each connection of the controller sees it dead at its next poll.
+    fn killed(&self, _ctrl: &Arc<CtrlShared>) {
         if let Some(m) = target::messenger() {
             for r in m.reactors() {
-                let _ = m.send(r, move || {
-                    for_conns(|c| {
-                        if c.ctrl_id() == Some(id) {
-                            c.close();
-                        }
-                    })
-                });
+                deliver(&m, r, || {});
             }
         }
     }
+}
+
+/// Send a control message, waiting a while if the reactor's ring is full rather than losing it.
+fn deliver(m: &Messenger, to: ReactorId, f: impl FnOnce() + Send + 'static) {
+    let mut msg = Msg::new(f);
+    for _ in 0..10_000 {
+        match m.send_msg(to, msg) {
+            Ok(()) => return,
+            Err(e) if e.kind == SendErrorKind::Full => {
+                msg = e.into_msg();
+                std::thread::yield_now();
+            }
+            Err(_) => return,
+        }
+    }
+    tracing::warn!(
+        reactor = to.0,
+        "nvmf/tcp: a control message found the reactor's ring full"
+    );
 }
 
 pub(super) fn for_conns(mut f: impl FnMut(&mut Conn)) {
@@ -350,24 +390,54 @@ impl Conn {
             return PollStatus::Idle;
         }
         if let Some(q) = &self.queue {
-            if q.admin.is_none() && (q.ctrl.is_dead() || q.ctrl.epoch() != q.epoch) {
+            if q.ctrl.is_dead() || (q.admin.is_none() && q.ctrl.epoch() != q.epoch) {
                 self.close();
                 return PollStatus::Busy;
             }
         }
         let mut busy = self.flush();
-        if matches!(self.phase, Phase::AwaitIcReq | Phase::Ready) {
+        if matches!(self.phase, Phase::AwaitIcReq | Phase::Ready) && !self.backlogged() {
             busy |= self.receive();
             busy |= self.flush();
         }
         if self.phase == Phase::Closing && self.tx.is_empty() {
             self.close();
+            return PollStatus::Busy;
         }
+        self.update_interest();
         if busy {
             PollStatus::Busy
         } else {
             PollStatus::Idle
         }
+    }
+
+    /// The host is not reading its answers: read no more commands until it does.
+    fn backlogged(&self) -> bool {
+        self.tx.len() >= self.slots.len() * TX_PER_SLOT + TX_SPARE
+    }
+
+    /// Wake on readable unless backlogged; on writable while answers wait for the socket.
+    fn update_interest(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let want = (!self.backlogged(), !self.tx.is_empty());
+        if want != self.interest && reactor::fd_interest(self.fd, want.0, want.1).is_ok() {
+            self.interest = want;
+        }
+    }
+
+    /// Close in `after` unless closed by then (a TermReq that cannot leave).
+    pub(super) fn close_after(&self, after: Duration) {
+        let weak = self.me.clone();
+        let _ = reactor::set_timer(after, move || {
+            if let Some(c) = weak.upgrade() {
+                if let Ok(mut c) = c.try_borrow_mut() {
+                    c.close();
+                }
+            }
+        });
     }
 
     /// Read what the socket has and handle every whole PDU. True if anything happened.
@@ -385,6 +455,7 @@ impl Conn {
                     self.rx_start = end;
                     self.handle_pdu(&h, &rx[start..end]);
                     self.rx = rx;
+                    self.grow_rx();
                     if self.rx_start == self.rx_end {
                         self.rx_start = 0;
                         self.rx_end = 0;
@@ -408,6 +479,20 @@ impl Conn {
             }
         }
         busy
+    }
+
+    /// After ICReq, the receive buffer grows to hold the largest PDU negotiated.
+    fn grow_rx(&mut self) {
+        let want = rx_capacity(&self.opts);
+        if self.phase != Phase::Ready || self.rx.len() >= want {
+            return;
+        }
+        let mut big = vec![0u8; want].into_boxed_slice();
+        let left = self.rx_end - self.rx_start;
+        big[..left].copy_from_slice(&self.rx[self.rx_start..self.rx_end]);
+        self.rx = big;
+        self.rx_start = 0;
+        self.rx_end = left;
     }
 
     /// The next whole PDU in the receive buffer: its header and where it starts.
@@ -448,6 +533,14 @@ impl Conn {
 
     fn handle_pdu(&mut self, h: &CommonHeader, pdu: &[u8]) {
         if let Err(e) = pdu::check_header_digest(pdu, h) {
+            return self.fatal(&e, pdu);
+        }
+        if self.neg.data_digest && h.data_range().1 > 0 && h.flags & flags::DDGST == 0 {
+            let e = ProtocolError {
+                fes: Fes::InvalidHeaderField,
+                offset: 1,
+                why: "data without the negotiated data digest",
+            };
             return self.fatal(&e, pdu);
         }
         let r = match (self.phase, h.pdu_type) {
@@ -545,7 +638,7 @@ impl Conn {
                 tracing::info!(cntlid = q.ctrl.cntlid, subnqn = %q.ctrl.subsystem.nqn, "nvmf/tcp: controller ends");
                 q.ctrl.kill();
             } else {
-                q.ctrl.release_io_queue(q.qid);
+                q.ctrl.release_io_queue(q.qid, q.epoch);
             }
         }
     }

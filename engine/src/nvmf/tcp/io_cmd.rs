@@ -6,7 +6,6 @@
 //! completion closures are stored inline.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use super::conn::{take_buf, Conn, ConnRef, Phase};
 use super::send::Body;
@@ -14,12 +13,10 @@ use crate::bdev::{Channel, IoDone, IoType};
 use crate::mem::Sgl;
 use crate::nvme::{Sqe, Status};
 use crate::nvmf::io::{self as nio, IoCmd};
-use crate::nvmf::Namespace;
 
 /// A namespace as one queue sees it: the namespace and this reactor's channel to its bdev.
 pub(super) struct NsEntry {
     nsid: u32,
-    ns: Arc<Namespace>,
     channel: Channel,
     block_size: u32,
     num_blocks: u64,
@@ -41,7 +38,6 @@ impl Conn {
                         nsid: ns.nsid,
                         block_size: b.block_size(),
                         num_blocks: b.num_blocks(),
-                        ns,
                         channel,
                     });
                 }
@@ -52,6 +48,9 @@ impl Conn {
     }
 
     pub(super) fn io(&mut self, slot: u16, sqe: &Sqe) {
+        if !nio::known_opcode(sqe.opcode) {
+            return self.finish(slot, Status::INVALID_OPCODE, 0);
+        }
         let Some(i) = self.ns_index(sqe.nsid) else {
             return self.finish(slot, Status::INVALID_NAMESPACE, 0);
         };
@@ -84,11 +83,7 @@ impl Conn {
             IoCmd::Write { slba, nlb, fua } => {
                 let s = &mut self.slots[slot as usize];
                 let sgl = std::mem::take(&mut s.sgl);
-                let flush_after = if fua {
-                    q.ns[i].ns.desc.channel().ok()
-                } else {
-                    None
-                };
+                let flush_after = fua.then(|| channel.clone());
                 if let Some(ch) = flush_after {
                     // Forced unit access: the write, then a flush of its range.
                     let me = self.me.upgrade().expect("alive");

@@ -188,7 +188,6 @@ impl Conn {
             };
             pdu::crc32c(bytes).to_le_bytes()
         });
-        let is_slot = matches!(body, Body::Slot { .. });
         let out = self.push_header(&dh.encode(ch));
         out.head_len = pdo as u16;
         out.body = body;
@@ -196,18 +195,11 @@ impl Conn {
             out.tail = d;
             out.tail_len = DIGEST_LEN as u8;
         }
-        if is_slot {
-            out.release = Some(slot);
-        }
-        if success {
-            if !is_slot {
-                self.release(slot);
-            }
-        } else {
+        // The slot stays taken until its data is on the wire, so that a host that does not read
+        // cannot make the target hold more than a queue's worth of answers.
+        out.release = Some(slot);
+        if !success {
             self.reply(cid, Status::SUCCESS, dw0);
-            if !is_slot {
-                self.release(slot);
-            }
         }
     }
 
@@ -240,6 +232,7 @@ impl Conn {
         let b = pdu::term_req(PduType::C2hTermReq, e, hdr);
         self.tx.push_back(Out::new(&b));
         self.phase = Phase::Closing;
+        self.close_after(super::conn::CLOSE_GRACE);
     }
 
     /// Write what the send queue holds. True if anything was written.
