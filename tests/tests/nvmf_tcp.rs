@@ -747,3 +747,51 @@ fn a_controller_reset_closes_io_queues_and_ends_held_events() {
     assert!(c.status().is_success(), "{:?}", c.status());
     io_roundtrip(&mut q);
 }
+
+#[test]
+fn bdev_failures_become_nvme_status_and_the_queue_carries_on() {
+    let (_d, _port, _admin, mut io) = io_queue("faults", false, false, false);
+    let s = sock("faults");
+    rpc(
+        &s,
+        "bdev_malloc_create",
+        json!({"name": "F0", "num_blocks": 2048, "block_size": 512}),
+    )
+    .unwrap();
+    rpc(&s, "bdev_error_create", json!({"base_name": "F0"})).unwrap();
+    let nsid = rpc(
+        &s,
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": DEFAULT_SUBNQN, "namespace": {"bdev_name": "EE_F0"}}),
+    )
+    .unwrap();
+    let nsid = nsid.as_u64().unwrap() as u32;
+    let data = pattern(4096, 8);
+    rpc(
+        &s,
+        "bdev_error_inject_error",
+        json!({"name": "EE_F0", "io_type": "write", "error_type": "failure", "num": 1}),
+    )
+    .unwrap();
+    assert_eq!(
+        io.write(nsid, 0, BLOCK, &data).status(),
+        Status::WRITE_FAULT
+    );
+    assert!(
+        io.write(nsid, 0, BLOCK, &data).status().is_success(),
+        "only one failure"
+    );
+    rpc(
+        &s,
+        "bdev_error_inject_error",
+        json!({"name": "EE_F0", "io_type": "read", "error_type": "failure", "num": 1}),
+    )
+    .unwrap();
+    assert_eq!(
+        io.read(nsid, 0, BLOCK, 4096).status(),
+        Status::UNRECOVERED_READ_ERROR
+    );
+    assert_eq!(io.read(nsid, 0, BLOCK, 4096).data, data);
+    // The other namespace never noticed.
+    io_roundtrip(&mut io);
+}
