@@ -106,6 +106,9 @@ pub fn feed(input: &[&[u8]]) -> Vec<u8> {
         for _ in 0..SETTLE_ROUNDS {
             sim.poll_round();
         }
+        // Let every timer the connection set (set-up, TermReq grace) fire and go.
+        sim.advance(std::time::Duration::from_secs(30));
+        sim.poll_round();
         out
     })
 }
