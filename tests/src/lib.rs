@@ -192,3 +192,36 @@ pub fn rpc(
         _ => panic!("a reply with neither result nor error: {reply}"),
     }
 }
+
+/// A tandemd with nothing configured (`--no-default`), RPC on `sock`, adaptive, first core.
+pub fn start_bare(sock: &str, extra: &[&str]) -> Daemon {
+    let core = format!("[{}]", tandem::reactor::available_cores()[0]);
+    let mut args = vec![
+        "-m",
+        core.as_str(),
+        "--mode",
+        "adaptive",
+        "-r",
+        sock,
+        "--no-default",
+    ];
+    args.extend_from_slice(extra);
+    let mut d = Daemon::spawn(&args);
+    d.wait_for("started", Duration::from_secs(20));
+    d
+}
+
+/// Run SPDK's own client (`spdk-rpc`, installed by scripts/setup.sh): (success, stdout,
+/// stderr).
+pub fn spdk_rpc(sock: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("spdk-rpc")
+        .args(["-s", sock, "-t", "10"])
+        .args(args)
+        .output()
+        .expect("spdk-rpc is installed by scripts/setup.sh (pip install spdk)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

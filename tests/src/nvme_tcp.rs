@@ -12,6 +12,24 @@ use tandem::nvmf::tcp::pdu::{
     self, flags, CommonHeader, DataHeader, IcReq, IcResp, Negotiated, PduType,
 };
 
+/// An SGL descriptor's 16 bytes, for SQEs built by hand.
+pub fn sgl(id: u8, addr: u64, len: u32) -> [u8; 16] {
+    SglDesc { addr, len, id }.encode()
+}
+
+/// A Read, Write or Compare of `blocks` blocks at `slba` (CID and SGL still to set).
+pub fn rw_sqe(opcode: u8, nsid: u32, slba: u64, blocks: u32) -> Sqe {
+    let mut sqe = Sqe {
+        opcode,
+        nsid,
+        ..Sqe::default()
+    };
+    sqe.cdw[0] = slba as u32;
+    sqe.cdw[1] = (slba >> 32) as u32;
+    sqe.cdw[2] = blocks - 1;
+    sqe
+}
+
 pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
 
 /// A PDU as received: its checked common header and all its bytes.
@@ -418,20 +436,8 @@ impl Host {
         self.run(sqe, &[], len, 0)
     }
 
-    fn rw(opcode: u8, nsid: u32, slba: u64, blocks: u32) -> Sqe {
-        let mut sqe = Sqe {
-            opcode,
-            nsid,
-            ..Sqe::default()
-        };
-        sqe.cdw[0] = slba as u32;
-        sqe.cdw[1] = (slba >> 32) as u32;
-        sqe.cdw[2] = blocks - 1;
-        sqe
-    }
-
     pub fn write(&mut self, nsid: u32, slba: u64, block: usize, data: &[u8]) -> Done {
-        let sqe = Self::rw(
+        let sqe = rw_sqe(
             tandem::nvme::io::WRITE,
             nsid,
             slba,
@@ -441,7 +447,7 @@ impl Host {
     }
 
     pub fn read(&mut self, nsid: u32, slba: u64, block: usize, len: usize) -> Done {
-        let sqe = Self::rw(tandem::nvme::io::READ, nsid, slba, (len / block) as u32);
+        let sqe = rw_sqe(tandem::nvme::io::READ, nsid, slba, (len / block) as u32);
         self.run(sqe, &[], len, 0)
     }
 }

@@ -17,16 +17,8 @@ fn harness_dir() -> PathBuf {
 }
 
 fn spdk_rpc(sock: &str, args: &[&str]) {
-    let out = Command::new("spdk-rpc")
-        .args(["-s", sock, "-t", "10"])
-        .args(args)
-        .output()
-        .expect("spdk-rpc is installed by scripts/setup.sh (pip install spdk)");
-    assert!(
-        out.status.success(),
-        "spdk-rpc {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, _, err) = tandem_tests::spdk_rpc(sock, args);
+    assert!(ok, "spdk-rpc {args:?}: {err}");
 }
 
 /// tandemd with nothing configured, then configured through spdk-rpc: (daemon, port, socket).

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tandem::nvme::fabrics::CNTLID_DYNAMIC;
 use tandem::nvme::identify::cns;
+use tandem::nvme::sgl::{IN_CAPSULE, TRANSPORT};
 use tandem::nvme::{registers, Sqe, Status};
 use tandem::nvmf::tcp::pdu::{Fes, PduType};
 use tandem::nvmf::{DEFAULT_SUBNQN, DISCOVERY_NQN};
-use tandem_tests::nvme_tcp::{Host, HOSTNQN};
+use tandem_tests::nvme_tcp::{rw_sqe, sgl, Host, HOSTNQN};
 use tandem_tests::{free_port, rpc, serve_default, Daemon};
 
 const BLOCK: usize = 512;
@@ -234,19 +235,9 @@ fn header_and_data_digests_protect_every_pdu() {
     io_roundtrip(&mut io);
     // A bad data digest on in-capsule data: the command fails, transiently; the queue lives.
     let data = pattern(4096, 5);
-    let mut sqe = Sqe {
-        opcode: tandem::nvme::io::WRITE,
-        nsid: 1,
-        cid: 77,
-        ..Sqe::default()
-    };
-    sqe.cdw[2] = 7;
-    sqe.dptr = tandem::nvme::sgl::SglDesc {
-        addr: 0,
-        len: 4096,
-        id: tandem::nvme::sgl::IN_CAPSULE,
-    }
-    .encode();
+    let mut sqe = rw_sqe(tandem::nvme::io::WRITE, 1, 0, 8);
+    sqe.cid = 77;
+    sqe.dptr = sgl(IN_CAPSULE, 0, 4096);
     let mut bytes = io.capsule(&sqe, &data);
     let n = bytes.len();
     bytes[n - 1] ^= 0xFF;
@@ -311,19 +302,9 @@ fn bad_input_gets_the_prescribed_answer_and_the_daemon_keeps_serving() {
 
     // More data than MAXH2CDATA in one H2CData: TermReq.
     let big = pattern(65536, 1);
-    let mut sqe = Sqe {
-        opcode: tandem::nvme::io::WRITE,
-        nsid: 1,
-        cid: 500,
-        ..Sqe::default()
-    };
-    sqe.cdw[2] = 127;
-    sqe.dptr = tandem::nvme::sgl::SglDesc {
-        addr: 0,
-        len: 65536,
-        id: tandem::nvme::sgl::TRANSPORT,
-    }
-    .encode();
+    let mut sqe = rw_sqe(tandem::nvme::io::WRITE, 1, 0, 128);
+    sqe.cid = 500;
+    sqe.dptr = sgl(TRANSPORT, 0, 65536);
     let mut h2 = Host::new(port, false, false);
     let admin_id = h2.admin(DEFAULT_SUBNQN, 0);
     let mut q = Host::new(port, false, false);
@@ -590,12 +571,7 @@ fn a_host_that_stops_reading_cannot_make_the_target_hoard_answers() {
         ..Sqe::default()
     };
     sqe.cdw[0] = 0x70 | (32767 << 16);
-    sqe.dptr = tandem::nvme::sgl::SglDesc {
-        addr: 0,
-        len: 131072,
-        id: tandem::nvme::sgl::TRANSPORT,
-    }
-    .encode();
+    sqe.dptr = sgl(TRANSPORT, 0, 131072);
     let capsule = h.capsule(&sqe, &[]);
     h.sock.set_nonblocking(true).unwrap();
     let mut sent = 0;
@@ -638,12 +614,7 @@ fn silent_peers_are_let_go_and_missing_digests_are_fatal() {
         opcode: tandem::nvme::io::WRITE,
         ..Sqe::default()
     };
-    sqe.dptr = tandem::nvme::sgl::SglDesc {
-        addr: 0,
-        len: 512,
-        id: tandem::nvme::sgl::IN_CAPSULE,
-    }
-    .encode();
+    sqe.dptr = sgl(IN_CAPSULE, 0, 512);
     let capsule = h.capsule(&sqe, &[7; 512]);
     h.send(&capsule);
     h.neg.data_digest = true;
@@ -674,12 +645,7 @@ fn in_capsule_data_may_start_at_an_offset() {
     };
     sqe.cdw[0] = 40;
     sqe.cdw[2] = 1;
-    sqe.dptr = tandem::nvme::sgl::SglDesc {
-        addr: 100,
-        len: 1024,
-        id: tandem::nvme::sgl::IN_CAPSULE,
-    }
-    .encode();
+    sqe.dptr = sgl(IN_CAPSULE, 100, 1024);
     let capsule = io.capsule(&sqe, &inline);
     io.send(&capsule);
     let p = io.recv().unwrap();
@@ -687,12 +653,7 @@ fn in_capsule_data_may_start_at_an_offset() {
     assert_eq!(Status::from_field(cqe.status).0, Status::SUCCESS);
     assert_eq!(io.read(1, 40, BLOCK, 1024).data, data);
     // An offset past the data is refused.
-    sqe.dptr = tandem::nvme::sgl::SglDesc {
-        addr: 2000,
-        len: 1024,
-        id: tandem::nvme::sgl::IN_CAPSULE,
-    }
-    .encode();
+    sqe.dptr = sgl(IN_CAPSULE, 2000, 1024);
     let capsule = io.capsule(&sqe, &inline);
     io.send(&capsule);
     let p = io.recv().unwrap();

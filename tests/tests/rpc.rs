@@ -7,33 +7,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tandem_tests::{bin, Daemon};
+use tandem_tests::{bin, spdk_rpc, Daemon};
 
 fn sock(tag: &str) -> String {
     format!("/tmp/tandem-rpc-{tag}-{}.sock", std::process::id())
 }
 
 fn start(sock: &str, extra: &[&str]) -> Daemon {
-    let core = format!("[{}]", tandem::reactor::available_cores()[0]);
-    let mut args = vec!["-m", core.as_str(), "-r", sock, "--no-default"];
-    args.extend_from_slice(extra);
-    let mut d = Daemon::spawn(&args);
-    d.wait_for("started", Duration::from_secs(10));
-    d
-}
-
-/// Run spdk-rpc; (success, stdout, stderr).
-fn spdk_rpc(sock: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("spdk-rpc")
-        .args(["-s", sock, "-t", "10"])
-        .args(args)
-        .output()
-        .expect("spdk-rpc is installed by scripts/setup.sh (pip install spdk)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    tandem_tests::start_bare(sock, extra)
 }
 
 fn spdk_json(sock: &str, args: &[&str]) -> Value {

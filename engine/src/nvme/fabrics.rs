@@ -7,7 +7,7 @@
 //! Property SQE: 40 ATTRIB (bits 2:0: 0 = 4 bytes, 1 = 8 bytes)  44 OFST  48 VALUE (8)
 //! ```
 
-use super::le::u16_at;
+use super::le::{nul_padded, u16_at};
 use super::Sqe;
 
 /// The opcode of every Fabrics command; the command type is in byte 4 (`fctype`).
@@ -115,12 +115,8 @@ impl ConnectData {
         let mut b = vec![0u8; CONNECT_DATA_LEN];
         b[..16].copy_from_slice(&self.hostid);
         b[16..18].copy_from_slice(&self.cntlid.to_le_bytes());
-        let sub = self.subnqn.as_bytes();
-        let host = self.hostnqn.as_bytes();
-        b[256..256 + sub.len().min(MAX_NQN_LEN)]
-            .copy_from_slice(&sub[..sub.len().min(MAX_NQN_LEN)]);
-        b[512..512 + host.len().min(MAX_NQN_LEN)]
-            .copy_from_slice(&host[..host.len().min(MAX_NQN_LEN)]);
+        nul_padded(&mut b[256..512], &self.subnqn);
+        nul_padded(&mut b[512..768], &self.hostnqn);
         b
     }
 }

@@ -3,6 +3,8 @@
 //! fields at 1792..). Each is 4096 bytes; only the fields a target sets are modelled, at the
 //! offsets the specification gives.
 
+use super::le::{ascii, nul_padded, put16, put32, put64};
+
 /// CNS values of Identify's cdw10 bits 7:0.
 pub mod cns {
     pub const NAMESPACE: u8 = 0x00;
@@ -47,32 +49,6 @@ pub struct ControllerData {
     pub ioccsz: u32,
     /// I/O queue response capsule size, in 16-byte units.
     pub iorcsz: u32,
-}
-
-/// Copy `s` into `field`, padded with spaces (the ASCII string fields SN, MN, FR).
-fn ascii(field: &mut [u8], s: &str) {
-    field.fill(b' ');
-    let n = s.len().min(field.len());
-    field[..n].copy_from_slice(&s.as_bytes()[..n]);
-}
-
-/// Copy `s` into `field`, NUL-padded (NQN fields).
-fn nul_padded(field: &mut [u8], s: &str) {
-    field.fill(0);
-    let n = s.len().min(field.len() - 1);
-    field[..n].copy_from_slice(&s.as_bytes()[..n]);
-}
-
-fn put16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
 /// SGLS: SGLs supported without alignment requirement (bits 1:0 = 01b) and the Address field

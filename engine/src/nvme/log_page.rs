@@ -1,6 +1,7 @@
 //! Log pages (NVMe Base 2.0, "Log Page Identifiers"; NVMe over Fabrics 1.1, "Discovery Log
 //! Page") and the Get Log Page command's fields.
 
+use super::le::{ascii, nul_padded};
 use super::Sqe;
 
 pub mod lid {
@@ -107,13 +108,6 @@ pub struct DiscoveryEntry {
     pub traddr: String,
 }
 
-/// Copy `s` into `field`, space-padded: TRSVCID and TRADDR are ASCII strings.
-fn ascii(field: &mut [u8], s: &str) {
-    field.fill(b' ');
-    let n = s.len().min(field.len());
-    field[..n].copy_from_slice(&s.as_bytes()[..n]);
-}
-
 impl DiscoveryEntry {
     pub fn encode(&self) -> [u8; DISCOVERY_ENTRY_LEN] {
         let mut b = [0u8; DISCOVERY_ENTRY_LEN];
@@ -125,9 +119,7 @@ impl DiscoveryEntry {
         b[6..8].copy_from_slice(&self.cntlid.to_le_bytes());
         b[8..10].copy_from_slice(&self.asqsz.to_le_bytes());
         ascii(&mut b[32..64], &self.trsvcid);
-        let nqn = self.subnqn.as_bytes();
-        let n = nqn.len().min(255);
-        b[256..256 + n].copy_from_slice(&nqn[..n]);
+        nul_padded(&mut b[256..512], &self.subnqn);
         ascii(&mut b[512..768], &self.traddr);
         // TSAS (768..1024) for TCP: SECTYPE 0, no security.
         b
