@@ -22,6 +22,7 @@
 
 pub mod bdev;
 pub mod config;
+pub mod host;
 pub mod inline_fn;
 pub mod logging;
 pub mod mem;

@@ -256,7 +256,7 @@ fn header_and_data_digests_protect_every_pdu() {
     bytes[72] ^= 1;
     h.send(&bytes);
     let t = h.recv().expect("a TermReq");
-    assert_eq!(t.term().0, Fes::HeaderDigestError as u16);
+    assert_eq!(t.term().unwrap().0, Fes::HeaderDigestError as u16);
     assert!(h.closed_by_target());
 }
 
@@ -268,7 +268,7 @@ fn bad_input_gets_the_prescribed_answer_and_the_daemon_keeps_serving() {
     let mut h = Host::tcp(port);
     h.send(&[0x0B, 0, 128, 0, 128, 0, 0, 0]);
     let t = h.recv().expect("a TermReq");
-    assert_eq!(t.term(), (Fes::InvalidHeaderField as u16, 0));
+    assert_eq!(t.term().unwrap(), (Fes::InvalidHeaderField as u16, 0));
     assert!(h.closed_by_target());
 
     // A length beyond the limits: Data Transfer Limit Exceeded at PLEN.
@@ -276,14 +276,20 @@ fn bad_input_gets_the_prescribed_answer_and_the_daemon_keeps_serving() {
     let mut capsule = h.capsule(&Sqe::default(), &[]);
     capsule[4..8].copy_from_slice(&(64u32 << 20).to_le_bytes());
     h.send(&capsule);
-    assert_eq!(h.recv().unwrap().term(), (Fes::DataLimitExceeded as u16, 4));
+    assert_eq!(
+        h.recv().unwrap().term().unwrap(),
+        (Fes::DataLimitExceeded as u16, 4)
+    );
     assert!(h.closed_by_target());
 
     // A PDU before ICReq: PDU Sequence Error.
     let mut h = Host::tcp(port);
     let capsule = h.capsule(&Sqe::default(), &[]);
     h.send(&capsule);
-    assert_eq!(h.recv().unwrap().term().0, Fes::PduSequenceError as u16);
+    assert_eq!(
+        h.recv().unwrap().term().unwrap().0,
+        Fes::PduSequenceError as u16
+    );
 
     // A command before Connect: Command Sequence Error, connection kept.
     let mut h = Host::new(port, false, false);
@@ -321,7 +327,10 @@ fn bad_input_gets_the_prescribed_answer_and_the_daemon_keeps_serving() {
     huge.extend(pattern(q.maxh2cdata as usize, 2));
     let pdu = q.h2c_data(500, ttag, 0, &huge, true);
     q.send(&pdu);
-    assert_eq!(q.recv().unwrap().term().0, Fes::DataLimitExceeded as u16);
+    assert_eq!(
+        q.recv().unwrap().term().unwrap().0,
+        Fes::DataLimitExceeded as u16
+    );
     assert!(q.closed_by_target());
 
     // H2CData with a transfer tag no R2T gave: TermReq at TTAG.
@@ -333,7 +342,7 @@ fn bad_input_gets_the_prescribed_answer_and_the_daemon_keeps_serving() {
     let pdu = q.h2c_data(1, 9, 0, &big[..4096], true);
     q.send(&pdu);
     assert_eq!(
-        q.recv().unwrap().term(),
+        q.recv().unwrap().term().unwrap(),
         (Fes::InvalidHeaderField as u16, 10)
     );
 
@@ -619,7 +628,7 @@ fn silent_peers_are_let_go_and_missing_digests_are_fatal() {
     h.send(&capsule);
     h.neg.data_digest = true;
     assert_eq!(
-        h.recv().unwrap().term(),
+        h.recv().unwrap().term().unwrap(),
         (Fes::InvalidHeaderField as u16, 1)
     );
     assert!(h.closed_by_target());

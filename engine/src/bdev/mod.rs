@@ -32,6 +32,7 @@ pub mod error;
 mod io;
 pub mod malloc;
 pub mod null;
+pub mod nvmf;
 mod registry;
 mod stats;
 pub mod uring;

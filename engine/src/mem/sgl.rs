@@ -195,14 +195,25 @@ impl Sgl {
 
     /// Copy `data` into the segments, in order, from the start; returns the bytes copied.
     pub fn copy_from(&mut self, data: &[u8]) -> usize {
+        self.copy_at(0, data)
+    }
+
+    /// Copy `data` into the list from byte `offset` on (across segments); returns the bytes
+    /// copied (fewer if the list ends first).
+    pub fn copy_at(&mut self, mut offset: usize, data: &[u8]) -> usize {
         let mut done = 0;
         for seg in &mut self.segs {
             if done == data.len() {
                 break;
             }
             let dst = seg.as_mut_slice();
-            let n = dst.len().min(data.len() - done);
-            dst[..n].copy_from_slice(&data[done..done + n]);
+            if offset >= dst.len() {
+                offset -= dst.len();
+                continue;
+            }
+            let n = (dst.len() - offset).min(data.len() - done);
+            dst[offset..offset + n].copy_from_slice(&data[done..done + n]);
+            offset = 0;
             done += n;
         }
         done

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::conn::{take_buf, Conn, Hooks, Queue, Slot, SlotState, ADMIN_IN_CAPSULE, TX_PER_SLOT};
 use super::pdu::{self, CommonHeader, DataHeader, Fes, ProtocolError};
-use super::send::Body;
+use super::txq::Body;
 use crate::nvme::fabrics::{
     self, connect_offset, invalid_param_dw0, ConnectCmd, ConnectData, PropertyCmd,
     CATTR_DISABLE_SQFLOW, CNTLID_DYNAMIC, CONNECT_DATA_LEN,
@@ -360,6 +360,7 @@ impl Conn {
         self.slots.resize_with(entries as usize, Slot::new);
         self.free.extend((1..entries).rev());
         self.tx.reserve(entries as usize * TX_PER_SLOT);
+        self.released.reserve(entries as usize);
         // Every admin queue watches its timer: Set Features may start one Connect did not.
         if is_admin {
             self.start_keep_alive();

@@ -22,7 +22,6 @@
 //! status in its response.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io::{IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -36,7 +35,7 @@ use super::pdu::{
     self, flags, CommonHeader, Fes, IcReq, IcResp, Negotiated, PduType, ProtocolError,
     COMMON_HEADER_LEN, DIGEST_LEN,
 };
-use super::send::Out;
+use super::txq::SendQueue;
 use crate::mem::{self, Sgl};
 use crate::nvme::{Sqe, Status};
 use crate::nvmf::controller::{AdminHooks, Controller, CtrlShared};
@@ -160,13 +159,6 @@ impl Socket {
         }
     }
 
-    pub(super) fn write_vectored(&mut self, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
-        match self {
-            Socket::Tcp(s) => s.write_vectored(iov),
-            Socket::Unix(s) => s.write_vectored(iov),
-        }
-    }
-
     fn shutdown(&self) {
         let _ = match self {
             Socket::Tcp(s) => s.shutdown(Shutdown::Both),
@@ -192,6 +184,26 @@ impl Socket {
     }
 }
 
+impl Write for Socket {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.write(b),
+            Socket::Unix(s) => s.write(b),
+        }
+    }
+
+    fn write_vectored(&mut self, iov: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.write_vectored(iov),
+            Socket::Unix(s) => s.write_vectored(iov),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub(crate) struct Conn {
     pub(super) sock: Socket,
     pub(super) fd: RawFd,
@@ -204,9 +216,9 @@ pub(crate) struct Conn {
     pub(super) rx: Box<[u8]>,
     pub(super) rx_start: usize,
     pub(super) rx_end: usize,
-    pub(super) tx: VecDeque<Out>,
-    /// Bytes of `tx`'s first entry already written.
-    pub(super) tx_sent: usize,
+    pub(super) tx: SendQueue,
+    /// Slots whose data went out in the last flush (kept to reuse its capacity).
+    pub(super) released: Vec<u16>,
     pub(super) queue: Option<Queue>,
     pub(super) slots: Vec<Slot>,
     pub(super) free: Vec<u16>,
@@ -246,8 +258,8 @@ pub(crate) fn start_socket(sock: Socket, addr: ListenAddr) {
             rx: vec![0u8; SETUP_RX].into_boxed_slice(),
             rx_start: 0,
             rx_end: 0,
-            tx: VecDeque::with_capacity(8),
-            tx_sent: 0,
+            tx: SendQueue::with_capacity(8),
+            released: Vec::with_capacity(8),
             queue: None,
             slots: vec![Slot::new()],
             free: vec![0],
@@ -369,14 +381,6 @@ pub(super) fn for_conns(mut f: impl FnMut(&mut Conn)) {
         if let Ok(mut c) = c.try_borrow_mut() {
             f(&mut c);
         }
-    }
-}
-
-pub(super) fn header_digest_len(neg: &Negotiated) -> usize {
-    if neg.header_digest {
-        DIGEST_LEN
-    } else {
-        0
     }
 }
 
@@ -599,7 +603,7 @@ impl Conn {
             dgst,
             maxh2cdata: self.opts.max_h2c_data,
         };
-        self.tx.push_back(Out::new(&resp.encode()));
+        self.tx.push(&resp.encode(), false);
         self.neg = Negotiated {
             header_digest: dgst & pdu::dgst::HEADER != 0,
             data_digest: dgst & pdu::dgst::DATA != 0,

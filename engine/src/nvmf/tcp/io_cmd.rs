@@ -8,7 +8,7 @@
 use std::rc::Rc;
 
 use super::conn::{take_buf, Conn, ConnRef, Phase};
-use super::send::Body;
+use super::txq::Body;
 use crate::bdev::{Channel, IoDone, IoType};
 use crate::mem::Sgl;
 use crate::nvme::{Sqe, Status};
@@ -198,7 +198,7 @@ impl Conn {
         let status = s.status;
         if is_read && status.is_success() {
             let len = s.len;
-            self.send_data(slot, Body::Slot { slot, len }, 0);
+            self.send_data(slot, Body::Slot { slot, off: 0, len }, 0);
         } else {
             self.finish(slot, status, 0);
         }

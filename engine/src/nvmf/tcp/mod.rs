@@ -7,3 +7,4 @@ mod io_cmd;
 pub(crate) mod listener;
 pub mod pdu;
 mod send;
+pub(crate) mod txq;

@@ -1,55 +1,13 @@
-//! The send side of a connection: the queue of PDUs waiting for the socket (written with
-//! `writev`, resumed where a short write stopped), and the PDUs the target sends: response
-//! capsules, C2HData (with the SUCCESS flag when the host allows it), R2T, C2HTermReq.
+//! The send side of a connection: the PDUs the target sends (response capsules, C2HData with
+//! the SUCCESS flag when the host allows it, R2T, C2HTermReq) onto its send queue
+//! ([`super::txq`]), and writing that queue to the socket.
 //!
 //! A PDU whose data is a command's buffer frees the command's slot only once it is on the wire.
 
-use std::io::IoSlice;
-
-use super::conn::{header_digest_len, Conn, Phase, SlotState};
+use super::conn::{Conn, Phase, SlotState};
 use super::pdu::{self, flags, CommonHeader, DataHeader, PduType, ProtocolError, DIGEST_LEN};
+use super::txq::{Body, Flushed, Out};
 use crate::nvme::{Cqe, Status};
-
-/// Slices per `writev`.
-const IOV_MAX: usize = 64;
-/// The largest header the send queue holds: a TermReq with the offending header.
-const HEAD_MAX: usize = pdu::MAX_TERM_REQ_PLEN as usize;
-
-pub(super) enum Body {
-    None,
-    /// `len` bytes of slot `slot`'s data.
-    Slot {
-        slot: u16,
-        len: u32,
-    },
-    Owned(Vec<u8>),
-}
-
-/// One PDU on the send queue: header bytes (digest and padding included), data, data digest.
-pub(super) struct Out {
-    pub(super) head: [u8; HEAD_MAX],
-    pub(super) head_len: u16,
-    pub(super) body: Body,
-    pub(super) tail: [u8; DIGEST_LEN],
-    pub(super) tail_len: u8,
-    /// Free this slot once the PDU is on the wire (its buffer is the body).
-    pub(super) release: Option<u16>,
-}
-
-impl Out {
-    pub(super) fn new(head: &[u8]) -> Out {
-        let mut o = Out {
-            head: [0; HEAD_MAX],
-            head_len: head.len() as u16,
-            body: Body::None,
-            tail: [0; DIGEST_LEN],
-            tail_len: 0,
-            release: None,
-        };
-        o.head[..head.len()].copy_from_slice(head);
-        o
-    }
-}
 
 impl Conn {
     pub(super) fn sqhd(&self) -> u16 {
@@ -61,19 +19,16 @@ impl Conn {
     }
 
     pub(super) fn hdgst(&self) -> usize {
-        header_digest_len(&self.neg)
+        if self.neg.header_digest {
+            DIGEST_LEN
+        } else {
+            0
+        }
     }
 
-    /// Queue a PDU whose first `len` header bytes are in `b` (a header digest is appended).
+    /// Queue a PDU with header `b` (and its digest, if negotiated).
     pub(super) fn push_header(&mut self, b: &[u8]) -> &mut Out {
-        let mut o = Out::new(b);
-        if self.neg.header_digest {
-            let d = pdu::crc32c(b).to_le_bytes();
-            o.head[b.len()..b.len() + DIGEST_LEN].copy_from_slice(&d);
-            o.head_len += DIGEST_LEN as u16;
-        }
-        self.tx.push_back(o);
-        self.tx.back_mut().expect("just pushed")
+        self.tx.push(b, self.neg.header_digest)
     }
 
     /// Queue a response capsule.
@@ -186,14 +141,13 @@ impl Conn {
                 Body::Owned(v) => &v[..],
                 Body::None => &[][..],
             };
-            pdu::crc32c(bytes).to_le_bytes()
+            pdu::crc32c(bytes)
         });
         let out = self.push_header(&dh.encode(ch));
-        out.head_len = pdo as u16;
+        out.pad_head_to(pdo);
         out.body = body;
         if let Some(d) = digest {
-            out.tail = d;
-            out.tail_len = DIGEST_LEN as u8;
+            out.set_data_digest(d);
         }
         // The slot stays taken until its data is on the wire, so that a host that does not read
         // cannot make the target hold more than a queue's worth of answers.
@@ -230,88 +184,30 @@ impl Conn {
         tracing::warn!(peer = %self.sock.peer(), "nvmf/tcp: {e}; terminating the connection");
         let hdr = &offending[..offending.len().min(128)];
         let b = pdu::term_req(PduType::C2hTermReq, e, hdr);
-        self.tx.push_back(Out::new(&b));
+        self.tx.push(&b, false);
         self.phase = Phase::Closing;
         self.close_after(super::conn::CLOSE_GRACE);
     }
 
     /// Write what the send queue holds. True if anything was written.
     pub(super) fn flush(&mut self) -> bool {
-        let mut wrote = false;
-        while !self.tx.is_empty() {
-            let n = {
-                let mut iov = [IoSlice::new(&[]); IOV_MAX];
-                let mut n = 0;
-                let mut skip = self.tx_sent;
-                'fill: for o in &self.tx {
-                    let body: &[u8] = match &o.body {
-                        Body::None => &[],
-                        Body::Slot { slot, len } => {
-                            &self.slots[*slot as usize].data()[..*len as usize]
-                        }
-                        Body::Owned(v) => v,
-                    };
-                    for part in [
-                        &o.head[..o.head_len as usize],
-                        body,
-                        &o.tail[..o.tail_len as usize],
-                    ] {
-                        if skip >= part.len() {
-                            skip -= part.len();
-                            continue;
-                        }
-                        iov[n] = IoSlice::new(&part[skip..]);
-                        skip = 0;
-                        n += 1;
-                        if n == IOV_MAX {
-                            break 'fill;
-                        }
-                    }
-                }
-                match self.sock.write_vectored(&iov[..n]) {
-                    Ok(0) => Err(()),
-                    Ok(w) => Ok(w),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(0),
-                    Err(_) => Err(()),
-                }
-            };
-            let mut n = match n {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(()) => {
-                    self.tx.clear();
-                    self.close();
-                    return true;
-                }
-            };
-            wrote = true;
-            while n > 0 {
-                let o = self
-                    .tx
-                    .front()
-                    .expect("bytes written belong to queued PDUs");
-                let total = o.head_len as usize
-                    + match &o.body {
-                        Body::None => 0,
-                        Body::Slot { len, .. } => *len as usize,
-                        Body::Owned(v) => v.len(),
-                    }
-                    + o.tail_len as usize;
-                let left = total - self.tx_sent;
-                if n >= left {
-                    n -= left;
-                    self.tx_sent = 0;
-                    let o = self.tx.pop_front().expect("front exists");
-                    if let Some(s) = o.release {
-                        self.release(s);
-                    }
-                } else {
-                    self.tx_sent += n;
-                    n = 0;
-                }
+        let slots = &self.slots;
+        let r = self.tx.flush(
+            &mut self.sock,
+            |s| slots[s as usize].data(),
+            &mut self.released,
+        );
+        while let Some(s) = self.released.pop() {
+            self.release(s);
+        }
+        match r {
+            Flushed::Nothing => false,
+            Flushed::Some => true,
+            Flushed::Failed => {
+                self.tx.clear();
+                self.close();
+                true
             }
         }
-        wrote
     }
 }

@@ -1,0 +1,363 @@
+//! The `nvmf` bdev: a namespace of a remote NVMe/TCP target as a block device. One bdev per
+//! namespace (`<name>n<nsid>`, as SPDK names them), made by `bdev_nvme_attach_controller` and
+//! removed by `bdev_nvme_detach_controller`.
+//!
+//! Each reactor's channel owns one I/O queue of the controller ([`crate::host::IoQueue`]).
+//! Queues are connected on the control path: one is ready before the first channel opens, and
+//! each channel that takes one has the next connected in the background, so a channel opening
+//! on a reactor normally does not wait for the network (if two open at once, the second
+//! connects while it opens).
+//!
+//! Requests beyond the queue's depth wait in the channel and go as slots free up. A dropped
+//! connection fails the requests in flight with ENOTCONN (the queue reconnects by itself); a
+//! command past its timeout fails with ETIMEDOUT.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use super::backend::{Backend, BackendChannel, Completions};
+use super::{register, Bdev, BdevInfo, BdevIo, Errno, Error, IoError, IoType, Result};
+use crate::host::queue::HostIoError;
+use crate::host::sync::rw_sqe;
+use crate::host::{Controller, HostDone, HostOpts, IoQueue, IoSocket};
+use crate::mem::{self, Sgl};
+use crate::nvme::{io as op, Sqe};
+use crate::reactor::PollStatus;
+
+/// The most blocks one Write Zeroes or Dataset Management range may name (NLB is 16 bits).
+const MAX_ZEROES_BLOCKS: u64 = 1 << 16;
+
+/// What `bdev_nvme_attach_controller` made, by controller name.
+struct Attached {
+    ctrl: Arc<Controller>,
+    bdevs: Vec<String>,
+}
+
+fn attached() -> MutexGuard<'static, HashMap<String, Attached>> {
+    static A: OnceLock<Mutex<HashMap<String, Attached>>> = OnceLock::new();
+    A.get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Connect to a target and make a bdev of each of its namespaces: their names.
+pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
+    if attached().contains_key(name) {
+        return Err(Error::Exists(name.to_owned()));
+    }
+    let ctrl = Controller::connect(opts)
+        .map_err(|e| Error::InvalidArgument(format!("attach {name}: {e}")))?;
+    let mut names = Vec::new();
+    for ns in ctrl.namespaces() {
+        let bdev_name = format!("{name}n{}", ns.nsid);
+        let shared = Arc::new(Shared {
+            ctrl: Arc::clone(&ctrl),
+            ctrl_name: name.to_owned(),
+            nsid: ns.nsid,
+            spare: Mutex::new(None),
+        });
+        shared.prepare_spare();
+        let uuid = u128::from_be_bytes(ns.nguid);
+        let info = BdevInfo {
+            name: bdev_name.clone(),
+            block_size: ns.block_size,
+            num_blocks: ns.num_blocks,
+            uuid,
+        };
+        match Bdev::new(info, Box::new(NvmfDisk { shared })).and_then(register) {
+            Ok(_) => names.push(bdev_name),
+            Err(e) => {
+                for n in &names {
+                    let _ = super::delete(n);
+                }
+                return Err(e);
+            }
+        }
+    }
+    attached().insert(
+        name.to_owned(),
+        Attached {
+            ctrl,
+            bdevs: names.clone(),
+        },
+    );
+    Ok(names)
+}
+
+/// Delete the controller's bdevs (their I/O in flight completes) and let the controller go.
+pub fn detach(name: &str) -> Result<()> {
+    let a = attached()
+        .remove(name)
+        .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+    for b in &a.bdevs {
+        let _ = super::delete(b);
+    }
+    drop(a.ctrl);
+    Ok(())
+}
+
+/// The controllers attached, with their options and bdevs.
+pub fn controllers() -> Vec<(String, HostOpts, Vec<String>)> {
+    attached()
+        .iter()
+        .map(|(n, a)| (n.clone(), a.ctrl.opts.clone(), a.bdevs.clone()))
+        .collect()
+}
+
+struct Shared {
+    ctrl: Arc<Controller>,
+    ctrl_name: String,
+    nsid: u32,
+    /// An I/O queue connected ahead of the next channel.
+    spare: Mutex<Option<IoSocket>>,
+}
+
+impl Shared {
+    /// Connect the next channel's queue in the background.
+    fn prepare_spare(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        let _ = std::thread::Builder::new()
+            .name("tandem-nvmf-connect".into())
+            .spawn(move || {
+                let mut slot = me.spare.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.is_none() {
+                    match me.ctrl.connect_io(None) {
+                        Ok(s) => *slot = Some(s),
+                        Err(e) => {
+                            tracing::warn!(ctrl = %me.ctrl_name, "nvmf bdev: spare I/O queue: {e}")
+                        }
+                    }
+                }
+            });
+    }
+
+    fn take_socket(self: &Arc<Self>) -> Result<IoSocket> {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let s = match spare {
+            Some(s) => s,
+            None => self.ctrl.connect_io(None).map_err(|e| {
+                Error::InvalidArgument(format!("{}: I/O queue: {e}", self.ctrl_name))
+            })?,
+        };
+        self.prepare_spare();
+        Ok(s)
+    }
+}
+
+struct NvmfDisk {
+    shared: Arc<Shared>,
+}
+
+impl Backend for NvmfDisk {
+    fn product_name(&self) -> &'static str {
+        "NVMe disk"
+    }
+
+    fn supports(&self, io_type: IoType) -> bool {
+        let oncs = self.shared.ctrl.info().oncs;
+        match io_type {
+            IoType::Read | IoType::Write | IoType::Flush => true,
+            IoType::Unmap => oncs & (1 << 2) != 0,
+            IoType::WriteZeroes => oncs & (1 << 3) != 0,
+        }
+    }
+
+    fn open_channel(&self) -> Result<Box<dyn BackendChannel>> {
+        let s = self.shared.take_socket()?;
+        let q = IoQueue::start(Arc::clone(&self.shared.ctrl), s)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let depth = q.depth();
+        Ok(Box::new(NvmfChannel {
+            nsid: self.shared.nsid,
+            q,
+            state: Rc::new(RefCell::new(ChannelState {
+                pending: (0..depth).map(|_| None).collect(),
+                free: (0..depth as u16).rev().collect(),
+            })),
+            waiting: VecDeque::new(),
+        }))
+    }
+
+    fn driver_specific(&self) -> serde_json::Value {
+        let o = &self.shared.ctrl.opts;
+        serde_json::json!({ "nvme": [{
+            "trid": { "trtype": "TCP", "adrfam": "IPv4", "traddr": o.traddr,
+                      "trsvcid": o.trsvcid, "subnqn": o.subnqn },
+            "ctrlr_data": { "cntlid": self.shared.ctrl.info().cntlid },
+            "ns_data": { "id": self.shared.nsid },
+        }]})
+    }
+
+    /// The first namespace's bdev writes the attach call for the whole controller.
+    fn save_config(&self, _bdev: &Bdev) -> Option<serde_json::Value> {
+        let first = self.shared.ctrl.namespaces().first().map(|n| n.nsid);
+        (first == Some(self.shared.nsid)).then(|| {
+            let o = &self.shared.ctrl.opts;
+            serde_json::json!({ "method": "bdev_nvme_attach_controller", "params": {
+                "name": self.shared.ctrl_name, "trtype": "TCP", "adrfam": "IPv4",
+                "traddr": o.traddr, "trsvcid": o.trsvcid, "subnqn": o.subnqn,
+                "hostnqn": o.hostnqn, "hdgst": o.header_digest, "ddgst": o.data_digest,
+            }})
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Requests at the target, by token, so that a completion callback carries only a token.
+struct ChannelState {
+    pending: Vec<Option<BdevIo>>,
+    free: Vec<u16>,
+}
+
+struct NvmfChannel {
+    nsid: u32,
+    q: IoQueue,
+    state: Rc<RefCell<ChannelState>>,
+    /// Requests waiting for a free queue slot.
+    waiting: VecDeque<BdevIo>,
+}
+
+fn errno(e: HostIoError) -> IoError {
+    IoError::Device(Errno(-e.errno()))
+}
+
+impl NvmfChannel {
+    /// The command for `io`, and the data it carries (a DSM range list for an unmap).
+    fn command(&self, io: &mut BdevIo) -> std::result::Result<(Sqe, Sgl), IoError> {
+        let nsid = self.nsid;
+        let blocks = io.num_blocks as u32;
+        Ok(match io.io_type {
+            IoType::Read => (
+                rw_sqe(op::READ, nsid, io.offset_blocks, blocks),
+                std::mem::take(&mut io.sgl),
+            ),
+            IoType::Write => (
+                rw_sqe(op::WRITE, nsid, io.offset_blocks, blocks),
+                std::mem::take(&mut io.sgl),
+            ),
+            IoType::Flush => (
+                Sqe {
+                    opcode: op::FLUSH,
+                    nsid,
+                    ..Sqe::default()
+                },
+                Sgl::default(),
+            ),
+            IoType::WriteZeroes => {
+                if io.num_blocks > MAX_ZEROES_BLOCKS {
+                    return Err(IoError::Device(Errno(libc::EINVAL)));
+                }
+                (
+                    rw_sqe(op::WRITE_ZEROES, nsid, io.offset_blocks, blocks),
+                    Sgl::default(),
+                )
+            }
+            IoType::Unmap => {
+                let Some(mut b) = mem::take_small() else {
+                    return Err(IoError::Device(Errno(libc::ENOMEM)));
+                };
+                let r = b.as_mut_slice();
+                r[..16].fill(0);
+                r[4..8].copy_from_slice(&(io.num_blocks.min(u32::MAX as u64) as u32).to_le_bytes());
+                r[8..16].copy_from_slice(&io.offset_blocks.to_le_bytes());
+                let mut sqe = Sqe {
+                    opcode: op::DATASET_MANAGEMENT,
+                    nsid,
+                    ..Sqe::default()
+                };
+                sqe.cdw[1] = 1 << 2; // Attribute Deallocate; one range (NR 0).
+                let mut sgl = Sgl::new();
+                sgl.push(b, 0, 16)
+                    .map_err(|_| IoError::Device(Errno(libc::EINVAL)))?;
+                (sqe, sgl)
+            }
+        })
+    }
+
+    /// Send `io`, or hand it back if the queue is full.
+    fn send(&mut self, mut io: BdevIo, done: &Completions) -> Option<BdevIo> {
+        let token = {
+            let mut st = self.state.borrow_mut();
+            match st.free.pop() {
+                Some(t) => t,
+                None => return Some(io),
+            }
+        };
+        let (sqe, sgl) = match self.command(&mut io) {
+            Ok(c) => c,
+            Err(e) => {
+                self.state.borrow_mut().free.push(token);
+                done.complete(io, Err(e));
+                return None;
+            }
+        };
+        let carries_data = matches!(io.io_type, IoType::Read | IoType::Write);
+        self.state.borrow_mut().pending[token as usize] = Some(io);
+        let state = Rc::clone(&self.state);
+        let completions = done.clone();
+        let r = self.q.submit(sqe, sgl, move |d: HostDone| {
+            let io = {
+                let mut st = state.borrow_mut();
+                st.free.push(token);
+                st.pending[token as usize].take()
+            };
+            if let Some(mut io) = io {
+                if carries_data {
+                    io.sgl = d.sgl;
+                }
+                completions.complete(io, d.status.map_err(errno));
+            }
+        });
+        if let Err((e, sgl)) = r {
+            let mut st = self.state.borrow_mut();
+            st.free.push(token);
+            let mut io = st.pending[token as usize].take().expect("just parked");
+            drop(st);
+            if carries_data {
+                io.sgl = sgl;
+            }
+            if e == HostIoError::Busy {
+                return Some(io);
+            }
+            done.complete(io, Err(errno(e)));
+        }
+        None
+    }
+}
+
+impl BackendChannel for NvmfChannel {
+    fn submit(
+        &mut self,
+        io: BdevIo,
+        done: &Completions,
+    ) -> std::result::Result<(), (Error, BdevIo)> {
+        if !self.waiting.is_empty() {
+            self.waiting.push_back(io);
+            return Ok(());
+        }
+        if let Some(io) = self.send(io, done) {
+            self.waiting.push_back(io);
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, done: &Completions) -> PollStatus {
+        let mut status = PollStatus::Idle;
+        while let Some(io) = self.waiting.pop_front() {
+            match self.send(io, done) {
+                None => status = PollStatus::Busy,
+                Some(io) => {
+                    self.waiting.push_front(io);
+                    break;
+                }
+            }
+        }
+        // The queue's socket wakes the reactor when answers come: no need to spin here.
+        status
+    }
+}
