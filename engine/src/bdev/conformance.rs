@@ -21,6 +21,8 @@ enum Kind {
     Null,
     Uring,
     ErrorOverMalloc,
+    /// A namespace of this process's own NVMe/TCP target, reached through the host.
+    Nvmf,
 }
 
 const BLOCKS: u64 = 4096;
@@ -30,10 +32,16 @@ struct Fixture {
     bdev: Bdev,
     extra: Vec<String>,
     file: Option<std::path::PathBuf>,
+    /// An nvmf controller to detach, and the target subsystem behind it.
+    remote: Option<(String, String)>,
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        if let Some((ctrl, nqn)) = &self.remote {
+            let _ = super::nvmf::detach(ctrl);
+            let _ = crate::nvmf::target::delete_subsystem(nqn);
+        }
         let _ = delete(self.bdev.name());
         for name in &self.extra {
             let _ = delete(name);
@@ -66,6 +74,7 @@ fn make(kind: Kind, block_size: u32) -> Fixture {
             .unwrap(),
             extra: vec![],
             file: None,
+            remote: None,
         },
         Kind::Null => Fixture {
             bdev: null::create(NullOpts {
@@ -77,6 +86,7 @@ fn make(kind: Kind, block_size: u32) -> Fixture {
             .unwrap(),
             extra: vec![],
             file: None,
+            remote: None,
         },
         Kind::Uring => {
             let path = std::env::temp_dir().join(format!("{name}.img"));
@@ -92,6 +102,7 @@ fn make(kind: Kind, block_size: u32) -> Fixture {
                 .unwrap(),
                 extra: vec![],
                 file: Some(path),
+                remote: None,
             }
         }
         Kind::ErrorOverMalloc => {
@@ -113,9 +124,74 @@ fn make(kind: Kind, block_size: u32) -> Fixture {
                 bdev,
                 extra: vec![base],
                 file: None,
+                remote: None,
+            }
+        }
+        Kind::Nvmf => {
+            let base = format!("{name}_base");
+            malloc::create(MallocOpts {
+                name: base.clone(),
+                num_blocks: BLOCKS,
+                block_size,
+                uuid: 0,
+            })
+            .unwrap();
+            let nqn = format!("nqn.2016-06.io.tandem:{}", name.to_lowercase());
+            let port = local_target();
+            let sub = crate::nvmf::target::create_subsystem(crate::nvmf::SubsystemOpts {
+                nqn: nqn.clone(),
+                serial: "CONFORMANCE".into(),
+                model: "Tandem conformance".into(),
+                allow_any_host: true,
+                max_namespaces: 1,
+                min_cntlid: 1,
+                max_cntlid: 0xFFEF,
+            })
+            .unwrap();
+            sub.add_namespace(&base, 1, None, None).unwrap();
+            crate::nvmf::target::add_listener(&sub, local_listener(port)).unwrap();
+            let mut opts = crate::host::HostOpts::new("127.0.0.1", &port.to_string(), &nqn);
+            opts.queue_size = 32;
+            let names = super::nvmf::attach(&name, opts).unwrap();
+            Fixture {
+                bdev: get(&names[0]).unwrap(),
+                extra: vec![base],
+                file: None,
+                remote: Some((name, nqn)),
             }
         }
     }
+}
+
+fn local_listener(port: u16) -> crate::nvmf::ListenAddr {
+    crate::nvmf::ListenAddr {
+        trtype: "TCP".into(),
+        adrfam: "IPv4".into(),
+        traddr: "127.0.0.1".into(),
+        trsvcid: port.to_string(),
+    }
+}
+
+/// The NVMe/TCP target this test process serves (once): an engine of one adaptive reactor
+/// attached to the target, and the port its subsystems listen on.
+fn local_target() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        let engine = Engine::start(EngineOpts {
+            core_mask: Some(CoreMask::from_cores([available_cores()[0]]).unwrap()),
+            mode: Mode::Adaptive,
+            ..EngineOpts::default()
+        })
+        .unwrap();
+        crate::nvmf::target::attach(engine.messenger());
+        let _ = crate::nvmf::target::create_transport(Default::default());
+        // The engine serves for the rest of the process.
+        std::mem::forget(engine);
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port()
+    })
 }
 
 fn retains_data(kind: Kind) -> bool {
@@ -525,7 +601,7 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(Malloc => malloc_bdev, Null => null_bdev, Uring => uring_bdev, ErrorOverMalloc => error_bdev);
+conformance!(Malloc => malloc_bdev, Null => null_bdev, Uring => uring_bdev, ErrorOverMalloc => error_bdev, Nvmf => nvmf_bdev);
 
 // ---- What only some backends have ----
 

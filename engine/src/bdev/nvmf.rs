@@ -169,12 +169,20 @@ impl Backend for NvmfDisk {
         let q = IoQueue::start(Arc::clone(&self.shared.ctrl), s)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let depth = q.depth();
+        let ns = self
+            .shared
+            .ctrl
+            .namespace(self.shared.nsid)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         Ok(Box::new(NvmfChannel {
             nsid: self.shared.nsid,
+            block_size: ns.block_size as u64,
+            max_xfer: self.shared.ctrl.info().max_xfer as u64,
             q,
             state: Rc::new(RefCell::new(ChannelState {
                 pending: (0..depth).map(|_| None).collect(),
                 free: (0..depth as u16).rev().collect(),
+                resume: Vec::with_capacity(depth),
             })),
             waiting: VecDeque::new(),
         }))
@@ -208,14 +216,27 @@ impl Backend for NvmfDisk {
     }
 }
 
+/// A request at the target. One larger than the controller's maximum transfer goes as a run
+/// of chunks, one after another, each through a buffer of its own (copied from or into the
+/// request's buffers); `next` is where the next chunk starts.
+struct Pending {
+    io: BdevIo,
+    next: u64,
+    error: Option<IoError>,
+}
+
 /// Requests at the target, by token, so that a completion callback carries only a token.
 struct ChannelState {
-    pending: Vec<Option<BdevIo>>,
+    pending: Vec<Option<Pending>>,
     free: Vec<u16>,
+    /// Split requests whose next chunk is due.
+    resume: Vec<u16>,
 }
 
 struct NvmfChannel {
     nsid: u32,
+    block_size: u64,
+    max_xfer: u64,
     q: IoQueue,
     state: Rc<RefCell<ChannelState>>,
     /// Requests waiting for a free queue slot.
@@ -226,10 +247,41 @@ fn errno(e: HostIoError) -> IoError {
     IoError::Device(Errno(-e.errno()))
 }
 
+fn is_data(t: IoType) -> bool {
+    matches!(t, IoType::Read | IoType::Write)
+}
+
 impl NvmfChannel {
-    /// The command for `io`, and the data it carries (a DSM range list for an unmap).
-    fn command(&self, io: &mut BdevIo) -> std::result::Result<(Sqe, Sgl), IoError> {
+    /// The command for `io` (or for its chunk at byte `at`, `len` bytes long, when split) and
+    /// the data it carries.
+    fn command(
+        &self,
+        io: &mut BdevIo,
+        chunk: Option<(u64, u64)>,
+    ) -> std::result::Result<(Sqe, Sgl), IoError> {
         let nsid = self.nsid;
+        if let Some((at, len)) = chunk {
+            let slba = io.offset_blocks + at / self.block_size;
+            let blocks = (len / self.block_size) as u32;
+            let mut buf = if len as usize <= mem::LARGE_BUF {
+                mem::take_large().map(mem::Buf::Pool)
+            } else {
+                None
+            }
+            .or_else(|| mem::DmaBuf::new(len as usize).ok().map(mem::Buf::Dma))
+            .ok_or(IoError::Device(Errno(libc::ENOMEM)))?;
+            let opcode = if io.io_type == IoType::Write {
+                io.sgl
+                    .copy_out(at as usize, &mut buf.as_mut_slice()[..len as usize]);
+                op::WRITE
+            } else {
+                op::READ
+            };
+            let mut sgl = Sgl::new();
+            sgl.push(buf, 0, len as usize)
+                .map_err(|_| IoError::Device(Errno(libc::EINVAL)))?;
+            return Ok((rw_sqe(opcode, nsid, slba, blocks), sgl));
+        }
         let blocks = io.num_blocks as u32;
         Ok(match io.io_type {
             IoType::Read => (
@@ -263,7 +315,8 @@ impl NvmfChannel {
                 };
                 let r = b.as_mut_slice();
                 r[..16].fill(0);
-                r[4..8].copy_from_slice(&(io.num_blocks.min(u32::MAX as u64) as u32).to_le_bytes());
+                let nlb = io.num_blocks.min(u32::MAX as u64) as u32;
+                r[4..8].copy_from_slice(&nlb.to_le_bytes());
                 r[8..16].copy_from_slice(&io.offset_blocks.to_le_bytes());
                 let mut sqe = Sqe {
                     opcode: op::DATASET_MANAGEMENT,
@@ -279,54 +332,123 @@ impl NvmfChannel {
         })
     }
 
-    /// Send `io`, or hand it back if the queue is full.
-    fn send(&mut self, mut io: BdevIo, done: &Completions) -> Option<BdevIo> {
-        let token = {
+    /// Send a new request, or hand it back if the queue is full.
+    fn send(&mut self, io: BdevIo, done: &Completions) -> Option<BdevIo> {
+        let Some(token) = self.state.borrow_mut().free.pop() else {
+            return Some(io);
+        };
+        let split = is_data(io.io_type) && io.num_blocks * self.block_size > self.max_xfer;
+        self.state.borrow_mut().pending[token as usize] = Some(Pending {
+            io,
+            next: 0,
+            error: None,
+        });
+        if self.send_part(token, split, done) {
+            return None;
+        }
+        // Busy before anything went: give the request back to wait.
+        let mut st = self.state.borrow_mut();
+        st.free.push(token);
+        st.pending[token as usize].take().map(|p| p.io)
+    }
+
+    /// Send request `token` whole, or its next chunk. False if the queue had no room (nothing
+    /// was sent); a request that fails here is completed here.
+    fn send_part(&mut self, token: u16, split: bool, done: &Completions) -> bool {
+        let (sqe, sgl, chunk) = {
             let mut st = self.state.borrow_mut();
-            match st.free.pop() {
-                Some(t) => t,
-                None => return Some(io),
+            let p = st.pending[token as usize]
+                .as_mut()
+                .expect("a pending request");
+            let chunk = split.then(|| {
+                let total = p.io.num_blocks * self.block_size;
+                (p.next, (total - p.next).min(self.max_xfer))
+            });
+            match self.command(&mut p.io, chunk) {
+                Ok((sqe, sgl)) => (sqe, sgl, chunk),
+                Err(e) => {
+                    let p = st.pending[token as usize].take().expect("present");
+                    st.free.push(token);
+                    drop(st);
+                    done.complete(p.io, Err(e));
+                    return true;
+                }
             }
         };
-        let (sqe, sgl) = match self.command(&mut io) {
-            Ok(c) => c,
-            Err(e) => {
-                self.state.borrow_mut().free.push(token);
-                done.complete(io, Err(e));
-                return None;
-            }
-        };
-        let carries_data = matches!(io.io_type, IoType::Read | IoType::Write);
-        self.state.borrow_mut().pending[token as usize] = Some(io);
         let state = Rc::clone(&self.state);
         let completions = done.clone();
         let r = self.q.submit(sqe, sgl, move |d: HostDone| {
-            let io = {
-                let mut st = state.borrow_mut();
-                st.free.push(token);
-                st.pending[token as usize].take()
-            };
-            if let Some(mut io) = io {
-                if carries_data {
-                    io.sgl = d.sgl;
-                }
-                completions.complete(io, d.status.map_err(errno));
-            }
+            finished(&state, &completions, token, chunk, d)
         });
-        if let Err((e, sgl)) = r {
-            let mut st = self.state.borrow_mut();
-            st.free.push(token);
-            let mut io = st.pending[token as usize].take().expect("just parked");
-            drop(st);
-            if carries_data {
-                io.sgl = sgl;
+        match r {
+            Ok(()) => true,
+            Err((e, sgl)) => {
+                let mut st = self.state.borrow_mut();
+                let p = st.pending[token as usize].as_mut().expect("present");
+                if chunk.is_none() && is_data(p.io.io_type) {
+                    p.io.sgl = sgl;
+                }
+                if e == HostIoError::Busy {
+                    return false;
+                }
+                let p = st.pending[token as usize].take().expect("present");
+                st.free.push(token);
+                drop(st);
+                done.complete(p.io, Err(errno(e)));
+                true
             }
-            if e == HostIoError::Busy {
-                return Some(io);
-            }
-            done.complete(io, Err(errno(e)));
         }
-        None
+    }
+}
+
+/// A command of request `token` finished: the whole request, or chunk `(at, len)` of it.
+fn finished(
+    state: &Rc<RefCell<ChannelState>>,
+    done: &Completions,
+    token: u16,
+    chunk: Option<(u64, u64)>,
+    d: HostDone,
+) {
+    let mut st = state.borrow_mut();
+    let Some(p) = st.pending[token as usize].as_mut() else {
+        return;
+    };
+    match chunk {
+        None => {
+            if is_data(p.io.io_type) {
+                p.io.sgl = d.sgl;
+            }
+            if let Err(e) = d.status {
+                p.error = Some(errno(e));
+            }
+            p.next = u64::MAX;
+        }
+        Some((at, len)) => {
+            match d.status {
+                Ok(()) if p.io.io_type == IoType::Read => {
+                    let mut off = 0usize;
+                    for seg in d.sgl.segs() {
+                        let b = seg.as_slice();
+                        p.io.sgl.copy_at(at as usize + off, b);
+                        off += b.len();
+                    }
+                }
+                Ok(()) => {}
+                Err(e) => p.error = Some(errno(e)),
+            }
+            p.next = at + len;
+        }
+    }
+    // A split request keeps its own buffers: their length is the request's.
+    let total = p.io.sgl.len() as u64;
+    let finished = p.next == u64::MAX || p.error.is_some() || p.next >= total;
+    if finished {
+        let p = st.pending[token as usize].take().expect("present");
+        st.free.push(token);
+        drop(st);
+        done.complete(p.io, p.error.map_or(Ok(()), Err));
+    } else {
+        st.resume.push(token);
     }
 }
 
@@ -348,6 +470,18 @@ impl BackendChannel for NvmfChannel {
 
     fn poll(&mut self, done: &Completions) -> PollStatus {
         let mut status = PollStatus::Idle;
+        // Split requests first: they hold a token already.
+        let resume = std::mem::take(&mut self.state.borrow_mut().resume);
+        for (i, &token) in resume.iter().enumerate() {
+            if !self.send_part(token, true, done) {
+                self.state
+                    .borrow_mut()
+                    .resume
+                    .extend_from_slice(&resume[i..]);
+                return PollStatus::Busy;
+            }
+            status = PollStatus::Busy;
+        }
         while let Some(io) = self.waiting.pop_front() {
             match self.send(io, done) {
                 None => status = PollStatus::Busy,

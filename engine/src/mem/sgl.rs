@@ -219,6 +219,26 @@ impl Sgl {
         done
     }
 
+    /// Copy bytes from byte `offset` of the list into `dst`; returns the bytes copied.
+    pub fn copy_out(&self, mut offset: usize, dst: &mut [u8]) -> usize {
+        let mut done = 0;
+        for seg in &self.segs {
+            if done == dst.len() {
+                break;
+            }
+            let src = seg.as_slice();
+            if offset >= src.len() {
+                offset -= src.len();
+                continue;
+            }
+            let n = (src.len() - offset).min(dst.len() - done);
+            dst[done..done + n].copy_from_slice(&src[offset..offset + n]);
+            offset = 0;
+            done += n;
+        }
+        done
+    }
+
     /// The bytes of all segments, concatenated.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len());
@@ -239,6 +259,21 @@ impl fmt::Debug for Sgl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_at_an_offset_cross_segment_boundaries() {
+        let mut sgl = Sgl::new();
+        sgl.push(DmaBuf::new(4096).unwrap(), 0, 3).unwrap();
+        sgl.push(DmaBuf::new(4096).unwrap(), 10, 4).unwrap();
+        assert_eq!(sgl.copy_at(2, &[1, 2, 3, 4]), 4);
+        let mut out = [0u8; 7];
+        assert_eq!(sgl.copy_out(0, &mut out), 7);
+        assert_eq!(out, [0, 0, 1, 2, 3, 4, 0]);
+        let mut tail = [9u8; 4];
+        assert_eq!(sgl.copy_out(5, &mut tail), 2, "the list ends first");
+        assert_eq!(tail[..2], [4, 0]);
+        assert_eq!(sgl.copy_at(6, &[5, 6]), 1);
+    }
 
     #[test]
     fn segments_bound_their_buffers_and_copy_in_order() {

@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn short_writes_resume_where_they_stopped_and_release_slots_once_sent() {
-        let slot_data = vec![7u8; 100];
+        let slot_data = [7u8; 100];
         let mut q = SendQueue::with_capacity(4);
         q.push(&[1, 2, 3], false);
         let o = q.push(&[4, 5], true);
