@@ -28,6 +28,7 @@ pub mod logging;
 pub mod mem;
 pub mod nvme;
 pub mod nvmf;
+pub mod perf;
 pub mod reactor;
 pub mod rpc;
 pub mod sys;

@@ -5,8 +5,11 @@
 #
 #   guest.sh --prepare                                   # download/build the cache (idempotent)
 #   guest.sh --port P --nqn NQN [options] CASE...        # boot, run the cases, report
+#   guest.sh --serve-target --port P --nqn NQN [options] # kernel nvmet at host 127.0.0.1:P until stopped
 #
 # Exit: 0 every case passed, 1 a case failed, 2 usage/setup error, 3 the guest did not finish.
+# --serve-target: 0 served and stopped (SIGTERM/SIGINT/--timeout), 2 usage/port in use, 3 the guest
+# did not come up or died while serving.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,28 +23,36 @@ QEMU_PKGS="qemu-system-x86"
 MODULES="virtio_pci virtio_net configfs nvme-core nvme-fabrics nvme-tcp nvmet nvmet-tcp brd ext4
  crc32c_generic crc32c-intel crct10dif_generic crct10dif-pclmul crc64_rocksoft_generic"
 
-PORT="" NQN="" SELF_TARGET=0 PREPARE=0 REFRESH=0 VERBOSE=0 LOG="" CASES=""
+PORT="" NQN="" SELF_TARGET=0 SERVE=0 TARGET_SIZE=256 READY_FILE="" PREPARE=0 REFRESH=0 VERBOSE=0 LOG="" CASES=""
 HOSTID="7a6e6465-6d00-4c4e-8800-000000000001"; HOSTNQN=""
 CONNECT_OPTS="" HOOK_CMD="" HOOK_TIMEOUT=60 KARGS=""
-SMP=2 MEM=1024 TIMEOUT=300 TEST_TIMEOUT=120 FIO_SIZE=32M FIO_IODEPTH=16 PERF_RUNTIME=10
+SMP=2 MEM="" TIMEOUT=300 TEST_TIMEOUT=120 FIO_SIZE=32M FIO_IODEPTH=16 PERF_RUNTIME=10
 
 usage() {
   cat <<EOF
 Usage: $PROG --prepare [--refresh]
        $PROG --port P --nqn NQN [options] CASE...      (CASE: $ALL_CASES | all)
+       $PROG --serve-target --port P --nqn NQN [--target-size MB] [--timeout S] [--ready-file F]
 Boots Debian's kernel in QEMU (TCG) and runs each CASE against the NVMe/TCP target at host
 127.0.0.1:P (10.0.2.2:P from the guest).
   --hostnqn N / --hostid U   written to the guest's /etc/nvme/hostnqn, hostid (default uuid $HOSTID)
   --connect-opts S    extra 'nvme connect' options, e.g. "--hdr-digest --data-digest -i 2"
   --hook-cmd CMD      host command run as 'CMD NAME' when a case fires hook NAME (ns-add: add-ns)
   --hook-timeout S    bound for one hook command (default $HOOK_TIMEOUT)
-  --smp N --mem MB    guest CPUs (one nvme-tcp I/O queue each) and memory (default $SMP, $MEM)
+  --smp N --mem MB    guest CPUs (one nvme-tcp I/O queue each) and memory (default $SMP, 1024)
   --timeout S         whole guest run (default $TIMEOUT); --test-timeout S: each case ($TEST_TIMEOUT)
   --fio-size SZ --fio-iodepth N    fio case (default $FIO_SIZE, $FIO_IODEPTH); --perf-runtime S ($PERF_RUNTIME)
   --kernel-args S     extra guest kernel command line, e.g. "nvme_core.multipath=N"
   --verbose           stream the guest console;  --log FILE: keep it
   --self-target       test the harness itself: in-guest kernel nvmet (RAM disk) on the guest's
                       own 127.0.0.1 (port default 4420); the host hook may be omitted
+  --serve-target      no cases: the guest serves kernel nvmet (NQN, any host, ns 1 = a RAM disk)
+                      on 10.0.2.15:P, forwarded from host 127.0.0.1:P; prints
+                      'LNH-TARGET-READY 127.0.0.1:P' when it answers, serves until SIGTERM/SIGINT
+                      or --timeout, then powers the guest off and exits 0
+  --target-size MB    nvmet RAM disk size (default $TARGET_SIZE; --mem defaults to max(1024, MB+512)
+                      when serving)
+  --ready-file F      --serve-target: write the READY line to F (removed again on exit)
   --prepare [--refresh]  only build the cache ($CACHE); --refresh re-resolves packages
 Exit: 0 all passed, 1 a case failed, 2 usage/setup error, 3 guest did not finish.
 EOF
@@ -57,6 +68,7 @@ while [ $# -gt 0 ]; do
     --prepare) PREPARE=1; shift; continue;;
     --refresh) REFRESH=1; shift; continue;;
     --self-target) SELF_TARGET=1; shift; continue;;
+    --serve-target) SERVE=1; shift; continue;;
     --verbose) VERBOSE=1; shift; continue;;
     -h|--help) usage; exit 0;;
     --*) [ $# -ge 2 ] || die "$1 needs a value";;
@@ -71,6 +83,8 @@ while [ $# -gt 0 ]; do
     --hook-timeout) int "$1" "$2"; HOOK_TIMEOUT="$2";;
     --smp) int "$1" "$2"; SMP="$2";;
     --mem) int "$1" "$2"; MEM="$2";;
+    --target-size) int "$1" "$2"; TARGET_SIZE="$2";;
+    --ready-file) READY_FILE="$2";;
     --timeout) int "$1" "$2"; TIMEOUT="$2";;
     --test-timeout) int "$1" "$2"; TEST_TIMEOUT="$2";;
     --fio-size) FIO_SIZE="$2";;
@@ -86,7 +100,20 @@ while [ $# -gt 0 ]; do
   shift 2
 done
 HOSTNQN="${HOSTNQN:-nqn.2014-08.org.nvmexpress:uuid:$HOSTID}"
-if [ "$PREPARE" = 0 ]; then
+port_free() {  # host 127.0.0.1:P has no listener (SO_REUSEADDR, as QEMU's hostfwd binds it)
+  python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+if [ "$PREPARE" = 0 ] && [ "$SERVE" = 1 ]; then
+  [ -z "$CASES" ] || die "--serve-target runs no cases (got:$CASES)"
+  [ "$SELF_TARGET" = 0 ] || die "--serve-target and --self-target exclude each other"
+  { [ -n "$PORT" ] && [ -n "$NQN" ]; } || die "--port and --nqn are required"
+  [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] || die "--port $PORT is out of range"
+  [ "$TARGET_SIZE" -ge 1 ] || die "--target-size must be at least 1 MB"
+  command -v python3 >/dev/null || die "python3 is required (port check, ICReq probe)"
+  port_free "$PORT" || die "host 127.0.0.1:$PORT is already in use"
+  MEM="${MEM:-$((TARGET_SIZE + 512 > 1024 ? TARGET_SIZE + 512 : 1024))}"
+elif [ "$PREPARE" = 0 ]; then
   [ -n "$CASES" ] || { usage >&2; die "no CASE given"; }
   if [ "$SELF_TARGET" = 1 ]; then
     PORT="${PORT:-4420}"; NQN="${NQN:-nqn.2024-01.io.tandem:lnh-selftest}"
@@ -96,6 +123,7 @@ if [ "$PREPARE" = 0 ]; then
   fi
   command -v python3 >/dev/null || die "python3 is required (hook server)"
 fi
+MEM="${MEM:-1024}"
 
 # ---------------------------------------------------------------------------------------------
 # Cache: one root unpacked from .debs (guest tools, kernel, QEMU + every library of theirs,
@@ -264,27 +292,35 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   [ -n "$LOG" ] && [ -f "$RUN/console.log" ] && cp "$RUN/console.log" "$LOG"
+  [ -n "$READY_FILE" ] && rm -f "$READY_FILE"   # it exists only while the target serves
   if [ -n "${TANDEM_LNH_KEEP:-}" ]; then info "run files kept in $RUN"; else rm -rf "$RUN"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+[ -n "$READY_FILE" ] && rm -f "$READY_FILE"     # a stale one must not say "ready"
+
 # Hook server: the guest polls http://10.0.2.2:HTTP_PORT/hook-ID for the answer to its hook ID.
-mkdir -p "$RUN/www"
-HTTP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -m http.server "$HTTP_PORT" --bind 127.0.0.1 --directory "$RUN/www" >"$RUN/http.log" 2>&1 &
-PIDS+=("$!")
+HTTP_PORT=""
+if [ "$SERVE" = 0 ]; then
+  mkdir -p "$RUN/www"
+  HTTP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python3 -m http.server "$HTTP_PORT" --bind 127.0.0.1 --directory "$RUN/www" >"$RUN/http.log" 2>&1 &
+  PIDS+=("$!")
+fi
 
 shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
-ADDR=10.0.2.2; [ "$SELF_TARGET" = 1 ] && ADDR=127.0.0.1
+ADDR=10.0.2.2; [ "$SELF_TARGET" = 1 ] && ADDR=127.0.0.1; [ "$SERVE" = 1 ] && ADDR=10.0.2.15
 mkdir -p "$RUN/extra/lnh"
 printf '#!/bin/sh\n. /lnh/env\n. /lnh/cases.sh\nlnh_main\n' > "$RUN/extra/init"; chmod 755 "$RUN/extra/init"
 cp "$HERE/cases.sh" "$RUN/extra/lnh/cases.sh"
-for v in ADDR PORT NQN HOSTNQN HOSTID CONNECT_OPTS SELF_TARGET TEST_TIMEOUT HTTP_PORT HOOK_TIMEOUT \
-         FIO_SIZE FIO_IODEPTH PERF_RUNTIME; do
+for v in ADDR PORT NQN HOSTNQN HOSTID CONNECT_OPTS SELF_TARGET SERVE TARGET_SIZE TEST_TIMEOUT HTTP_PORT \
+         HOOK_TIMEOUT FIO_SIZE FIO_IODEPTH PERF_RUNTIME; do
   echo "LNH_$v=$(shq "${!v}")"
 done > "$RUN/extra/lnh/env"
-{ echo "LNH_CASES=$(shq "${CASES# }")"; echo "LNH_WATCHDOG=$((TIMEOUT > 20 ? TIMEOUT - 10 : TIMEOUT))"
+WATCHDOG=$((TIMEOUT > 20 ? TIMEOUT - 10 : TIMEOUT))
+[ "$SERVE" = 1 ] && WATCHDOG=$((TIMEOUT + 20))   # serving: the host stops the guest at --timeout
+{ echo "LNH_CASES=$(shq "${CASES# }")"; echo "LNH_WATCHDOG=$WATCHDOG"
   echo "export LNH_ADDR LNH_PORT LNH_NQN"; } >> "$RUN/extra/lnh/env"
 (cd "$RUN/extra" && find . -mindepth 1 | "$ROOT/bin/busybox" cpio -o -H newc -R 0:0 2>/dev/null) > "$RUN/extra.cpio"
 exec 9<"$CACHE/.lock"; flock -s 9; cat "$IMG/initramfs.cpio" "$RUN/extra.cpio" > "$RUN/initrd"; exec 9<&-
@@ -295,20 +331,35 @@ ACCEL=(-accel tcg,thread=multi -cpu max)      # /dev/kvm here is PVM: it can't r
 # shellcheck disable=SC2054
 [ "${TANDEM_LNH_ACCEL:-tcg}" = kvm ] && ACCEL=(-accel kvm -cpu host)
 : > "$RUN/results"; : > "$RUN/console.log"
+# --serve-target: the target on host 127.0.0.1:P (loopback only), and a control port (ttyS2, a
+# FIFO pair) on which the host asks the guest to power off.
+NET_EXTRA="" SERVE_ARGS=() QLIMIT="$TIMEOUT"
+if [ "$SERVE" = 1 ]; then
+  NET_EXTRA=",hostfwd=tcp:127.0.0.1:$PORT-10.0.2.15:$PORT"
+  mkfifo "$RUN/ctl.in" "$RUN/ctl.out"
+  SERVE_ARGS=(-serial "pipe:$RUN/ctl"); QLIMIT=$((TIMEOUT + 40))
+fi
 # shellcheck disable=SC2054
 QEMU_CMD=(env "QEMU_MODULE_DIR=$ROOT/usr/lib/x86_64-linux-gnu/qemu"   # its TCG accelerator is a module
   "$LDSO" --inhibit-cache --library-path "$LIBPATH" "$QEMU"
   -L "$ROOT/usr/share/qemu" -L "$ROOT/usr/share/seabios" "${ACCEL[@]}"
   -m "$MEM" -smp "$SMP" -display none -nodefaults -no-user-config -no-reboot -monitor none
-  -serial "file:$RUN/console.log" -serial "file:$RUN/results"
-  -netdev user,id=n0,ipv6=off,net=10.0.2.0/24,host=10.0.2.2 -device virtio-net-pci,netdev=n0,romfile=
+  -serial "file:$RUN/console.log" -serial "file:$RUN/results" "${SERVE_ARGS[@]}"
+  -netdev "user,id=n0,ipv6=off,net=10.0.2.0/24,host=10.0.2.2$NET_EXTRA" -device virtio-net-pci,netdev=n0,romfile=
   -kernel "$KERNEL" -initrd "$RUN/initrd" -append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init $KARGS")
 
-info "target ${ADDR}:$PORT nqn=$NQN cases:$CASES${CONNECT_OPTS:+ connect-opts: $CONNECT_OPTS} (TCG, smp $SMP)"
+if [ "$SERVE" = 1 ]; then
+  info "serve-target: nvmet $NQN, ${TARGET_SIZE} MiB RAM disk, guest 10.0.2.15:$PORT <- host 127.0.0.1:$PORT (TCG, smp $SMP, mem $MEM)"
+else
+  info "target ${ADDR}:$PORT nqn=$NQN cases:$CASES${CONNECT_OPTS:+ connect-opts: $CONNECT_OPTS} (TCG, smp $SMP)"
+fi
 T_Q=$(now)
-timeout -k 5 "$TIMEOUT" "${QEMU_CMD[@]}" </dev/null >"$RUN/qemu.log" 2>&1 &
+timeout -k 5 "$QLIMIT" "${QEMU_CMD[@]}" </dev/null >"$RUN/qemu.log" 2>&1 &
 QPID=$!; PIDS+=("$QPID")
-[ "$VERBOSE" = 1 ] && { tail -n +1 -f --pid="$QPID" "$RUN/console.log" & PIDS+=("$!"); }
+if [ "$VERBOSE" = 1 ]; then   # serving: stdout is for the READY line, so the console goes to stderr
+  if [ "$SERVE" = 1 ]; then tail -n +1 -f --pid="$QPID" "$RUN/console.log" >&2 & else tail -n +1 -f --pid="$QPID" "$RUN/console.log" & fi
+  PIDS+=("$!")
+fi
 
 # Hook: run HOOK_CMD NAME on the host, then publish "rc=N" + its output as www/hook-ID.
 run_hook() {  # ID NAME
@@ -338,6 +389,84 @@ poll_results() {  # print new complete result lines, serve hooks
     if [[ "$line" == "LNH-HOOK "* ]]; then read -r _ id name _ <<<"$line"; run_hook "$id" "$name"; fi
   done < "$RUN/results"
 }
+guest_diag() {  # the console tail, the guest's nvme kernel messages, qemu's own output
+  local con
+  con=$(tr -d '\r' < "$RUN/console.log")
+  echo "---------------- guest console (last 60 lines) ----------------"
+  sed '/^LNH-DMESG-BEGIN/,$d' <<<"$con" | tail -n 60
+  echo "---------------- guest nvme kernel messages ----------------"
+  sed -n '/^LNH-DMESG-BEGIN/,/^LNH-DMESG-END/{/^LNH-DMESG/d;p}' <<<"$con"
+  [ -s "$RUN/qemu.log" ] && { echo "---------------- qemu ----------------"; tail -n 20 "$RUN/qemu.log"; }
+  return 0
+}
+
+# --serve-target: one NVMe/TCP ICReq through the forward must get a 128-byte ICResp (PDU type 1).
+icreq_probe() {  # PORT
+  python3 - "$1" <<'PY' 2>/dev/null
+import socket, struct, sys
+# type 0 ICReq, flags 0, hlen 128, pdo 0, plen 128; pfv 0, hpda 0, dgst 0, maxr2t 0; 112 reserved
+req = struct.pack('<BBBBIHBBI', 0, 0, 128, 0, 128, 0, 0, 0, 0) + bytes(112)
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)
+s.sendall(req)
+r = b''
+while len(r) < 128:
+    b = s.recv(128 - len(r))
+    if not b:
+        break
+    r += b
+s.close()
+sys.exit(0 if len(r) == 128 and r[0] == 1 and r[2] == 128 else 1)
+PY
+}
+serve() {
+  local deadline stop="" i ready
+  deadline=$(awk -v t="$T_Q" -v s="$TIMEOUT" 'BEGIN{printf "%d", t + s}')
+  past() { [ "$(date +%s)" -ge "$deadline" ]; }
+  # 1. boot until the guest says nvmet listens (or gives up)
+  while kill -0 "$QPID" 2>/dev/null && ! past; do
+    poll_results
+    grep -q '^LNH-TARGET-LISTENING' "$RUN/results" && break
+    grep -q '^LNH-DONE' "$RUN/results" && break
+    sleep 0.2
+  done
+  poll_results
+  if ! grep -q '^LNH-TARGET-LISTENING' "$RUN/results"; then
+    if grep -q 'host forwarding' "$RUN/qemu.log" 2>/dev/null; then
+      cat "$RUN/qemu.log" >&2; die "host 127.0.0.1:$PORT could not be forwarded (in use?)"
+    fi
+    echo "LNH-DONE FAIL serve-target not listening after $(since "$T_Q") s"; guest_diag; exit 3
+  fi
+  # 2. the host side answers NVMe/TCP (slirp accepts on the host even before the guest listens)
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    icreq_probe "$PORT" && break
+    [ "$i" = 10 ] && { echo "LNH-DONE FAIL no ICResp on 127.0.0.1:$PORT"; guest_diag; exit 3; }
+    sleep 1
+  done
+  ready="LNH-TARGET-READY 127.0.0.1:$PORT"
+  echo "$ready"
+  if [ -n "$READY_FILE" ]; then echo "$ready" > "$READY_FILE.tmp.$$" && mv "$READY_FILE.tmp.$$" "$READY_FILE"; fi
+  info "target ready $(since "$T_Q") s after qemu start: $NQN at 127.0.0.1:$PORT (other guests: 10.0.2.2:$PORT); serving until SIGTERM/SIGINT or $TIMEOUT s"
+  # 3. serve; the loop's short sleeps let the trap run promptly
+  trap 'stop=signal' INT TERM
+  while [ -z "$stop" ]; do
+    kill -0 "$QPID" 2>/dev/null || { poll_results; echo "LNH-DONE FAIL the target guest died while serving"; guest_diag; exit 3; }
+    past && stop="--timeout $TIMEOUT s"
+    poll_results; sleep 0.2
+  done
+  trap '' INT TERM
+  [ -n "$READY_FILE" ] && rm -f "$READY_FILE"
+  # 4. ask the guest to power off (<> never blocks on the FIFO), give it 15 s, then stop QEMU
+  info "stopping ($stop): powering the guest off"
+  echo stop 1<>"$RUN/ctl.in"
+  for i in $(seq 75); do kill -0 "$QPID" 2>/dev/null || break; sleep 0.2; done
+  if kill -0 "$QPID" 2>/dev/null; then info "the guest did not power off within 15 s: stopping qemu"; kill "$QPID"; fi
+  set +e; wait "$QPID"; QRC=$?; set -e
+  poll_results
+  info "served $(since "$T_Q") s (qemu rc $QRC), total $(since "$T0") s, exit 0"
+  exit 0
+}
+[ "$SERVE" = 1 ] && serve
+
 while kill -0 "$QPID" 2>/dev/null; do poll_results; sleep 0.2; done
 set +e; wait "$QPID"; QRC=$?; set -e
 poll_results
@@ -351,13 +480,6 @@ if [ -z "$DONE" ] || [[ "$DONE" == *watchdog* ]]; then
   [ "$QRC" = 124 ] && echo "($PROG: qemu killed after --timeout $TIMEOUT s)"
 elif [[ "$DONE" != "LNH-DONE PASS"* ]]; then RC=1
 fi
-if [ "$RC" != 0 ]; then
-  CON=$(tr -d '\r' < "$RUN/console.log")
-  echo "---------------- guest console (last 60 lines) ----------------"
-  sed '/^LNH-DMESG-BEGIN/,$d' <<<"$CON" | tail -n 60
-  echo "---------------- guest nvme kernel messages ----------------"
-  sed -n '/^LNH-DMESG-BEGIN/,/^LNH-DMESG-END/{/^LNH-DMESG/d;p}' <<<"$CON"
-  [ -s "$RUN/qemu.log" ] && { echo "---------------- qemu ----------------"; tail -n 20 "$RUN/qemu.log"; }
-fi
+[ "$RC" = 0 ] || guest_diag
 info "guest run $(since "$T_Q") s (qemu rc $QRC), total $(since "$T0") s, exit $RC"
 exit "$RC"

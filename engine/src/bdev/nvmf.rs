@@ -29,6 +29,14 @@ use crate::reactor::PollStatus;
 /// The most blocks one Write Zeroes or Dataset Management range may name (NLB is 16 bits).
 const MAX_ZEROES_BLOCKS: u64 = 1 << 16;
 
+/// A host-side failure as the bdev layer reports it: the step, the reason, its errno.
+fn host_error(op: &str, e: &crate::host::HostError) -> Error {
+    Error::Os {
+        op: format!("{op}: {e}"),
+        errno: Errno(-e.errno()),
+    }
+}
+
 /// What `bdev_nvme_attach_controller` made, by controller name.
 struct Attached {
     ctrl: Arc<Controller>,
@@ -47,8 +55,7 @@ pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
     if attached().contains_key(name) {
         return Err(Error::Exists(name.to_owned()));
     }
-    let ctrl = Controller::connect(opts)
-        .map_err(|e| Error::InvalidArgument(format!("attach {name}: {e}")))?;
+    let ctrl = Controller::connect(opts).map_err(|e| host_error(&format!("attach {name}"), &e))?;
     let mut names = Vec::new();
     for ns in ctrl.namespaces() {
         let bdev_name = format!("{name}n{}", ns.nsid);
@@ -167,7 +174,7 @@ impl Backend for NvmfDisk {
     fn open_channel(&self) -> Result<Box<dyn BackendChannel>> {
         let s = self.shared.take_socket()?;
         let q = IoQueue::start(Arc::clone(&self.shared.ctrl), s)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            .map_err(|e| host_error("I/O queue", &e))?;
         let depth = q.depth();
         let ns = self
             .shared

@@ -292,3 +292,127 @@ pub(super) fn save() -> Vec<Value> {
         .filter_map(|b| b.0.backend.save_config(b))
         .collect()
 }
+
+/// `bdev_nvme_attach_controller`: connect to an NVMe/TCP target and make a bdev of each of its
+/// namespaces (`<name>n<nsid>`); answers their names.
+pub(super) fn nvme_attach_controller(p: &Params) -> RpcResult {
+    p.only(&[
+        "name",
+        "trtype",
+        "traddr",
+        "adrfam",
+        "trsvcid",
+        "subnqn",
+        "hostnqn",
+        "hostaddr",
+        "hostsvcid",
+        "prchk_reftag",
+        "prchk_guard",
+        "hdgst",
+        "ddgst",
+        "fabrics_connect_timeout_us",
+        "multipath",
+        "num_io_queues",
+        "ctrlr_loss_timeout_sec",
+        "reconnect_delay_sec",
+        "fast_io_fail_timeout_sec",
+        "psk",
+        "max_bdevs",
+        "dhchap_key",
+        "dhchap_ctrlr_key",
+        "allow_unrecognized_csi",
+        "priority",
+    ])?;
+    let trtype = p.str("trtype")?;
+    if !trtype.eq_ignore_ascii_case("tcp") {
+        return Err(RpcError::invalid_params(format!(
+            "trtype {trtype:?} is not supported (TCP is)"
+        )));
+    }
+    for (k, v) in [
+        ("prchk_reftag", json!(false)),
+        ("prchk_guard", json!(false)),
+        ("allow_unrecognized_csi", json!(false)),
+    ] {
+        p.default_only(k, &v)?;
+    }
+    for k in [
+        "hostaddr",
+        "hostsvcid",
+        "psk",
+        "dhchap_key",
+        "dhchap_ctrlr_key",
+        "multipath",
+    ] {
+        p.default_only(k, &Value::Null)?;
+    }
+    if let Some(f) = p.opt_str("adrfam")? {
+        if !f.eq_ignore_ascii_case("ipv4") && !f.eq_ignore_ascii_case("ipv6") {
+            return Err(RpcError::invalid_params(format!(
+                "adrfam {f:?} is not IPv4 or IPv6"
+            )));
+        }
+    }
+    let mut opts = crate::host::HostOpts::new(
+        p.str("traddr")?,
+        p.opt_str("trsvcid")?.unwrap_or("4420"),
+        p.str("subnqn")?,
+    );
+    if let Some(h) = p.opt_str("hostnqn")? {
+        opts.hostnqn = h.to_owned();
+    }
+    opts.header_digest = p.opt_bool("hdgst")?.unwrap_or(false);
+    opts.data_digest = p.opt_bool("ddgst")?.unwrap_or(false);
+    if let Some(us) = p.opt_u64("fabrics_connect_timeout_us")?.filter(|&u| u > 0) {
+        opts.connect_timeout = std::time::Duration::from_micros(us);
+    }
+    if let Some(s) = p.opt_u64("reconnect_delay_sec")?.filter(|&s| s > 0) {
+        opts.reconnect_max_delay = std::time::Duration::from_secs(s);
+    }
+    let names = crate::bdev::nvmf::attach(p.str("name")?, opts)?;
+    Ok(json!(names))
+}
+
+pub(super) fn nvme_detach_controller(p: &Params) -> RpcResult {
+    p.only(&[
+        "name",
+        "trtype",
+        "traddr",
+        "adrfam",
+        "trsvcid",
+        "subnqn",
+        "hostaddr",
+        "hostsvcid",
+        "cntlid",
+    ])?;
+    crate::bdev::nvmf::detach(p.str("name")?)?;
+    Ok(json!(true))
+}
+
+pub(super) fn nvme_get_controllers(p: &Params) -> RpcResult {
+    p.only(&["name"])?;
+    let want = p.opt_str("name")?;
+    let list: Vec<Value> = crate::bdev::nvmf::controllers()
+        .into_iter()
+        .filter(|(n, _, _)| want.is_none_or(|w| w == n))
+        .map(|(name, o, bdevs)| {
+            json!({
+                "name": name,
+                "ctrlrs": [{
+                    "state": "enabled",
+                    "trid": { "trtype": "TCP", "adrfam": "IPv4", "traddr": o.traddr,
+                              "trsvcid": o.trsvcid, "subnqn": o.subnqn },
+                    "host": { "nqn": o.hostnqn },
+                }],
+                "bdevs": bdevs,
+            })
+        })
+        .collect();
+    if let (Some(w), true) = (want, list.is_empty()) {
+        return Err(RpcError::new(
+            -(libc::ENODEV as i64),
+            format!("no NVMe controller named {w:?}"),
+        ));
+    }
+    Ok(json!(list))
+}
