@@ -112,7 +112,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if read_pct > 100 || !(time > 0.0) || queue_depth == 0 {
+            if read_pct > 100 || !time.is_finite() || time <= 0.0 || queue_depth == 0 {
                 eprintln!("tandem perf: -M is 0 to 100, -t and -q above 0");
                 return ExitCode::from(2);
             }
