@@ -98,6 +98,7 @@ lnh_hook() {  # NAME; returns the host command's status
 }
 
 # ---- self-target: kernel nvmet on the guest's own loopback, RAM disks /dev/ram0..3 ------------
+# (--serve-target uses the same set-up on 10.0.2.15 with one RAM disk; both of LNH_TARGET_SIZE MiB)
 NVMET=/sys/kernel/config/nvmet
 lnh_self_add_ns() {  # next free nsid N, backed by /dev/ram(N-1)
   local s="$NVMET/subsystems/$LNH_NQN" n=1
@@ -108,14 +109,32 @@ lnh_self_add_ns() {  # next free nsid N, backed by /dev/ram(N-1)
   log "self-target: added ns $n (/dev/ram$((n - 1)))"
 }
 lnh_self_target() {
-  local s="$NVMET/subsystems/$LNH_NQN" p="$NVMET/ports/1"
-  modprobe nvmet && modprobe nvmet-tcp && modprobe brd rd_nr=4 rd_size=262144 max_part=0 || return 1
+  local s="$NVMET/subsystems/$LNH_NQN" p="$NVMET/ports/1" nr=4
+  [ "$LNH_SERVE" = 1 ] && nr=1
+  modprobe nvmet && modprobe nvmet-tcp && modprobe brd rd_nr="$nr" rd_size=$((LNH_TARGET_SIZE * 1024)) max_part=0 \
+    || return 1
   mkdir "$s" && echo 1 > "$s/attr_allow_any_host" || return 1
   lnh_self_add_ns || return 1
   mkdir "$p" && echo tcp > "$p/addr_trtype" && echo ipv4 > "$p/addr_adrfam" \
     && echo "$LNH_ADDR" > "$p/addr_traddr" && echo "$LNH_PORT" > "$p/addr_trsvcid" \
     && ln -s "$s" "$p/subsystems/$LNH_NQN" || return 1
   log "self-target: nvmet $LNH_NQN on tcp $LNH_ADDR:$LNH_PORT"
+}
+
+# ---- serve-target: nvmet on 10.0.2.15, which the host reaches through QEMU's hostfwd -----------
+# nvmet's discovery controller answers on the same port by default; its log says 10.0.2.15.
+# The host asks for the power-off by writing "stop" on the control port (ttyS2, a FIFO on the host).
+lnh_serve() {
+  local cmd got=""
+  lnh_self_target || { lnh_dmesg; res "LNH-DONE FAIL serve-target setup"; poweroff -f; }
+  res "LNH-TARGET-LISTENING $LNH_ADDR:$LNH_PORT nqn=$LNH_NQN ns1=/dev/ram0 size_mib=$LNH_TARGET_SIZE"
+  stty -F /dev/ttyS2 -echo 2>/dev/null
+  while read -r cmd; do [ "$cmd" = stop ] && { got=1; break; }; done < /dev/ttyS2
+  if [ -z "$got" ]; then log "serve: no control port (ttyS2): serving until QEMU is stopped"; while :; do sleep 3600; done; fi
+  log "serve: stop requested by the host"
+  lnh_dmesg
+  res "LNH-DONE PASS serve-target stopped"
+  poweroff -f
 }
 
 # ---- cases ------------------------------------------------------------------------------------
@@ -295,6 +314,7 @@ lnh_main() {
   mkdir -p /etc/nvme; echo "$LNH_HOSTNQN" > /etc/nvme/hostnqn; echo "$LNH_HOSTID" > /etc/nvme/hostid
   res "LNH-INFO kernel=$(uname -r) cpus=$(nproc) $(nvme version | head -n1 | tr ' ' _) hostnqn=$LNH_HOSTNQN"
   if [ "$LNH_SELF_TARGET" = 1 ]; then lnh_self_target || { res "LNH-DONE FAIL self-target setup"; poweroff -f; }; fi
+  [ "$LNH_SERVE" = 1 ] && lnh_serve
   for c in $LNH_CASES; do
     if lnh_run_case "$c"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
   done

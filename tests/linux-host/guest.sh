@@ -419,7 +419,8 @@ sys.exit(0 if len(r) == 128 and r[0] == 1 and r[2] == 128 else 1)
 PY
 }
 serve() {
-  local deadline stop="" i ready
+  local deadline i ready
+  STOP=""
   deadline=$(awk -v t="$T_Q" -v s="$TIMEOUT" 'BEGIN{printf "%d", t + s}')
   past() { [ "$(date +%s)" -ge "$deadline" ]; }
   # 1. boot until the guest says nvmet listens (or gives up)
@@ -447,16 +448,16 @@ serve() {
   if [ -n "$READY_FILE" ]; then echo "$ready" > "$READY_FILE.tmp.$$" && mv "$READY_FILE.tmp.$$" "$READY_FILE"; fi
   info "target ready $(since "$T_Q") s after qemu start: $NQN at 127.0.0.1:$PORT (other guests: 10.0.2.2:$PORT); serving until SIGTERM/SIGINT or $TIMEOUT s"
   # 3. serve; the loop's short sleeps let the trap run promptly
-  trap 'stop=signal' INT TERM
-  while [ -z "$stop" ]; do
+  trap 'STOP=signal' INT TERM
+  while [ -z "$STOP" ]; do
     kill -0 "$QPID" 2>/dev/null || { poll_results; echo "LNH-DONE FAIL the target guest died while serving"; guest_diag; exit 3; }
-    past && stop="--timeout $TIMEOUT s"
+    past && STOP="--timeout $TIMEOUT s"
     poll_results; sleep 0.2
   done
   trap '' INT TERM
   [ -n "$READY_FILE" ] && rm -f "$READY_FILE"
   # 4. ask the guest to power off (<> never blocks on the FIFO), give it 15 s, then stop QEMU
-  info "stopping ($stop): powering the guest off"
+  info "stopping ($STOP): powering the guest off"
   echo stop 1<>"$RUN/ctl.in"
   for i in $(seq 75); do kill -0 "$QPID" 2>/dev/null || break; sleep 0.2; done
   if kill -0 "$QPID" 2>/dev/null; then info "the guest did not power off within 15 s: stopping qemu"; kill "$QPID"; fi

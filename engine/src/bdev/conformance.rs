@@ -137,19 +137,7 @@ fn make(kind: Kind, block_size: u32) -> Fixture {
             })
             .unwrap();
             let nqn = format!("nqn.2016-06.io.tandem:{}", name.to_lowercase());
-            let port = local_target();
-            let sub = crate::nvmf::target::create_subsystem(crate::nvmf::SubsystemOpts {
-                nqn: nqn.clone(),
-                serial: "CONFORMANCE".into(),
-                model: "Tandem conformance".into(),
-                allow_any_host: true,
-                max_namespaces: 1,
-                min_cntlid: 1,
-                max_cntlid: 0xFFEF,
-            })
-            .unwrap();
-            sub.add_namespace(&base, 1, None, None).unwrap();
-            crate::nvmf::target::add_listener(&sub, local_listener(port)).unwrap();
+            let port = crate::nvmf::test_target::export(&nqn, &base);
             let mut opts = crate::host::HostOpts::new("127.0.0.1", &port.to_string(), &nqn);
             opts.queue_size = 32;
             let names = super::nvmf::attach(&name, opts).unwrap();
@@ -161,37 +149,6 @@ fn make(kind: Kind, block_size: u32) -> Fixture {
             }
         }
     }
-}
-
-fn local_listener(port: u16) -> crate::nvmf::ListenAddr {
-    crate::nvmf::ListenAddr {
-        trtype: "TCP".into(),
-        adrfam: "IPv4".into(),
-        traddr: "127.0.0.1".into(),
-        trsvcid: port.to_string(),
-    }
-}
-
-/// The NVMe/TCP target this test process serves (once): an engine of one adaptive reactor
-/// attached to the target, and the port its subsystems listen on.
-fn local_target() -> u16 {
-    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| {
-        let engine = Engine::start(EngineOpts {
-            core_mask: Some(CoreMask::from_cores([available_cores()[0]]).unwrap()),
-            mode: Mode::Adaptive,
-            ..EngineOpts::default()
-        })
-        .unwrap();
-        crate::nvmf::target::attach(engine.messenger());
-        let _ = crate::nvmf::target::create_transport(Default::default());
-        // The engine serves for the rest of the process.
-        std::mem::forget(engine);
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port()
-    })
 }
 
 fn retains_data(kind: Kind) -> bool {

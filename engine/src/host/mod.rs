@@ -18,3 +18,6 @@ pub mod sync;
 pub use controller::{Controller, HostOpts, IoSocket};
 pub use error::HostError;
 pub use queue::{HostDone, IoQueue};
+
+#[cfg(test)]
+mod tests;

@@ -12,6 +12,8 @@ pub mod io;
 pub mod subsystem;
 pub mod target;
 pub mod tcp;
+#[cfg(test)]
+pub(crate) mod test_target;
 
 use std::fmt;
 
