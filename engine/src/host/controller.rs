@@ -30,6 +30,9 @@ pub struct HostOpts {
     pub hostid: [u8; 16],
     pub header_digest: bool,
     pub data_digest: bool,
+    /// Ask I/O queues to run without SQ flow control (the target may then end reads with
+    /// C2HData's SUCCESS flag and no response capsule).
+    pub disable_sq_flow_control: bool,
     /// Entries per I/O queue (clamped to the controller's MQES + 1).
     pub queue_size: u16,
     /// Keep-alive timeout asked at Connect, in milliseconds; Keep Alive goes every half of it.
@@ -53,6 +56,7 @@ impl HostOpts {
             hostid: *b"tandem-host-id-0",
             header_digest: false,
             data_digest: false,
+            disable_sq_flow_control: false,
             queue_size: 128,
             kato_ms: 10_000,
             io_timeout: Duration::from_secs(30),
@@ -217,6 +221,7 @@ impl Controller {
         };
         let o = &self.opts;
         let mut q = SyncQueue::new(&o.addr(), o.header_digest, o.data_digest, o.connect_timeout)?;
+        q.sqflow_off = o.disable_sq_flow_control;
         q.connect(
             &o.subnqn,
             &o.hostnqn,

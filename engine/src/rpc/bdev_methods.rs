@@ -322,6 +322,7 @@ pub(super) fn nvme_attach_controller(p: &Params) -> RpcResult {
         "dhchap_ctrlr_key",
         "allow_unrecognized_csi",
         "priority",
+        "disable_sq_flow_control",
     ])?;
     let trtype = p.str("trtype")?;
     if !trtype.eq_ignore_ascii_case("tcp") {
@@ -363,6 +364,7 @@ pub(super) fn nvme_attach_controller(p: &Params) -> RpcResult {
     }
     opts.header_digest = p.opt_bool("hdgst")?.unwrap_or(false);
     opts.data_digest = p.opt_bool("ddgst")?.unwrap_or(false);
+    opts.disable_sq_flow_control = p.opt_bool("disable_sq_flow_control")?.unwrap_or(false);
     if let Some(us) = p.opt_u64("fabrics_connect_timeout_us")?.filter(|&u| u > 0) {
         opts.connect_timeout = std::time::Duration::from_micros(us);
     }
