@@ -225,6 +225,8 @@ pub(crate) struct Conn {
     pub(super) pollers: Vec<PollerHandle>,
     /// What of the socket wakes the reactor now: (readable, writable).
     interest: (bool, bool),
+    /// Whether the socket has bytes to read, from the reactor's socket group.
+    pub(super) ready: super::group::Member,
     pub(super) me: Weak<RefCell<Conn>>,
 }
 
@@ -265,6 +267,7 @@ pub(crate) fn start_socket(sock: Socket, addr: ListenAddr) {
             free: vec![0],
             pollers: Vec::new(),
             interest: (true, false),
+            ready: super::group::join(fd),
             me: me.clone(),
         })
     });
@@ -520,7 +523,7 @@ impl Conn {
             self.rx_end -= self.rx_start;
             self.rx_start = 0;
         }
-        if self.rx_end == self.rx.len() {
+        if self.rx_end == self.rx.len() || !self.ready.readable() {
             return Ok(false);
         }
         match self.sock.read(&mut self.rx[self.rx_end..]) {
@@ -529,7 +532,10 @@ impl Conn {
                 self.rx_end += n;
                 Ok(true)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.ready.drained();
+                Ok(false)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
             Err(_) => Err(()),
         }

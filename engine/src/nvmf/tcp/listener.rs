@@ -34,6 +34,7 @@ fn run(socket: TcpListener, addr: ListenAddr, ctl: Arc<ListenerCtl>) {
         tracing::error!(%addr, "listener: cannot register for wake-ups: {e}");
     }
     let next = Cell::new(0usize);
+    let ready = super::group::join(fd);
     let mut socket = Some(socket);
     let shown = addr.to_string();
     let registered = reactor::register_poller("nvmf_tcp_listen", move || {
@@ -49,7 +50,10 @@ fn run(socket: TcpListener, addr: ListenAddr, ctl: Arc<ListenerCtl>) {
             ctl.set_closed();
             return PollStatus::Busy;
         }
-        accept(s, &addr, &next)
+        if !ready.readable() {
+            return PollStatus::Idle;
+        }
+        accept(s, &addr, &next, &ready)
     });
     if let Err(e) = registered {
         tracing::error!("listener: cannot register its poller: {e}");
@@ -58,12 +62,20 @@ fn run(socket: TcpListener, addr: ListenAddr, ctl: Arc<ListenerCtl>) {
     }
 }
 
-fn accept(socket: &TcpListener, addr: &ListenAddr, next: &Cell<usize>) -> PollStatus {
+fn accept(
+    socket: &TcpListener,
+    addr: &ListenAddr,
+    next: &Cell<usize>,
+    ready: &super::group::Member,
+) -> PollStatus {
     let mut status = PollStatus::Idle;
     for _ in 0..ACCEPT_BUDGET {
         let stream = match socket.accept() {
             Ok((stream, _)) => stream,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                ready.drained();
+                break;
+            }
             Err(e) => {
                 tracing::warn!(%addr, "accept: {e}");
                 break;

@@ -2,6 +2,7 @@
 
 mod command;
 pub(crate) mod conn;
+mod group;
 pub mod harness;
 mod io_cmd;
 pub(crate) mod listener;
