@@ -94,9 +94,28 @@ impl Drop for ChannelShared {
     /// its poller keeps it until they are delivered): deliver them now, so that every accepted
     /// I/O's callback still runs exactly once.
     fn drop(&mut self) {
+        // The backend first: closing it may complete what it still held (a network queue fails
+        // its commands in flight), and those completions must run too.
+        drop(std::mem::replace(
+            &mut *self.backend.borrow_mut(),
+            Box::new(Closed),
+        ));
         while let Some((io, result)) = self.done.pop() {
             io.finish(result);
         }
+    }
+}
+
+/// What stands in for a backend channel being dropped.
+struct Closed;
+
+impl BackendChannel for Closed {
+    fn submit(
+        &mut self,
+        io: BdevIo,
+        _done: &Completions,
+    ) -> std::result::Result<(), (Error, BdevIo)> {
+        Err((Error::NotOnReactor, io))
     }
 }
 

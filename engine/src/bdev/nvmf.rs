@@ -52,6 +52,9 @@ fn attached() -> MutexGuard<'static, HashMap<String, Attached>> {
 
 /// Connect to a target and make a bdev of each of its namespaces: their names.
 pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
+    // One attach at a time: the name is checked and taken as one step.
+    static ATTACHING: Mutex<()> = Mutex::new(());
+    let _one = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
     if attached().contains_key(name) {
         return Err(Error::Exists(name.to_owned()));
     }
@@ -73,7 +76,8 @@ pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
             num_blocks: ns.num_blocks,
             uuid,
         };
-        match Bdev::new(info, Box::new(NvmfDisk { shared })).and_then(register) {
+        let oncs = ctrl.info().oncs;
+        match Bdev::new(info, Box::new(NvmfDisk { shared, oncs })).and_then(register) {
             Ok(_) => names.push(bdev_name),
             Err(e) => {
                 for n in &names {
@@ -155,6 +159,8 @@ impl Shared {
 
 struct NvmfDisk {
     shared: Arc<Shared>,
+    /// Optional commands the controller has (ONCS), read once: `supports` runs per I/O.
+    oncs: u16,
 }
 
 impl Backend for NvmfDisk {
@@ -163,7 +169,7 @@ impl Backend for NvmfDisk {
     }
 
     fn supports(&self, io_type: IoType) -> bool {
-        let oncs = self.shared.ctrl.info().oncs;
+        let oncs = self.oncs;
         match io_type {
             IoType::Read | IoType::Write | IoType::Flush => true,
             IoType::Unmap => oncs & (1 << 2) != 0,
@@ -192,6 +198,7 @@ impl Backend for NvmfDisk {
                 resume: Vec::with_capacity(depth),
             })),
             waiting: VecDeque::new(),
+            done: None,
         }))
     }
 
@@ -229,6 +236,8 @@ impl Backend for NvmfDisk {
 struct Pending {
     io: BdevIo,
     next: u64,
+    /// Bytes the whole request covers.
+    total: u64,
     error: Option<IoError>,
 }
 
@@ -248,6 +257,28 @@ struct NvmfChannel {
     state: Rc<RefCell<ChannelState>>,
     /// Requests waiting for a free queue slot.
     waiting: VecDeque<BdevIo>,
+    /// Where completions go (known from the first request).
+    done: Option<Completions>,
+}
+
+impl Drop for NvmfChannel {
+    /// Requests not at the target end as aborted; those in flight fail as the queue closes,
+    /// right after this.
+    fn drop(&mut self) {
+        let Some(done) = self.done.take() else {
+            return;
+        };
+        for io in self.waiting.drain(..) {
+            done.complete(io, Err(IoError::Aborted));
+        }
+        let mut st = self.state.borrow_mut();
+        for t in std::mem::take(&mut st.resume) {
+            if let Some(p) = st.pending[t as usize].take() {
+                st.free.push(t);
+                done.complete(p.io, Err(IoError::Aborted));
+            }
+        }
+    }
 }
 
 fn errno(e: HostIoError) -> IoError {
@@ -267,6 +298,12 @@ impl NvmfChannel {
         chunk: Option<(u64, u64)>,
     ) -> std::result::Result<(Sqe, Sgl), IoError> {
         let nsid = self.nsid;
+        if let (Some((at, len)), false) = (chunk, is_data(io.io_type)) {
+            // A piece of a large Write Zeroes or deallocate.
+            let slba = io.offset_blocks + at / self.block_size;
+            let blocks = len / self.block_size;
+            return self.no_data_command(io.io_type, slba, blocks);
+        }
         if let Some((at, len)) = chunk {
             let slba = io.offset_blocks + at / self.block_size;
             let blocks = (len / self.block_size) as u32;
@@ -290,15 +327,29 @@ impl NvmfChannel {
             return Ok((rw_sqe(opcode, nsid, slba, blocks), sgl));
         }
         let blocks = io.num_blocks as u32;
-        Ok(match io.io_type {
-            IoType::Read => (
+        match io.io_type {
+            IoType::Read => Ok((
                 rw_sqe(op::READ, nsid, io.offset_blocks, blocks),
                 std::mem::take(&mut io.sgl),
-            ),
-            IoType::Write => (
+            )),
+            IoType::Write => Ok((
                 rw_sqe(op::WRITE, nsid, io.offset_blocks, blocks),
                 std::mem::take(&mut io.sgl),
-            ),
+            )),
+            t => self.no_data_command(t, io.offset_blocks, io.num_blocks),
+        }
+    }
+
+    /// Flush, Write Zeroes or a one-range deallocate of `blocks` blocks at `slba`.
+    fn no_data_command(
+        &self,
+        t: IoType,
+        slba: u64,
+        blocks: u64,
+    ) -> std::result::Result<(Sqe, Sgl), IoError> {
+        let nsid = self.nsid;
+        Ok(match t {
+            IoType::Read | IoType::Write => return Err(IoError::Device(Errno(libc::EINVAL))),
             IoType::Flush => (
                 Sqe {
                     opcode: op::FLUSH,
@@ -307,24 +358,18 @@ impl NvmfChannel {
                 },
                 Sgl::default(),
             ),
-            IoType::WriteZeroes => {
-                if io.num_blocks > MAX_ZEROES_BLOCKS {
-                    return Err(IoError::Device(Errno(libc::EINVAL)));
-                }
-                (
-                    rw_sqe(op::WRITE_ZEROES, nsid, io.offset_blocks, blocks),
-                    Sgl::default(),
-                )
-            }
+            IoType::WriteZeroes => (
+                rw_sqe(op::WRITE_ZEROES, nsid, slba, blocks as u32),
+                Sgl::default(),
+            ),
             IoType::Unmap => {
                 let Some(mut b) = mem::take_small() else {
                     return Err(IoError::Device(Errno(libc::ENOMEM)));
                 };
                 let r = b.as_mut_slice();
                 r[..16].fill(0);
-                let nlb = io.num_blocks.min(u32::MAX as u64) as u32;
-                r[4..8].copy_from_slice(&nlb.to_le_bytes());
-                r[8..16].copy_from_slice(&io.offset_blocks.to_le_bytes());
+                r[4..8].copy_from_slice(&(blocks as u32).to_le_bytes());
+                r[8..16].copy_from_slice(&slba.to_le_bytes());
                 let mut sqe = Sqe {
                     opcode: op::DATASET_MANAGEMENT,
                     nsid,
@@ -339,15 +384,32 @@ impl NvmfChannel {
         })
     }
 
+    /// The most bytes one command of this type may cover: the maximum transfer for data; for
+    /// Write Zeroes what a 16-bit block count reaches; for a deallocate range a 32-bit one.
+    fn chunk_limit(&self, t: IoType) -> u64 {
+        match t {
+            IoType::Read | IoType::Write => self.max_xfer / self.block_size * self.block_size,
+            IoType::WriteZeroes => MAX_ZEROES_BLOCKS * self.block_size,
+            IoType::Unmap => u32::MAX as u64 * self.block_size,
+            IoType::Flush => u64::MAX,
+        }
+    }
+
     /// Send a new request, or hand it back if the queue is full.
     fn send(&mut self, io: BdevIo, done: &Completions) -> Option<BdevIo> {
         let Some(token) = self.state.borrow_mut().free.pop() else {
             return Some(io);
         };
-        let split = is_data(io.io_type) && io.num_blocks * self.block_size > self.max_xfer;
+        let total = if io.io_type == IoType::Flush {
+            0
+        } else {
+            io.num_blocks * self.block_size
+        };
+        let split = total > self.chunk_limit(io.io_type);
         self.state.borrow_mut().pending[token as usize] = Some(Pending {
             io,
             next: 0,
+            total,
             error: None,
         });
         if self.send_part(token, split, done) {
@@ -367,10 +429,8 @@ impl NvmfChannel {
             let p = st.pending[token as usize]
                 .as_mut()
                 .expect("a pending request");
-            let chunk = split.then(|| {
-                let total = p.io.num_blocks * self.block_size;
-                (p.next, (total - p.next).min(self.max_xfer))
-            });
+            let limit = self.chunk_limit(p.io.io_type);
+            let chunk = split.then(|| (p.next, (p.total - p.next).min(limit)));
             match self.command(&mut p.io, chunk) {
                 Ok((sqe, sgl)) => (sqe, sgl, chunk),
                 Err(e) => {
@@ -433,6 +493,7 @@ fn finished(
         Some((at, len)) => {
             match d.status {
                 Ok(()) if p.io.io_type == IoType::Read => {
+                    // A chunk of a split read: into the request's buffers at its place.
                     let mut off = 0usize;
                     for seg in d.sgl.segs() {
                         let b = seg.as_slice();
@@ -446,9 +507,7 @@ fn finished(
             p.next = at + len;
         }
     }
-    // A split request keeps its own buffers: their length is the request's.
-    let total = p.io.sgl.len() as u64;
-    let finished = p.next == u64::MAX || p.error.is_some() || p.next >= total;
+    let finished = p.next == u64::MAX || p.error.is_some() || p.next >= p.total;
     if finished {
         let p = st.pending[token as usize].take().expect("present");
         st.free.push(token);
@@ -465,6 +524,7 @@ impl BackendChannel for NvmfChannel {
         io: BdevIo,
         done: &Completions,
     ) -> std::result::Result<(), (Error, BdevIo)> {
+        self.done.get_or_insert_with(|| done.clone());
         if !self.waiting.is_empty() {
             self.waiting.push_back(io);
             return Ok(());

@@ -175,11 +175,17 @@ impl Controller {
             Err(HostError::Closed
                 | HostError::Io(_)
                 | HostError::TermReq { .. }
-                | HostError::Timeout(_))
+                | HostError::Timeout(_)
+                | HostError::Protocol(_))
         ) {
             *a = None;
         }
         r
+    }
+
+    /// The admin queue is up (not dropped after a failure).
+    pub fn admin_alive(&self) -> bool {
+        lock(&self.admin).is_some()
     }
 
     /// A new admin queue (and controller ID), if the old one failed. I/O queues of the old one
@@ -194,7 +200,7 @@ impl Controller {
         *a = Some(admin);
         *lock(&self.info) = info;
         *lock(&self.namespaces) = namespaces;
-        lock(&self.qids).clear();
+        // Queue IDs stay reserved: the I/O queues reconnect under the same ones.
         self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(addr = %self.opts.addr(), cntlid = info.cntlid, "host: controller reconnected");
         Ok(())
@@ -203,6 +209,7 @@ impl Controller {
     /// Connect an I/O queue (blocking): a fresh queue ID, or `qid` again when reconnecting.
     pub fn connect_io(&self, qid: Option<u16>) -> Result<IoSocket, HostError> {
         let info = self.info();
+        let fresh = qid.is_none();
         let qid = match qid {
             Some(q) => q,
             None => {
@@ -219,6 +226,14 @@ impl Controller {
                 q
             }
         };
+        let r = self.connect_queue(qid, info);
+        if r.is_err() && fresh {
+            self.release_io(qid);
+        }
+        r
+    }
+
+    fn connect_queue(&self, qid: u16, info: CtrlInfo) -> Result<IoSocket, HostError> {
         let o = &self.opts;
         let mut q = SyncQueue::new(&o.addr(), o.header_digest, o.data_digest, o.connect_timeout)?;
         q.sqflow_off = o.disable_sq_flow_control;
@@ -281,11 +296,13 @@ fn bring_up(o: &HostOpts) -> Result<(SyncQueue, CtrlInfo, Vec<NsInfo>), HostErro
         ));
     }
     let ioccsz = u32_at(&id, 1792) as usize * 16;
-    let mdts = id[77];
-    let max_xfer = if mdts == 0 {
+    // MDTS in 4 KiB pages as a power of two; 0 (no limit) and anything above 1 MiB are taken
+    // as 1 MiB, the most this host moves in one command.
+    let mdts = id[77] as u32;
+    let max_xfer = if mdts == 0 || mdts > 8 {
         1 << 20
     } else {
-        (4096usize << mdts).min(1 << 20)
+        4096usize << mdts
     };
     let mqes = (cap & 0xFFFF) as u16;
     let maxcmd = u16_at(&id, 514);
@@ -324,9 +341,15 @@ fn bring_up(o: &HostOpts) -> Result<(SyncQueue, CtrlInfo, Vec<NsInfo>), HostErro
             .identify(cns::NAMESPACE, nsid)?
             .ok("Identify Namespace")?
             .data;
+        if ns.len() < 4096 {
+            return Err(HostError::Protocol(format!(
+                "Identify Namespace {nsid} shorter than 4096 bytes"
+            )));
+        }
         let lbaf = (ns[26] & 0xF) as usize;
         let lbads = ns[128 + 4 * lbaf + 2];
-        if !(9..=16).contains(&lbads) {
+        // Block sizes from 512 bytes to what one command can carry.
+        if !(9..=16).contains(&lbads) || (1usize << lbads) > max_xfer {
             continue;
         }
         let mut nguid = [0u8; 16];
@@ -361,13 +384,13 @@ fn keep_alive_thread(ctrl: Weak<Controller>, stop: Arc<AtomicBool>) {
                 }
                 next = Instant::now() + every;
                 let Some(c) = ctrl.upgrade() else { return };
+                let g = c.generation();
                 let ka = Sqe {
                     opcode: admin::KEEP_ALIVE,
                     ..Sqe::default()
                 };
                 if let Err(e) = c.admin_command(ka, &[], 0) {
                     tracing::warn!(addr = %c.opts.addr(), "host: keep-alive failed: {e}");
-                    let g = c.generation();
                     if let Err(e) = c.reconnect(g) {
                         tracing::warn!(addr = %c.opts.addr(), "host: reconnect failed: {e}");
                     }

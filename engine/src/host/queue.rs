@@ -94,6 +94,13 @@ struct Slot {
     dir: DataDir,
     /// C2H bytes received.
     got: u32,
+    /// The data went in the command capsule (no R2T may come for it).
+    inline: bool,
+    /// H2C bytes queued in answer to R2Ts.
+    h2c_sent: u32,
+    /// PDUs on the send queue that carry this slot's data: the slot is not done before they
+    /// have left, whatever the target says.
+    sending: u16,
     deadline_ns: u64,
     cb: Option<HostCallback>,
 }
@@ -108,6 +115,9 @@ impl Slot {
             len: 0,
             dir: DataDir::None,
             got: 0,
+            inline: false,
+            h2c_sent: 0,
+            sending: 0,
             deadline_ns: 0,
             cb: None,
         }
@@ -132,7 +142,8 @@ enum State {
 
 struct Inner {
     id: u64,
-    ctrl: Arc<Controller>,
+    /// None only in the fuzz harness, which has no target to reconnect to.
+    ctrl: Option<Arc<Controller>>,
     qid: u16,
     sock: Option<TcpStream>,
     fd: RawFd,
@@ -152,6 +163,10 @@ struct Inner {
     /// Completions to run once the queue is no longer borrowed.
     done: VecDeque<(HostCallback, HostDone)>,
     pollers: Vec<PollerHandle>,
+    /// Whether the socket has bytes to read (the reactor's socket group).
+    ready: Option<crate::nvmf::tcp::group::Member>,
+    /// The socket wakes the reactor when writable too (answers wait for room).
+    want_writable: bool,
     reactor: ReactorId,
     messenger: Option<Messenger>,
     backoff: Duration,
@@ -166,7 +181,8 @@ impl IoQueue {
     pub fn start(ctrl: Arc<Controller>, s: IoSocket) -> Result<IoQueue, HostError> {
         let reactor = reactor::current()
             .ok_or_else(|| HostError::Unsupported("an I/O queue needs a reactor".into()))?;
-        let entries = s.info.queue_entries as usize;
+        // Under SQ flow control a full queue holds one entry fewer than its size.
+        let entries = s.info.queue_entries as usize - 1;
         let id = NEXT_QUEUE.fetch_add(1, Ordering::Relaxed);
         let timeout_ns = ctrl.opts.io_timeout.as_nanos() as u64;
         let rx_len = s.info.max_xfer + 64 * 1024;
@@ -190,10 +206,12 @@ impl IoQueue {
             free: (0..entries as u16).rev().collect(),
             done: VecDeque::with_capacity(entries),
             pollers: Vec::new(),
+            ready: None,
+            want_writable: false,
             reactor,
             messenger: reactor::messenger().ok(),
             backoff: FIRST_BACKOFF,
-            ctrl,
+            ctrl: Some(ctrl),
         }));
         inner.borrow_mut().install(s)?;
         let held = Rc::clone(&inner);
@@ -242,10 +260,6 @@ impl IoQueue {
         self.0.borrow().slots.len()
     }
 
-    pub fn controller(&self) -> Arc<Controller> {
-        Arc::clone(&self.0.borrow().ctrl)
-    }
-
     /// Write what is queued now, rather than at the next poll.
     pub fn flush(&self) {
         self.0.borrow_mut().flush();
@@ -282,6 +296,19 @@ impl Inner {
         s.sock.set_nonblocking(true)?;
         let fd = s.sock.as_raw_fd();
         reactor::register_fd(fd).map_err(|e| HostError::Unsupported(e.to_string()))?;
+        // A controller brought up again may differ: size the buffers and slots to it (nothing
+        // is in flight while the queue is down).
+        let rx_len = s.info.max_xfer + 64 * 1024;
+        if self.rx.len() < rx_len {
+            self.rx = vec![0u8; rx_len].into_boxed_slice();
+        }
+        let entries = s.info.queue_entries as usize - 1;
+        if entries != self.slots.len() && self.free.len() == self.slots.len() {
+            self.slots = (0..entries).map(|_| Slot::new()).collect();
+            self.free = (0..entries as u16).rev().collect();
+        }
+        self.ready = Some(crate::nvmf::tcp::group::join(fd));
+        self.want_writable = false;
         self.fd = fd;
         self.sock = Some(s.sock);
         self.qid = s.qid;
@@ -345,6 +372,9 @@ impl Inner {
             len: len as u32,
             dir,
             got: 0,
+            inline,
+            h2c_sent: 0,
+            sending: 0,
             deadline_ns: now + self.timeout_ns,
             cb: Some(cb),
         };
@@ -388,6 +418,8 @@ impl Inner {
             if let Some(d) = digest {
                 out.set_data_digest(d);
             }
+            out.release = Some(slot);
+            self.slots[slot as usize].sending = 1;
         }
         Ok(())
     }
@@ -399,6 +431,10 @@ impl Inner {
         let mut busy = self.flush();
         busy |= self.receive();
         busy |= self.flush();
+        let writable = !self.tx.is_empty() && self.state == State::Up;
+        if writable != self.want_writable && reactor::fd_interest(self.fd, true, writable).is_ok() {
+            self.want_writable = writable;
+        }
         if busy {
             PollStatus::Busy
         } else {
@@ -414,6 +450,10 @@ impl Inner {
         let r = self
             .tx
             .flush(sock, |s| slots[s as usize].out_data(), &mut self.released);
+        for &s in &self.released {
+            let slot = &mut self.slots[s as usize];
+            slot.sending = slot.sending.saturating_sub(1);
+        }
         self.released.clear();
         match r {
             Flushed::Nothing => false,
@@ -483,7 +523,7 @@ impl Inner {
             self.rx_end -= self.rx_start;
             self.rx_start = 0;
         }
-        if self.rx_end == self.rx.len() {
+        if self.rx_end == self.rx.len() || !self.ready.as_ref().is_none_or(|r| r.readable()) {
             return Ok(false);
         }
         let sock = self.sock.as_mut().ok_or("no socket")?;
@@ -493,7 +533,12 @@ impl Inner {
                 self.rx_end += n;
                 Ok(true)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(r) = &self.ready {
+                    r.drained();
+                }
+                Ok(false)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
             Err(_) => Err("the connection failed while receiving"),
         }
@@ -514,6 +559,19 @@ impl Inner {
                 let cqe = pdu::capsule_cqe(p).ok_or("short response")?;
                 let i = self.slot_for(cqe.cid, "a response")?;
                 let status = Status::from_field(cqe.status).0;
+                let s = &self.slots[i];
+                if s.sending > 0 {
+                    return Err(format!(
+                        "a response to command {} before its data left",
+                        cqe.cid
+                    ));
+                }
+                if status.is_success() && s.dir == DataDir::ControllerToHost && s.got != s.len {
+                    return Err(format!(
+                        "a read answered with {} of its {} bytes",
+                        s.got, s.len
+                    ));
+                }
                 let r = if status.is_success() {
                     Ok(())
                 } else {
@@ -554,9 +612,17 @@ impl Inner {
                 let i = self.slot_for(dh.cccid, "R2T")?;
                 let s = &self.slots[i];
                 let end = dh.offset as u64 + dh.length as u64;
-                if s.dir != DataDir::HostToController || end > s.len as u64 || dh.length == 0 {
+                // One R2T at a time (MAXR2T 0), in order, never for in-capsule data.
+                if s.dir != DataDir::HostToController
+                    || s.inline
+                    || s.sending > 0
+                    || dh.offset != s.h2c_sent
+                    || end > s.len as u64
+                    || dh.length == 0
+                {
                     return Err(format!("R2T out of place for command {}", dh.cccid));
                 }
+                self.slots[i].h2c_sent = end as u32;
                 self.send_h2c(i as u16, dh.ttag, dh.offset, dh.length);
             }
             PduType::C2hTermReq => {
@@ -613,6 +679,8 @@ impl Inner {
             if let Some(d) = digest {
                 out.set_data_digest(d);
             }
+            out.release = Some(slot);
+            self.slots[slot as usize].sending += 1;
             at += n;
         }
     }
@@ -622,6 +690,7 @@ impl Inner {
         let s = &mut self.slots[i];
         s.busy = false;
         s.bounce = None;
+        s.sending = 0;
         let sgl = std::mem::take(&mut s.sgl);
         if let Some(cb) = s.cb.take() {
             self.done.push_back((cb, HostDone { status: r, sgl }));
@@ -649,7 +718,12 @@ impl Inner {
 
     /// The connection is unusable: fail what is in flight and start reconnecting.
     fn fail(&mut self, why: &str, timed_out: Option<usize>) {
-        tracing::warn!(qid = self.qid, addr = %self.ctrl.opts.addr(), "host: I/O queue down: {why}");
+        let addr = self
+            .ctrl
+            .as_ref()
+            .map(|c| c.opts.addr())
+            .unwrap_or_default();
+        tracing::warn!(qid = self.qid, %addr, "host: I/O queue down: {why}");
         self.drop_socket();
         self.fail_in_flight(timed_out);
         if self.state == State::Up {
@@ -659,6 +733,7 @@ impl Inner {
     }
 
     fn drop_socket(&mut self) {
+        self.ready = None;
         if let Some(s) = self.sock.take() {
             let _ = reactor::unregister_fd(self.fd);
             let _ = s.shutdown(std::net::Shutdown::Both);
@@ -683,25 +758,28 @@ impl Inner {
 
     /// Reconnect from a thread of its own (the reactor never blocks), after the backoff.
     fn reconnect(&mut self) {
-        let Some(messenger) = self.messenger.clone() else {
+        let (Some(messenger), Some(ctrl)) = (self.messenger.clone(), self.ctrl.clone()) else {
             return;
         };
-        let (ctrl, qid, id, reactor, wait) = (
-            Arc::clone(&self.ctrl),
-            self.qid,
-            self.id,
-            self.reactor,
-            self.backoff,
-        );
-        self.backoff = (self.backoff * 2).min(self.ctrl.opts.reconnect_max_delay);
+        let (qid, id, reactor, wait) = (self.qid, self.id, self.reactor, self.backoff);
+        self.backoff = (self.backoff * 2).min(ctrl.opts.reconnect_max_delay);
         let spawned = std::thread::Builder::new()
             .name("tandem-reconnect".into())
             .spawn(move || {
                 std::thread::sleep(wait);
                 let generation = ctrl.generation();
                 let attempt = ctrl.connect_io(Some(qid)).or_else(|e| {
-                    // The controller may be gone (keep-alive expired on the target): bring it
-                    // up again, then the queue.
+                    // Only if the controller itself is gone (the target no longer knows its
+                    // ID, or the admin queue is down) is it brought up again; otherwise this
+                    // attempt fails and the next one waits longer.
+                    let gone = matches!(
+                        e,
+                        HostError::Status { status, .. }
+                            if status == Status::CONNECT_INVALID_PARAMETERS
+                    ) || !ctrl.admin_alive();
+                    if !gone {
+                        return Err(e);
+                    }
                     tracing::info!(
                         qid,
                         "host: I/O queue Connect failed ({e}); reconnecting the controller"
@@ -709,7 +787,7 @@ impl Inner {
                     ctrl.reconnect(generation)?;
                     ctrl.connect_io(Some(qid))
                 });
-                let _ = messenger.send(reactor, move || {
+                let sent = messenger.send_patiently(reactor, move || {
                     let q = QUEUES
                         .with(|m| m.borrow().get(&id).and_then(Weak::upgrade))
                         .ok()
@@ -733,6 +811,12 @@ impl Inner {
                         }
                     }
                 });
+                if sent.is_err() {
+                    tracing::warn!(
+                        qid,
+                        "host: the queue's reactor is gone; reconnect abandoned"
+                    );
+                }
             });
         if spawned.is_err() {
             tracing::error!("host: cannot start a reconnect thread");
@@ -751,7 +835,9 @@ impl Inner {
         }
         let id = self.id;
         let _ = QUEUES.with(|m| m.borrow_mut().remove(&id));
-        self.ctrl.release_io(self.qid);
+        if let Some(c) = &self.ctrl {
+            c.release_io(self.qid);
+        }
     }
 }
 
@@ -772,4 +858,70 @@ fn bounce_copy(sgl: &Sgl, len: usize) -> Option<Buf> {
         at += d.len();
     }
     Some(b)
+}
+
+/// For the `host_pdus` fuzz target: what the host makes of bytes from a target, with no socket
+/// and no reactor. A queue with commands of each kind in flight (a 4 KiB read, an in-capsule
+/// write, a 64 KiB write waiting for R2T, a flush) takes `input` as if read from its socket,
+/// until the bytes run out or it finds fault with them. Never panics; returns the commands that
+/// completed.
+#[doc(hidden)]
+pub fn fuzz_receive(input: &[u8], header_digest: bool, data_digest: bool) -> usize {
+    const MAX_XFER: usize = 128 * 1024;
+    let slots = 8;
+    let mut q = Inner {
+        id: 0,
+        ctrl: None,
+        qid: 1,
+        sock: None,
+        fd: -1,
+        neg: Negotiated {
+            header_digest,
+            data_digest,
+            max_plen: (MAX_XFER + 1024) as u32,
+        },
+        maxh2cdata: 8192,
+        inline_max: 8192,
+        max_xfer: MAX_XFER,
+        timeout_ns: u64::MAX,
+        state: State::Up,
+        rx: vec![0u8; MAX_XFER + 64 * 1024].into_boxed_slice(),
+        rx_start: 0,
+        rx_end: 0,
+        tx: SendQueue::with_capacity(64),
+        released: Vec::new(),
+        slots: (0..slots).map(|_| Slot::new()).collect(),
+        free: Vec::new(),
+        done: VecDeque::new(),
+        pollers: Vec::new(),
+        ready: None,
+        want_writable: false,
+        reactor: ReactorId(0),
+        messenger: None,
+        backoff: FIRST_BACKOFF,
+    };
+    let buf = |len: usize| Sgl::single(mem::DmaBuf::new(len).expect("memory for a fuzz buffer"));
+    let busy = |q: &mut Inner, i: usize, dir: DataDir, len: usize, inline: bool| {
+        let s = &mut q.slots[i];
+        s.busy = true;
+        s.sqe.cid = i as u16;
+        s.dir = dir;
+        s.len = len as u32;
+        s.inline = inline;
+        s.sending = inline as u16;
+        s.sgl = if len > 0 { buf(len) } else { Sgl::default() };
+    };
+    busy(&mut q, 0, DataDir::ControllerToHost, 4096, false);
+    busy(&mut q, 1, DataDir::HostToController, 512, true);
+    busy(&mut q, 2, DataDir::HostToController, 65536, false);
+    busy(&mut q, 3, DataDir::None, 0, false);
+    q.free = (4..slots as u16).rev().collect();
+    let n = input.len().min(q.rx.len());
+    q.rx[..n].copy_from_slice(&input[..n]);
+    q.rx_end = n;
+    let before = q.free.len();
+    q.receive();
+    // The in-capsule write's data "leaves", as a flush would report it.
+    q.slots[1].sending = 0;
+    q.free.len().saturating_sub(before) + q.done.len()
 }

@@ -339,10 +339,12 @@ impl SyncQueue {
                     if dh.cccid != sqe.cid {
                         return Err(foreign("R2T"));
                     }
-                    let (start, end) = (dh.offset as usize, (dh.offset + dh.length) as usize);
-                    if end > out.len() {
+                    let start = dh.offset as usize;
+                    let end = dh.offset as u64 + dh.length as u64;
+                    if end > out.len() as u64 || dh.length == 0 {
                         return Err(HostError::Protocol("R2T beyond the command's data".into()));
                     }
+                    let end = end as usize;
                     let mut at = start;
                     while at < end {
                         let n = (end - at).min(self.maxh2cdata as usize);
@@ -364,6 +366,11 @@ impl SyncQueue {
                     }
                     if dh.offset as usize != data.len() {
                         return Err(HostError::Protocol("C2HData out of order".into()));
+                    }
+                    if data.len() + p.data().len() > want {
+                        return Err(HostError::Protocol(
+                            "C2HData beyond the command's data".into(),
+                        ));
                     }
                     data.extend_from_slice(p.data());
                     if p.h.flags & flags::SUCCESS != 0 {

@@ -17,7 +17,6 @@ use std::time::Duration;
 pub use histogram::Histogram;
 
 use crate::host::controller::NsInfo;
-use crate::host::queue::HostIoError;
 use crate::host::sync::rw_sqe;
 use crate::host::{Controller, HostDone, HostOpts, IoQueue, IoSocket};
 use crate::mem::{DmaBuf, Sgl};
@@ -479,11 +478,10 @@ fn issue(job: &Rc<RefCell<Job>>, lane: usize) {
             j.result
                 .first_error
                 .get_or_insert_with(|| format!("submit: {e:?}"));
-            if e == HostIoError::Disconnected {
-                // The queue reconnects by itself; this lane stops.
-                drop(j);
-                finish_if_idle(job);
-            }
+            // The lane stops (a queue that is down reconnects by itself, but this run is over
+            // for the lane); the job reports once the others come home.
+            drop(j);
+            finish_if_idle(job);
         }
     }
 }

@@ -65,6 +65,27 @@ impl Messenger {
         self.registry.send(to, msg)
     }
 
+    /// Queue `f` on reactor `to`, waiting while its ring is full (yielding the thread, up to
+    /// 10 000 times): for control messages that must not be lost. A stopped reactor still
+    /// refuses at once.
+    pub fn send_patiently(
+        &self,
+        to: ReactorId,
+        f: impl FnOnce() + Send + 'static,
+    ) -> std::result::Result<(), SendError> {
+        let mut msg = Msg::new(f);
+        for _ in 0..10_000 {
+            match self.registry.send(to, msg) {
+                Err(e) if e.kind == super::SendErrorKind::Full => {
+                    msg = e.into_msg();
+                    std::thread::yield_now();
+                }
+                other => return other,
+            }
+        }
+        self.registry.send(to, msg)
+    }
+
     /// Ids of the reactors alive now.
     pub fn reactors(&self) -> Vec<ReactorId> {
         self.registry.live()

@@ -40,9 +40,7 @@ use crate::mem::{self, Sgl};
 use crate::nvme::{Sqe, Status};
 use crate::nvmf::controller::{AdminHooks, Controller, CtrlShared};
 use crate::nvmf::{target, ListenAddr, TransportOpts};
-use crate::reactor::{
-    self, Messenger, Msg, PollStatus, PollerHandle, ReactorId, ReactorLocal, SendErrorKind,
-};
+use crate::reactor::{self, Messenger, PollStatus, PollerHandle, ReactorId, ReactorLocal};
 
 /// In-capsule data a host may send on the admin queue (Linux sends up to 8 KiB there whatever
 /// IOCCSZ says).
@@ -359,21 +357,12 @@ impl AdminHooks for Hooks {
 
 /// Send a control message, waiting a while if the reactor's ring is full rather than losing it.
 fn deliver(m: &Messenger, to: ReactorId, f: impl FnOnce() + Send + 'static) {
-    let mut msg = Msg::new(f);
-    for _ in 0..10_000 {
-        match m.send_msg(to, msg) {
-            Ok(()) => return,
-            Err(e) if e.kind == SendErrorKind::Full => {
-                msg = e.into_msg();
-                std::thread::yield_now();
-            }
-            Err(_) => return,
-        }
+    if m.send_patiently(to, f).is_err() {
+        tracing::warn!(
+            reactor = to.0,
+            "nvmf/tcp: a control message could not reach its reactor"
+        );
     }
-    tracing::warn!(
-        reactor = to.0,
-        "nvmf/tcp: a control message found the reactor's ring full"
-    );
 }
 
 pub(super) fn for_conns(mut f: impl FnMut(&mut Conn)) {
@@ -543,14 +532,6 @@ impl Conn {
 
     fn handle_pdu(&mut self, h: &CommonHeader, pdu: &[u8]) {
         if let Err(e) = pdu::check_header_digest(pdu, h) {
-            return self.fatal(&e, pdu);
-        }
-        if self.neg.data_digest && h.data_range().1 > 0 && h.flags & flags::DDGST == 0 {
-            let e = ProtocolError {
-                fes: Fes::InvalidHeaderField,
-                offset: 1,
-                why: "data without the negotiated data digest",
-            };
             return self.fatal(&e, pdu);
         }
         let r = match (self.phase, h.pdu_type) {

@@ -2,7 +2,7 @@
 
 mod command;
 pub(crate) mod conn;
-mod group;
+pub(crate) mod group;
 pub mod harness;
 mod io_cmd;
 pub(crate) mod listener;

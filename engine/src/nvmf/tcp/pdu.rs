@@ -231,6 +231,13 @@ impl CommonHeader {
             let data_start = h.pdo as u32;
             let with_data = h.plen > header_len;
             if with_data {
+                if n.data_digest && !ddgst {
+                    return Err(err(
+                        Fes::InvalidHeaderField,
+                        1,
+                        "data without the negotiated data digest",
+                    ));
+                }
                 if data_start < header_len || data_start > h.plen {
                     return Err(err(
                         Fes::InvalidHeaderField,
