@@ -183,24 +183,8 @@ fn write_all_spinning(s: &mut TcpStream, mut b: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(d)
-    };
-    let (secs, rounds) = if smoke {
-        (1, 1)
-    } else {
-        (env("TANDEM_BENCH_SECS", 3), env("TANDEM_BENCH_ROUNDS", 3))
-    };
+    let (secs, rounds) = tandem_bench::run_shape(3);
     let cores = available_cores();
     let (target_core, host_core) = (cores[0], cores[cores.len().min(2) - 1]);
     let port = prepare_target();
@@ -223,7 +207,7 @@ fn main() {
             .zip(&b)
             .map(|(a, b)| format!("{:.2}", a / b))
             .collect();
-        let (tm, bm) = (median(t), median(b));
+        let (tm, bm) = (tandem_bench::median(t), tandem_bench::median(b));
         println!(
             "QD {depth:<5} {tm:>14.0} {bm:>16.0} {:>8.2}   {}",
             tm / bm,

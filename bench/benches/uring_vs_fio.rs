@@ -117,25 +117,8 @@ fn fio_iops(path: &Path, rw: &str, secs: u64) -> f64 {
         .expect("fio reported IOPS")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    // `cargo test --benches` runs this with no --bench flag: do one short pass as a smoke test.
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(d)
-    };
-    let (secs, rounds) = if smoke {
-        (1, 1)
-    } else {
-        (env("TANDEM_BENCH_SECS", 5), env("TANDEM_BENCH_ROUNDS", 3))
-    };
+    let (secs, rounds) = tandem_bench::run_shape(5);
     let path = bench_file();
     prepare(&path);
     println!(
@@ -160,7 +143,7 @@ fn main() {
             .zip(&f)
             .map(|(a, b)| format!("{:.2}", a / b))
             .collect();
-        let (tm, fm) = (median(t), median(f));
+        let (tm, fm) = (tandem_bench::median(t), tandem_bench::median(f));
         println!(
             "{rw:<10} {tm:>14.0} {fm:>14.0} {:>8.2}   {}",
             tm / fm,

@@ -57,3 +57,26 @@ pub fn print_ratios(title: &str, pairs: &[(&str, &str)]) {
 }
 
 pub mod io_job;
+
+/// For the tool-style benchmarks (alternating rounds, medians): (seconds per run, rounds).
+/// `cargo test --benches` runs them without `--bench`: one short pass as a smoke test.
+pub fn run_shape(default_secs: u64) -> (u64, u64) {
+    if !std::env::args().any(|a| a == "--bench") {
+        return (1, 1);
+    }
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    (
+        env("TANDEM_BENCH_SECS", default_secs),
+        env("TANDEM_BENCH_ROUNDS", 3),
+    )
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}

@@ -102,6 +102,19 @@ pub struct Report {
 }
 
 impl JobResult {
+    fn empty(core: usize) -> JobResult {
+        JobResult {
+            core,
+            ios: 0,
+            bytes: 0,
+            errors: 0,
+            mismatches: 0,
+            elapsed: Duration::ZERO,
+            latency: Histogram::default(),
+            first_error: None,
+        }
+    }
+
     pub fn iops(&self) -> f64 {
         self.ios as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -250,16 +263,7 @@ pub fn run(opts: &PerfOpts) -> Result<Report, String> {
     }
     engine.stop().map_err(|e| e.to_string())?;
     jobs.sort_by_key(|j| j.core);
-    let mut total = JobResult {
-        core: 0,
-        ios: 0,
-        bytes: 0,
-        errors: 0,
-        mismatches: 0,
-        elapsed: Duration::ZERO,
-        latency: Histogram::default(),
-        first_error: None,
-    };
+    let mut total = JobResult::empty(0);
     for j in &jobs {
         total.ios += j.ios;
         total.bytes += j.bytes;
@@ -342,14 +346,9 @@ impl JobSpec {
             Ok(q) => q,
             Err(e) => {
                 let _ = self.tx.send(JobResult {
-                    core: self.core,
-                    ios: 0,
-                    bytes: 0,
                     errors: 1,
-                    mismatches: 0,
-                    elapsed: Duration::ZERO,
-                    latency: Histogram::default(),
                     first_error: Some(e.to_string()),
+                    ..JobResult::empty(self.core)
                 });
                 return;
             }
@@ -380,16 +379,7 @@ impl JobSpec {
             start_ns: start,
             stop_ns: start + self.opts.time.as_nanos() as u64,
             in_flight: 0,
-            result: JobResult {
-                core: self.core,
-                ios: 0,
-                bytes: 0,
-                errors: 0,
-                mismatches: 0,
-                elapsed: Duration::ZERO,
-                latency: Histogram::default(),
-                first_error: None,
-            },
+            result: JobResult::empty(self.core),
             reported: false,
             spec: self,
         }));
