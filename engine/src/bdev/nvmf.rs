@@ -8,6 +8,11 @@
 //! on a reactor normally does not wait for the network (if two open at once, the second
 //! connects while it opens).
 //!
+//! Reads and writes up to the controller's maximum transfer go as they are: the request's own
+//! buffers travel in the command, nothing is copied or allocated. Larger ones, deallocates and
+//! oversized Write Zeroes are the exceptions: they go in pieces, each with a list (and, for
+//! data, a pool buffer) of its own.
+//!
 //! Requests beyond the queue's depth wait in the channel and go as slots free up. A dropped
 //! connection fails the requests in flight with ENOTCONN (the queue reconnects by itself); a
 //! command past its timeout fails with ETIMEDOUT.
