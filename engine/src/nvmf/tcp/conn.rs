@@ -8,11 +8,11 @@
 //!
 //! This module holds the connection's state, its poller, the receive side (framing, ICReq) and
 //! closing; [`super::command`] takes the commands, [`super::io_cmd`] runs the I/O path, and
-//! [`super::send`] owns the send queue.
+//! [`super::send`] builds what the target sends, onto the send queue ([`super::txq`]).
 //!
 //! Data path rules: no lock, no blocking syscall (the socket is non-blocking), and no heap
-//! allocation per I/O in steady state. Command slots, their scatter-gather lists, the receive
-//! buffer and the send queue are allocated when the queue connects; data buffers come from the
+//! allocation per I/O in steady state. The receive buffer is sized at ICReq; command slots,
+//! their scatter-gather lists and the send queue's room at Connect; data buffers come from the
 //! reactor's pools (a buffer is allocated only when a pool runs dry); completion callbacks are
 //! stored inline. Admin commands build their replies on the heap: they are control path.
 //!
