@@ -24,18 +24,7 @@ fn spdk_rpc(sock: &str, args: &[&str]) {
 /// tandemd with nothing configured, then configured through spdk-rpc: (daemon, port, socket).
 fn target(tag: &str) -> (Daemon, u16, String) {
     let sock = format!("/tmp/tandem-lnh-{tag}-{}.sock", std::process::id());
-    let cores = tandem::reactor::available_cores();
-    let mask = format!("[{}]", cores[0]);
-    let mut d = Daemon::spawn(&[
-        "-m",
-        &mask,
-        "--mode",
-        "adaptive",
-        "-r",
-        &sock,
-        "--no-default",
-    ]);
-    d.wait_for("started", Duration::from_secs(20));
+    let d = tandem_tests::start_bare(&sock, &[]);
     let port = free_port().to_string();
     spdk_rpc(
         &sock,

@@ -106,14 +106,7 @@ fn make(kind: Kind, block_size: u32) -> Fixture {
             }
         }
         Kind::ErrorOverMalloc => {
-            let base = format!("{name}_base");
-            malloc::create(MallocOpts {
-                name: base.clone(),
-                num_blocks: BLOCKS,
-                block_size,
-                uuid: 0,
-            })
-            .unwrap();
+            let base = base_malloc(&name, block_size);
             let bdev = error::create(error::ErrorOpts {
                 name: Some(name),
                 base: base.clone(),
@@ -128,14 +121,7 @@ fn make(kind: Kind, block_size: u32) -> Fixture {
             }
         }
         Kind::Nvmf => {
-            let base = format!("{name}_base");
-            malloc::create(MallocOpts {
-                name: base.clone(),
-                num_blocks: BLOCKS,
-                block_size,
-                uuid: 0,
-            })
-            .unwrap();
+            let base = base_malloc(&name, block_size);
             let nqn = format!("nqn.2016-06.io.tandem:{}", name.to_lowercase());
             let port = crate::nvmf::test_target::export(&nqn, &base);
             let mut opts = crate::host::HostOpts::new("127.0.0.1", &port.to_string(), &nqn);
@@ -149,6 +135,19 @@ fn make(kind: Kind, block_size: u32) -> Fixture {
             }
         }
     }
+}
+
+/// The RAM disk under a stacked fixture (`<name>_base`).
+fn base_malloc(name: &str, block_size: u32) -> String {
+    let base = format!("{name}_base");
+    malloc::create(MallocOpts {
+        name: base.clone(),
+        num_blocks: BLOCKS,
+        block_size,
+        uuid: 0,
+    })
+    .unwrap();
+    base
 }
 
 fn retains_data(kind: Kind) -> bool {

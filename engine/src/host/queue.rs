@@ -387,16 +387,9 @@ impl Inner {
             0
         };
         let data_len = if inline { len } else { 0 };
-        let mut fl = 0;
-        if hd {
-            fl |= flags::HDGST;
-        }
-        if dd {
-            fl |= flags::DDGST;
-        }
         let ch = CommonHeader {
             pdu_type: PduType::CapsuleCmd,
-            flags: fl,
+            flags: pdu::digest_flags(hd, dd),
             hlen: hlen as u8,
             pdo: pdo as u8,
             plen: (hlen
@@ -591,11 +584,8 @@ impl Inner {
                     return Err(format!("C2HData out of place for command {}", dh.cccid));
                 }
                 let (at, len) = h.data_range();
-                if h.flags & flags::DDGST != 0 {
-                    let want = pdu::crc32c(&p[at..at + len]).to_le_bytes();
-                    if p[at + len..at + len + DIGEST_LEN] != want {
-                        return Err("data digest mismatch on C2HData".into());
-                    }
+                if !pdu::data_digest_ok(p, h) {
+                    return Err("data digest mismatch on C2HData".into());
                 }
                 let s = &mut self.slots[i];
                 s.sgl.copy_at(dh.offset as usize, &p[at..at + len]);
@@ -645,13 +635,8 @@ impl Inner {
         let end = offset + length;
         while at < end {
             let n = (end - at).min(self.maxh2cdata);
-            let mut fl = if at + n == end { flags::LAST_PDU } else { 0 };
-            if hd {
-                fl |= flags::HDGST;
-            }
-            if dd {
-                fl |= flags::DDGST;
-            }
+            let last = if at + n == end { flags::LAST_PDU } else { 0 };
+            let fl = last | pdu::digest_flags(hd, dd);
             let hdg = if hd { DIGEST_LEN } else { 0 };
             let ch = CommonHeader {
                 pdu_type: PduType::H2cData,

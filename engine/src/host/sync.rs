@@ -211,12 +211,8 @@ impl SyncQueue {
         let mut bytes = ch;
         bytes.extend(self.read_exact(h.plen as usize - 8)?);
         pdu::check_header_digest(&bytes, &h).map_err(|e| HostError::Protocol(e.to_string()))?;
-        if h.flags & flags::DDGST != 0 {
-            let (at, len) = h.data_range();
-            let want = pdu::crc32c(&bytes[at..at + len]).to_le_bytes();
-            if bytes[at + len..at + len + 4] != want {
-                return Err(HostError::Protocol("data digest mismatch".into()));
-            }
+        if !pdu::data_digest_ok(&bytes, &h) {
+            return Err(HostError::Protocol("data digest mismatch".into()));
         }
         Ok(Pdu { h, bytes })
     }
@@ -255,13 +251,7 @@ impl SyncQueue {
         } else {
             0
         };
-        let mut fl = extra_flags;
-        if hd != 0 {
-            fl |= flags::HDGST;
-        }
-        if dd != 0 {
-            fl |= flags::DDGST;
-        }
+        let fl = extra_flags | pdu::digest_flags(hd != 0, dd != 0);
         let pdo = if data.is_empty() { 0 } else { hlen + hd };
         let ch = CommonHeader {
             pdu_type,

@@ -41,7 +41,7 @@ impl Conn {
                 why: "more in-capsule data than the queue accepts",
             });
         }
-        let digest_ok = self.data_digest_ok(h, pdu);
+        let digest_ok = pdu::data_digest_ok(pdu, h);
         if let Some(q) = &mut self.queue {
             q.sq_head = (q.sq_head + 1) % q.entries;
         }
@@ -162,7 +162,7 @@ impl Conn {
         if dh.offset as u64 + dh.length as u64 > s.len as u64 {
             return Err(bad(Fes::DataOutOfRange, 16, "H2CData beyond the R2T"));
         }
-        let digest_ok = self.data_digest_ok(h, pdu);
+        let digest_ok = pdu::data_digest_ok(pdu, h);
         let (at, len) = h.data_range();
         let s = &mut self.slots[slot as usize];
         let off = dh.offset as usize;

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use super::io_cmd::NsEntry;
 use super::pdu::{
-    self, flags, CommonHeader, Fes, IcReq, IcResp, Negotiated, PduType, ProtocolError,
-    COMMON_HEADER_LEN, DIGEST_LEN,
+    self, CommonHeader, Fes, IcReq, IcResp, Negotiated, PduType, ProtocolError, COMMON_HEADER_LEN,
+    DIGEST_LEN,
 };
 use super::txq::SendQueue;
 use crate::mem::{self, Sgl};
@@ -599,15 +599,6 @@ impl Conn {
         self.c2h_align = (req.hpda as usize + 1) * 4;
         self.phase = Phase::Ready;
         Ok(())
-    }
-
-    pub(super) fn data_digest_ok(&self, h: &CommonHeader, pdu: &[u8]) -> bool {
-        if h.flags & flags::DDGST == 0 {
-            return true;
-        }
-        let (at, len) = h.data_range();
-        let digest = &pdu[at + len..at + len + DIGEST_LEN];
-        pdu::crc32c(&pdu[at..at + len]).to_le_bytes() == digest
     }
 
     /// Close the connection: stop polling, shut the socket, and end the controller if this

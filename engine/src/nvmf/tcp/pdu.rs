@@ -314,6 +314,22 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
     crc32c::crc32c(bytes)
 }
 
+/// The FLAGS digest bits for a PDU sent with these digests (DDGSTF only when it has data).
+pub fn digest_flags(header_digest: bool, data_digest: bool) -> u8 {
+    (if header_digest { flags::HDGST } else { 0 }) | (if data_digest { flags::DDGST } else { 0 })
+}
+
+/// Check a data digest: true when the PDU carries none, or when the 4 bytes after the data
+/// are the CRC32C of the data. `pdu` is the whole PDU as `h` describes it.
+pub fn data_digest_ok(pdu: &[u8], h: &CommonHeader) -> bool {
+    if h.flags & flags::DDGST == 0 {
+        return true;
+    }
+    let (at, len) = h.data_range();
+    pdu.get(at + len..at + len + DIGEST_LEN)
+        .is_some_and(|d| crc32c(&pdu[at..at + len]).to_le_bytes() == d)
+}
+
 /// Check a header digest: the 4 bytes after HLEN over the HLEN header bytes.
 pub fn check_header_digest(header: &[u8], h: &CommonHeader) -> Result<(), ProtocolError> {
     if h.flags & flags::HDGST == 0 {

@@ -48,11 +48,7 @@ impl Conn {
             cid,
             status: status.to_field(false),
         };
-        let flags = if self.neg.header_digest {
-            flags::HDGST
-        } else {
-            0
-        };
+        let flags = pdu::digest_flags(self.neg.header_digest, false);
         let hdgst = self.hdgst();
         let ch = CommonHeader {
             pdu_type: PduType::CapsuleResp,
@@ -112,13 +108,8 @@ impl Conn {
         let hdgst = self.hdgst();
         let pdo = (24 + hdgst).next_multiple_of(self.c2h_align);
         let ddgst = if self.neg.data_digest { DIGEST_LEN } else { 0 };
-        let mut fl = flags::LAST_PDU;
-        if self.neg.header_digest {
-            fl |= flags::HDGST;
-        }
-        if self.neg.data_digest {
-            fl |= flags::DDGST;
-        }
+        let mut fl =
+            flags::LAST_PDU | pdu::digest_flags(self.neg.header_digest, self.neg.data_digest);
         if success {
             fl |= flags::SUCCESS;
         }
@@ -161,11 +152,7 @@ impl Conn {
         let hdgst = self.hdgst();
         let ch = CommonHeader {
             pdu_type: PduType::R2t,
-            flags: if self.neg.header_digest {
-                flags::HDGST
-            } else {
-                0
-            },
+            flags: pdu::digest_flags(self.neg.header_digest, false),
             hlen: 24,
             pdo: 0,
             plen: (24 + hdgst) as u32,
