@@ -15,6 +15,7 @@
 //! | [`inline_fn`] | closures stored inline: messages and completions without allocation |
 //! | [`nvme`] | NVMe wire structures: SQE, CQE, status codes, opcodes |
 //! | [`nvmf`] | the NVMe-oF target; so far the NVMe/TCP PDU codec, shared with the host |
+//! | [`store`] | the copy-on-write store: volumes, snapshots, clones, block diffs, group commit |
 //! | [`rpc`] | JSON-RPC 2.0 on a Unix socket with SPDK's method names; replays the start-up config |
 //! | [`config`] | the JSON start-up configuration, in the shape of SPDK's `save_config` |
 //!
@@ -31,6 +32,7 @@ pub mod nvmf;
 pub mod perf;
 pub mod reactor;
 pub mod rpc;
+pub mod store;
 pub mod sys;
 
 /// The engine's version, as the daemon, the CLI and the C ABI report it.

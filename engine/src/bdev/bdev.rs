@@ -27,7 +27,8 @@ pub(crate) struct BdevInner {
     pub(crate) name: String,
     pub(crate) uuid: u128,
     pub(crate) block_size: u32,
-    pub(crate) num_blocks: u64,
+    /// Changes only by [`Bdev::resize`].
+    pub(crate) num_blocks: AtomicU64,
     pub(crate) backend: Box<dyn Backend>,
     pub(crate) removed: AtomicBool,
     /// Indexed by reactor id: a channel's counters outlive the channel, so totals never drop.
@@ -68,7 +69,7 @@ impl Bdev {
             },
             name: info.name,
             block_size: info.block_size,
-            num_blocks: info.num_blocks,
+            num_blocks: AtomicU64::new(info.num_blocks),
             backend,
             removed: AtomicBool::new(false),
             stats: (0..MAX_REACTORS).map(|_| OnceLock::new()).collect(),
@@ -95,11 +96,21 @@ impl Bdev {
     }
 
     pub fn num_blocks(&self) -> u64 {
-        self.0.num_blocks
+        self.0.num_blocks.load(Ordering::Acquire)
     }
 
     pub fn size_bytes(&self) -> u64 {
-        self.0.num_blocks * self.0.block_size as u64
+        self.num_blocks() * self.0.block_size as u64
+    }
+
+    /// Grow or shrink the device (a volume's `bdev_lvol_resize`). I/O checked after this sees
+    /// the new size; a namespace exporting the bdev keeps the size it reported.
+    pub fn resize(&self, num_blocks: u64) -> Result<()> {
+        if num_blocks == 0 {
+            return Err(Error::InvalidArgument("a bdev of zero blocks".into()));
+        }
+        self.0.num_blocks.store(num_blocks, Ordering::Release);
+        Ok(())
     }
 
     pub fn product_name(&self) -> &'static str {
@@ -168,7 +179,7 @@ impl std::fmt::Debug for Bdev {
             .field("name", &self.0.name)
             .field("product", &self.product_name())
             .field("block_size", &self.0.block_size)
-            .field("num_blocks", &self.0.num_blocks)
+            .field("num_blocks", &self.num_blocks())
             .finish()
     }
 }
@@ -193,7 +204,8 @@ impl BdevInner {
     }
 }
 
-fn random_uuid() -> u128 {
+/// A fresh version-4 UUID.
+pub fn random_uuid() -> u128 {
     // Version 4 from the kernel's random source; a UUID needs uniqueness, not secrecy.
     let mut bytes = [0u8; 16];
     // SAFETY: getrandom writes at most 16 bytes into our 16-byte buffer.

@@ -301,14 +301,15 @@ impl Channel {
         if num_blocks == 0 {
             return Err(Error::ZeroLength);
         }
+        let capacity = bdev.num_blocks.load(Ordering::Acquire);
         if offset_blocks
             .checked_add(num_blocks)
-            .is_none_or(|end| end > bdev.num_blocks)
+            .is_none_or(|end| end > capacity)
         {
             return Err(Error::OutOfRange {
                 offset_blocks,
                 num_blocks,
-                capacity: bdev.num_blocks,
+                capacity,
             });
         }
         let need = if io_type.has_data() {
@@ -317,7 +318,7 @@ impl Channel {
                 .ok_or(Error::OutOfRange {
                     offset_blocks,
                     num_blocks,
-                    capacity: bdev.num_blocks,
+                    capacity,
                 })?
         } else {
             0

@@ -43,7 +43,7 @@ mod conformance;
 use std::fmt;
 
 pub use backend::{Backend, BackendChannel, Completions};
-pub use bdev::{format_uuid, parse_uuid, Bdev, BdevInfo};
+pub use bdev::{format_uuid, parse_uuid, random_uuid, Bdev, BdevInfo};
 pub use channel::Channel;
 pub use desc::{BdevEvent, Desc, EventCallback};
 pub use io::{BdevIo, IoCallback, IoDone};

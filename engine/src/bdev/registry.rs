@@ -30,8 +30,13 @@ pub fn register(bdev: Bdev) -> Result<Bdev> {
     Ok(bdev)
 }
 
+/// A bdev by name, or by its UUID in text form (as SPDK lets an lvol be named either way).
 pub fn get(name: &str) -> Option<Bdev> {
-    table().get(name).cloned()
+    let t = table();
+    t.get(name).cloned().or_else(|| {
+        let uuid = super::parse_uuid(name)?;
+        t.values().find(|b| b.uuid() == uuid).cloned()
+    })
 }
 
 /// Every bdev, by name.

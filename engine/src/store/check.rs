@@ -1,0 +1,210 @@
+//! The full consistency check (`tandem store check`, `store_check`). Loading has already
+//! verified every reachable node's checksum, address, level and key order, and each table
+//! page's checksum; this walks what was loaded and checks what spans blocks:
+//! - every child's keys lie within the range its parent gives it, and the highest generation
+//!   the parent records for it is not below what the child holds (else a diff would miss it);
+//! - every extent names a data cluster inside the device, and a mapped cluster lies within its
+//!   volume's size;
+//! - every cluster's reference count equals what is reachable: for a data cluster, the distinct
+//!   leaves naming it; for a metadata cluster, the written nodes in it; free clusters are
+//!   referenced by nothing; the format's own clusters are marked reserved;
+//! - object and snapshot ids are below the superblock's next ids.
+//!
+//! Each problem names the block or cluster and what is wrong.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::core::Core;
+use super::format::{Key, KIND_EXTENT, RC_META, RC_RESERVED};
+use super::tree::{Entries, Node, Tree, Val};
+
+/// One inconsistency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What it is about: "block N", "cluster N", "object N" or "snapshot N".
+    pub at: String,
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.what)
+    }
+}
+
+struct Walk<'a> {
+    core: &'a Core,
+    seen: HashSet<*const Node>,
+    data_refs: HashMap<u64, u32>,
+    meta_nodes: HashMap<u64, u32>,
+    problems: Vec<Problem>,
+}
+
+pub fn check(core: &Core) -> Vec<Problem> {
+    let mut w = Walk {
+        core,
+        seen: HashSet::new(),
+        data_refs: HashMap::new(),
+        meta_nodes: HashMap::new(),
+        problems: Vec::new(),
+    };
+    w.tree(&core.objects, None);
+    w.tree(&core.snaps, None);
+    for v in core.volumes() {
+        if v.obj >= core.next_object {
+            w.problem(
+                format!("object {}", v.obj),
+                "id not below the superblock's next object id".into(),
+            );
+        }
+    }
+    for s in core.snapshots() {
+        if s.id >= core.next_snapshot {
+            w.problem(
+                format!("snapshot {}", s.id),
+                "id not below the superblock's next snapshot id".into(),
+            );
+        }
+    }
+    let layout = core.layout;
+    for (c, &r) in core.alloc.refs().iter().enumerate() {
+        let c = c as u64;
+        let expect = if c < layout.first_data_cluster {
+            RC_RESERVED
+        } else if let Some(&n) = w.meta_nodes.get(&c) {
+            RC_META | n
+        } else {
+            w.data_refs.get(&c).copied().unwrap_or(0)
+        };
+        // A metadata cluster whose nodes were all rewritten since the last commit is free in
+        // the table but its blocks are still held for that commit: nothing reachable is in it.
+        if r != expect {
+            w.problem(
+                format!("cluster {c}"),
+                format!(
+                    "reference count {} where what is reachable makes {}",
+                    show(r),
+                    show(expect)
+                ),
+            );
+        }
+    }
+    w.problems
+}
+
+fn show(r: u32) -> String {
+    match r {
+        RC_RESERVED => "reserved".into(),
+        r if r & RC_META != 0 => format!("metadata with {} nodes", r & !RC_META),
+        r => r.to_string(),
+    }
+}
+
+impl Walk<'_> {
+    fn problem(&mut self, at: String, what: String) {
+        self.problems.push(Problem { at, what });
+    }
+
+    fn tree(&mut self, t: &Tree, size: Option<u64>) {
+        if let Some(root) = &t.0 {
+            self.node(root, Key::MIN, None, size);
+        }
+    }
+
+    /// Walk a node once (shared nodes are counted once), with the key range its parent gives.
+    fn node(&mut self, n: &Arc<Node>, lo: Key, hi: Option<Key>, size: Option<u64>) {
+        if !self.seen.insert(Arc::as_ptr(n)) {
+            return;
+        }
+        let at = format!("block {}", n.addr());
+        let addr = n.addr();
+        if addr != 0 {
+            let c = addr / self.core.layout.blocks_per_cluster();
+            *self.meta_nodes.entry(c).or_default() += 1;
+        }
+        match &n.entries {
+            Entries::Leaf(es) => {
+                for (k, v) in es {
+                    if *k < lo || hi.is_some_and(|h| *k >= h) {
+                        self.problem(
+                            at.clone(),
+                            format!("key {k:?} outside the range its parent gives"),
+                        );
+                    }
+                    self.value(&at, k, v, size);
+                }
+            }
+            Entries::Internal(cs) => {
+                for (i, c) in cs.iter().enumerate() {
+                    if c.key < lo || hi.is_some_and(|h| c.key >= h) {
+                        self.problem(
+                            at.clone(),
+                            format!("child key {:?} outside the range its parent gives", c.key),
+                        );
+                    }
+                    if c.node.level + 1 != n.level {
+                        self.problem(
+                            at.clone(),
+                            format!("child at level {} under level {}", c.node.level, n.level),
+                        );
+                    }
+                    let held = c.node.max_gen();
+                    if c.max_gen < held {
+                        self.problem(
+                            at.clone(),
+                            format!(
+                                "child {i} is recorded at generation {} but holds {held}",
+                                c.max_gen
+                            ),
+                        );
+                    }
+                    let next = cs.get(i + 1).map(|n| n.key).or(hi);
+                    self.node(&c.node, c.key, next, size);
+                }
+            }
+        }
+    }
+
+    fn value(&mut self, at: &str, k: &Key, v: &Val, size: Option<u64>) {
+        match v {
+            Val::Extent { cluster, .. } if *cluster != 0 => {
+                let layout = self.core.layout;
+                if *cluster < layout.first_data_cluster || *cluster >= layout.total_clusters {
+                    self.problem(
+                        at.to_owned(),
+                        format!(
+                            "extent {} names cluster {cluster}, outside the data clusters",
+                            k.off
+                        ),
+                    );
+                    return;
+                }
+                if k.kind == KIND_EXTENT
+                    && size.is_some_and(|s| k.off >= s.div_ceil(layout.cluster_size as u64))
+                {
+                    self.problem(
+                        at.to_owned(),
+                        format!("extent {} lies past its volume's end", k.off),
+                    );
+                }
+                *self.data_refs.entry(*cluster).or_default() += 1;
+            }
+            Val::Inode(i) => {
+                if i.extents.max_gen() > i.gen {
+                    self.problem(
+                        format!("object {}", k.obj),
+                        format!(
+                            "extents changed at generation {} after the inode's {}",
+                            i.extents.max_gen(),
+                            i.gen
+                        ),
+                    );
+                }
+                self.tree(&i.extents, Some(i.size));
+            }
+            Val::Snap(s) => self.tree(&s.root, None),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! A store on a plain file or block device, worked on directly by one thread: what `tandem
+//! store format|check|snapshot|diff` use on a store that no daemon has loaded (as `mkfs` and
+//! `fsck` do). Commits follow the same order as on a reactor: nodes and table pages, `fsync`,
+//! superblock, `fsync`.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::core::{Core, Frozen};
+use super::format::BLOCK;
+use super::{Error, Result};
+
+pub struct FileStore {
+    file: File,
+    pub core: Core,
+}
+
+fn io_err(what: &str, e: std::io::Error) -> Error {
+    Error::Io(format!("{what}: {e}"))
+}
+
+fn device_len(file: &File) -> Result<u64> {
+    let len = file.metadata().map_err(|e| io_err("stat", e))?.len();
+    if len > 0 {
+        return Ok(len);
+    }
+    // A block device reports 0 in metadata: seek to its end instead.
+    use std::io::Seek;
+    let mut f = file;
+    f.seek(std::io::SeekFrom::End(0))
+        .map_err(|e| io_err("seek", e))
+}
+
+/// Write a frozen transaction: everything but the superblock, flush, superblock, flush.
+pub fn write_frozen(
+    frozen: &Frozen,
+    write: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    flush: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    for (block, data) in &frozen.writes {
+        write(*block, data)?;
+    }
+    flush()?;
+    write(frozen.superblock.0, &frozen.superblock.1)?;
+    flush()
+}
+
+impl FileStore {
+    /// Format the whole file as a new store.
+    pub fn format(path: &Path, cluster_size: u32, name: &str) -> Result<FileStore> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io_err(&path.display().to_string(), e))?;
+        let len = device_len(&file)?;
+        let (core, frozen) = Core::format(len, cluster_size, name, crate::bdev::random_uuid())?;
+        let mut s = FileStore { file, core };
+        s.write(&frozen)?;
+        s.core.commit_done(frozen.gen);
+        Ok(s)
+    }
+
+    pub fn open(path: &Path, write: bool) -> Result<FileStore> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(|e| io_err(&path.display().to_string(), e))?;
+        let f = &file;
+        let core = Core::load(&mut |blocks| {
+            blocks
+                .iter()
+                .map(|b| {
+                    let mut buf = vec![0u8; BLOCK];
+                    f.read_exact_at(&mut buf, b * BLOCK as u64)
+                        .map_err(|e| io_err(&format!("read block {b}"), e))?;
+                    Ok(buf)
+                })
+                .collect()
+        })?;
+        Ok(FileStore { file, core })
+    }
+
+    fn write(&mut self, frozen: &Frozen) -> Result<()> {
+        let f = &self.file;
+        write_frozen(
+            frozen,
+            &mut |b, data| {
+                f.write_all_at(data, b * BLOCK as u64)
+                    .map_err(|e| io_err(&format!("write block {b}"), e))
+            },
+            &mut || f.sync_data().map_err(|e| io_err("fsync", e)),
+        )
+    }
+
+    /// Make everything changed so far durable.
+    pub fn commit(&mut self) -> Result<()> {
+        if !self.core.is_dirty() {
+            return Ok(());
+        }
+        let frozen = self.core.freeze()?;
+        self.write(&frozen)?;
+        self.core.commit_done(frozen.gen);
+        Ok(())
+    }
+}

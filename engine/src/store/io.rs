@@ -1,0 +1,174 @@
+//! The store's own I/O on its base bdev: batches of metadata block reads and writes, cluster
+//! copies and zeroing, and flushes, run on a reactor with a bounded window; and the bridge that
+//! lets a control thread wait for such work on the owner reactor.
+//!
+//! Metadata and first-write preparation only: the volumes' data path goes straight to the base
+//! channel ([`super::volume`]).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::{Error, Result};
+use crate::bdev::{Channel, IoDone};
+use crate::mem::{DmaBuf, Sgl};
+use crate::reactor::{self, Messenger, ReactorId};
+
+/// One step of a batch; offsets and lengths in bytes, multiples of the base's block size.
+pub enum Op {
+    Read { offset: u64, len: usize },
+    Write { offset: u64, data: Vec<u8> },
+    Zero { offset: u64, len: u64 },
+    Flush,
+}
+
+/// I/Os a batch keeps in flight.
+const WINDOW: usize = 64;
+
+struct Batch {
+    ch: Channel,
+    ops: Vec<Option<Op>>,
+    next: usize,
+    in_flight: usize,
+    results: Vec<Vec<u8>>,
+    error: Option<Error>,
+    done: Option<Box<dyn FnOnce(Result<Vec<Vec<u8>>>)>>,
+}
+
+/// Run `ops` on `ch` (the current reactor's channel), in any order within the window, and call
+/// `done` with the data of each read, in the order of `ops` (empty for the other steps). The
+/// first failure fails the batch, after what is in flight has completed.
+pub fn run(ch: Channel, ops: Vec<Op>, done: impl FnOnce(Result<Vec<Vec<u8>>>) + 'static) {
+    let n = ops.len();
+    let b = Rc::new(RefCell::new(Batch {
+        ch,
+        ops: ops.into_iter().map(Some).collect(),
+        next: 0,
+        in_flight: 0,
+        results: vec![Vec::new(); n],
+        error: None,
+        done: Some(Box::new(done)),
+    }));
+    pump(&b);
+}
+
+fn pump(b: &Rc<RefCell<Batch>>) {
+    loop {
+        let mut batch = b.borrow_mut();
+        if batch.error.is_some() || batch.next == batch.ops.len() || batch.in_flight >= WINDOW {
+            let finished =
+                batch.in_flight == 0 && (batch.error.is_some() || batch.next == batch.ops.len());
+            if finished {
+                let done = batch.done.take();
+                let result = match batch.error.take() {
+                    Some(e) => Err(e),
+                    None => Ok(std::mem::take(&mut batch.results)),
+                };
+                drop(batch);
+                if let Some(done) = done {
+                    done(result);
+                }
+            }
+            return;
+        }
+        let i = batch.next;
+        let op = batch.ops[i].take().expect("each op is taken once");
+        let bs = batch.ch.bdev().block_size() as u64;
+        let held = Rc::clone(b);
+        let cb = move |d: IoDone| {
+            {
+                let mut batch = held.borrow_mut();
+                batch.in_flight -= 1;
+                match d.status {
+                    Ok(()) if !d.sgl.is_empty() => batch.results[i] = d.sgl.to_vec(),
+                    Ok(()) => {}
+                    Err(e) => {
+                        batch.error.get_or_insert(Error::Io(e.to_string()));
+                    }
+                }
+            }
+            pump(&held);
+        };
+        let submitted = match &op {
+            Op::Read { offset, len } => match DmaBuf::new(*len) {
+                Ok(buf) => batch
+                    .ch
+                    .read(offset / bs, *len as u64 / bs, Sgl::single(buf), cb)
+                    .map_err(|(e, _)| e),
+                Err(e) => {
+                    batch.error = Some(Error::Io(e.to_string()));
+                    continue;
+                }
+            },
+            Op::Write { offset, data } => match DmaBuf::new(data.len()) {
+                Ok(mut buf) => {
+                    buf.as_mut_slice().copy_from_slice(data);
+                    batch
+                        .ch
+                        .write(offset / bs, data.len() as u64 / bs, Sgl::single(buf), cb)
+                        .map_err(|(e, _)| e)
+                }
+                Err(e) => {
+                    batch.error = Some(Error::Io(e.to_string()));
+                    continue;
+                }
+            },
+            Op::Zero { offset, len } => batch.ch.write_zeroes(offset / bs, len / bs, cb),
+            Op::Flush => {
+                let blocks = batch.ch.bdev().num_blocks();
+                batch.ch.flush(0, blocks, cb)
+            }
+        };
+        match submitted {
+            Ok(()) => {
+                batch.in_flight += 1;
+                batch.next += 1;
+            }
+            Err(crate::bdev::Error::QueueFull { .. }) => {
+                // The reactor's channel is full of other I/O: put the step back and try again
+                // shortly, or when one of ours completes.
+                batch.ops[i] = Some(op);
+                if batch.in_flight == 0 {
+                    let held = Rc::clone(b);
+                    drop(batch);
+                    if reactor::set_timer(Duration::from_micros(100), move || pump(&held)).is_err()
+                    {
+                        let mut batch = b.borrow_mut();
+                        batch.error = Some(Error::Io("not on a reactor".into()));
+                        drop(batch);
+                        pump(b);
+                    }
+                }
+                return;
+            }
+            Err(e) => batch.error = Some(e.into()),
+        }
+    }
+}
+
+/// How long a control thread waits for the owner reactor before giving up on an answer.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Start `work` on reactor `on` and wait for the answer it passes to its reply function. For
+/// control threads only: it blocks.
+pub fn blocking<R: Send + 'static>(
+    messenger: &Messenger,
+    on: ReactorId,
+    work: impl FnOnce(Box<dyn FnOnce(R) + Send>) + Send + 'static,
+) -> Result<R> {
+    if reactor::current().is_some() {
+        return Err(Error::Invalid(
+            "a store control call was made on a reactor; it blocks, so make it from a control thread".into(),
+        ));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    messenger
+        .send_patiently(on, move || {
+            work(Box::new(move |r| {
+                let _ = tx.send(r);
+            }))
+        })
+        .map_err(|e| Error::Io(format!("the owner reactor: {e}")))?;
+    rx.recv_timeout(CONTROL_TIMEOUT)
+        .map_err(|_| Error::Io("the owner reactor did not answer".into()))
+}

@@ -1,0 +1,517 @@
+//! A volume as a bdev: the data path from a volume's blocks to the store's base bdev.
+//!
+//! **Data path.** A read or write is cut at cluster boundaries; each piece looks its cluster up
+//! in the volume's [`ClusterMap`] (atomic loads, no lock) and goes to the base bdev's channel on
+//! the same reactor. Holes read as zeros. A write into a cluster the volume does not own in the
+//! current snapshot epoch (a hole, or one a snapshot or clone shares) asks the store's owner
+//! reactor to prepare it (allocate and zero, or copy) and to commit that durably, then carries
+//! on with the clusters the owner answers: that path allocates and sends messages, and is taken
+//! once per cluster and snapshot. In steady state a request takes a slot from a per-channel
+//! table grown once, its completion callbacks are stored inline, and an I/O within one cluster
+//! passes its own buffers to the base: no lock, no blocking call, no allocation. An I/O that
+//! spans clusters gives each piece a segment list of its own, which allocates.
+//!
+//! Unmap frees whole clusters through the owner (parts of clusters are left as they are, which
+//! NVMe's deallocate allows); write-zeroes is done by the bdev layer as writes of zeros.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::map::ClusterMap;
+use super::owner::{self, Shared};
+use super::Result;
+use crate::bdev::{
+    self, Backend, BackendChannel, Bdev, BdevInfo, BdevIo, Channel, Completions, Errno, IoDone,
+    IoError, IoType,
+};
+use crate::mem::{ForeignBuf, Sgl};
+use crate::reactor::{self, ReactorLocal};
+
+pub(crate) struct Volume {
+    pub store: Arc<Shared>,
+    pub obj: u64,
+    pub map: ClusterMap,
+    /// `Some`: a read-only view of the volume in this snapshot.
+    pub snap: Option<u64>,
+}
+
+impl Volume {
+    pub fn new(store: Arc<Shared>, obj: u64, snap: Option<u64>) -> Volume {
+        Volume {
+            store,
+            obj,
+            map: ClusterMap::new(),
+            snap,
+        }
+    }
+
+    /// Publish the volume as bdev `name`.
+    pub fn register(self: &Arc<Self>, name: &str, uuid: u128, size: u64) -> Result<Bdev> {
+        let bs = self.store.base.block_size();
+        let b = Bdev::new(
+            BdevInfo {
+                name: name.to_owned(),
+                uuid,
+                block_size: bs,
+                num_blocks: size / bs as u64,
+            },
+            Box::new(VolBackend(Arc::clone(self))),
+        )?;
+        Ok(bdev::register(b)?)
+    }
+}
+
+struct VolBackend(Arc<Volume>);
+
+impl Backend for VolBackend {
+    fn product_name(&self) -> &'static str {
+        "Logical Volume"
+    }
+
+    fn supports(&self, t: IoType) -> bool {
+        match t {
+            IoType::Read | IoType::Flush => true,
+            IoType::Write | IoType::Unmap => self.0.snap.is_none(),
+            IoType::WriteZeroes => false,
+        }
+    }
+
+    fn buf_align(&self) -> usize {
+        self.0.store.base.buf_align()
+    }
+
+    fn open_channel(&self) -> bdev::Result<Box<dyn BackendChannel>> {
+        let base = self.0.store.desc.channel()?;
+        let reactor_id = reactor::current().ok_or(bdev::Error::NotOnReactor)?;
+        let st = Rc::new(ChanState {
+            vol: Arc::clone(&self.0),
+            bs: base.bdev().block_size() as u64,
+            base,
+            id: NEXT_CHANNEL.fetch_add(1, Ordering::Relaxed),
+            reactor: reactor_id,
+            done: RefCell::new(None),
+            slab: RefCell::new(Slab {
+                slots: Vec::with_capacity(256),
+                free: Vec::with_capacity(256),
+            }),
+        });
+        CHANNELS
+            .with(|m| m.borrow_mut().insert(st.id, Rc::downgrade(&st)))
+            .map_err(|_| bdev::Error::NotOnReactor)?;
+        Ok(Box::new(VolChannel(st)))
+    }
+
+    fn driver_specific(&self) -> serde_json::Value {
+        serde_json::json!({"lvol": {
+            "lvol_store_uuid": bdev::format_uuid(self.0.store.uuid),
+            "base_bdev": self.0.store.base.name(),
+            "thin_provision": true,
+            "snapshot": self.0.snap.is_some(),
+        }})
+    }
+
+    /// Volumes come back by loading their store, not by replaying a call.
+    fn save_config(&self, _: &Bdev) -> Option<serde_json::Value> {
+        None
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+static NEXT_CHANNEL: AtomicU64 = AtomicU64::new(1);
+
+/// This reactor's volume channels, so that an answer from the owner finds its request.
+static CHANNELS: ReactorLocal<RefCell<HashMap<u64, Weak<ChanState>>>> =
+    ReactorLocal::new(|| RefCell::new(HashMap::new()));
+
+struct VolChannel(Rc<ChanState>);
+
+impl Drop for VolChannel {
+    fn drop(&mut self) {
+        let _ = CHANNELS.with(|m| m.borrow_mut().remove(&self.0.id));
+    }
+}
+
+struct ChanState {
+    vol: Arc<Volume>,
+    base: Channel,
+    bs: u64,
+    id: u64,
+    reactor: reactor::ReactorId,
+    done: RefCell<Option<Completions>>,
+    slab: RefCell<Slab>,
+}
+
+struct Slot {
+    io: Option<BdevIo>,
+    left: u32,
+    status: std::result::Result<(), IoError>,
+    /// The snapshot epoch a write counted itself in.
+    epoch: Option<u64>,
+}
+
+struct Slab {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+/// A piece of a request within one cluster: the cluster index, the byte offset in the cluster,
+/// the byte offset in the request and the length.
+#[derive(Clone, Copy)]
+struct Piece {
+    idx: u64,
+    in_cluster: u64,
+    at: u64,
+    len: u64,
+}
+
+fn pieces(io: &BdevIo, bs: u64, cs: u64) -> impl Iterator<Item = Piece> {
+    let start = io.offset_blocks * bs;
+    let end = start + io.num_blocks * bs;
+    let mut pos = start;
+    std::iter::from_fn(move || {
+        (pos < end).then(|| {
+            let in_cluster = pos % cs;
+            let len = (cs - in_cluster).min(end - pos);
+            let p = Piece {
+                idx: pos / cs,
+                in_cluster,
+                at: pos - start,
+                len,
+            };
+            pos += len;
+            p
+        })
+    })
+}
+
+impl BackendChannel for VolChannel {
+    fn submit(
+        &mut self,
+        io: BdevIo,
+        done: &Completions,
+    ) -> std::result::Result<(), (bdev::Error, BdevIo)> {
+        let st = &self.0;
+        if st.done.borrow().is_none() {
+            *st.done.borrow_mut() = Some(done.clone());
+        }
+        let io_type = io.io_type;
+        let epoch = (io_type == IoType::Write).then(|| st.vol.store.enter_write());
+        let slot = st.take_slot(io, epoch);
+        match io_type {
+            IoType::Read => st.dispatch(slot, None),
+            IoType::Write => st.dispatch(slot, None),
+            IoType::Flush => st.flush(slot),
+            IoType::Unmap => st.unmap(slot),
+            IoType::WriteZeroes => {
+                st.finish_pieces(slot, 1, Err(IoError::Device(Errno(libc::EOPNOTSUPP))))
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChanState {
+    fn take_slot(&self, io: BdevIo, epoch: Option<u64>) -> u32 {
+        let mut slab = self.slab.borrow_mut();
+        let slot = Slot {
+            io: Some(io),
+            left: 0,
+            status: Ok(()),
+            epoch,
+        };
+        match slab.free.pop() {
+            Some(i) => {
+                slab.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                slab.slots.push(slot);
+                (slab.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn cluster_size(&self) -> u64 {
+        self.vol.store.cluster_size
+    }
+
+    /// Send a read or write's pieces to the base. A write whose clusters are not yet the
+    /// volume's own asks the owner first; `given` is the owner's answer.
+    fn dispatch(self: &Rc<Self>, slot: u32, given: Option<Vec<(u64, u64)>>) {
+        let cs = self.cluster_size();
+        let mut slab = self.slab.borrow_mut();
+        let s = &mut slab.slots[slot as usize];
+        let io = s.io.as_ref().expect("a request in its slot");
+        let write = io.io_type == IoType::Write;
+        let cluster_of = |p: &Piece| -> Option<u64> {
+            if let Some(g) = &given {
+                if let Some(&(_, c)) = g.iter().find(|(i, _)| *i == p.idx) {
+                    return Some(c);
+                }
+            }
+            let e = self.vol.map.get(p.idx);
+            match (write, s.epoch) {
+                (true, Some(epoch)) => e.writable_in(epoch).then_some(e.cluster),
+                _ => Some(e.cluster),
+            }
+        };
+        if write {
+            let need: Vec<u64> = pieces(io, self.bs, cs)
+                .filter(|p| cluster_of(p).is_none())
+                .map(|p| p.idx)
+                .collect();
+            if !need.is_empty() {
+                drop(slab);
+                return self.ask_owner(slot, need);
+            }
+        }
+        let n = pieces(io, self.bs, cs).count() as u32;
+        s.left = n;
+        if n == 1 {
+            let p = pieces(io, self.bs, cs).next().expect("one piece");
+            let cluster = cluster_of(&p).expect("checked above");
+            if cluster == 0 {
+                let io = s.io.as_mut().expect("a request in its slot");
+                zero_range(&mut io.sgl, 0, p.len);
+                drop(slab);
+                return self.finish_pieces(slot, 1, Ok(()));
+            }
+            let io = s.io.as_mut().expect("a request in its slot");
+            let sgl = std::mem::take(&mut io.sgl);
+            let io_type = io.io_type;
+            drop(slab);
+            return self.submit_piece(slot, io_type, cluster, p, sgl, true);
+        }
+        let mut ready = Vec::with_capacity(n as usize);
+        let io = s.io.as_mut().expect("a request in its slot");
+        let io_type = io.io_type;
+        let all: Vec<Piece> = pieces(io, self.bs, cs).collect();
+        let mut holes = 0;
+        for p in all {
+            let cluster = cluster_of(&p).expect("checked above");
+            if cluster == 0 {
+                zero_range(&mut io.sgl, p.at, p.len);
+                holes += 1;
+            } else {
+                ready.push((p, cluster, sub_sgl(&mut io.sgl, p.at, p.len)));
+            }
+        }
+        drop(slab);
+        for (p, cluster, sgl) in ready {
+            self.submit_piece(slot, io_type, cluster, p, sgl, false);
+        }
+        if holes > 0 {
+            self.finish_pieces(slot, holes, Ok(()));
+        }
+    }
+
+    fn submit_piece(
+        self: &Rc<Self>,
+        slot: u32,
+        io_type: IoType,
+        cluster: u64,
+        p: Piece,
+        sgl: Sgl,
+        own: bool,
+    ) {
+        let cs = self.cluster_size();
+        let offset = (cluster * cs + p.in_cluster) / self.bs;
+        let blocks = p.len / self.bs;
+        let st = Rc::clone(self);
+        let cb = move |d: IoDone| {
+            if own {
+                if let Some(io) = st.slab.borrow_mut().slots[slot as usize].io.as_mut() {
+                    io.sgl = d.sgl;
+                }
+            }
+            st.finish_pieces(slot, 1, d.status);
+        };
+        let submitted = match io_type {
+            IoType::Read => self.base.read(offset, blocks, sgl, cb),
+            _ => self.base.write(offset, blocks, sgl, cb),
+        };
+        if let Err((e, sgl)) = submitted {
+            tracing::debug!("volume piece refused by the base: {e}");
+            if own {
+                if let Some(io) = self.slab.borrow_mut().slots[slot as usize].io.as_mut() {
+                    io.sgl = sgl;
+                }
+            }
+            self.finish_pieces(slot, 1, Err(IoError::Device(Errno(-e.errno()))));
+        }
+    }
+
+    /// `n` pieces of the request in `slot` are done; the last completes it.
+    fn finish_pieces(&self, slot: u32, n: u32, status: std::result::Result<(), IoError>) {
+        let mut slab = self.slab.borrow_mut();
+        let s = &mut slab.slots[slot as usize];
+        if let Err(e) = status {
+            if s.status.is_ok() {
+                s.status = Err(e);
+            }
+        }
+        s.left = s.left.saturating_sub(n);
+        if s.left > 0 {
+            return;
+        }
+        let io = s.io.take().expect("completed once");
+        let status = s.status;
+        let epoch = s.epoch.take();
+        slab.free.push(slot);
+        drop(slab);
+        if let Some(e) = epoch {
+            self.vol.store.exit_write(e);
+        }
+        if let Some(done) = self.done.borrow().as_ref() {
+            done.complete(io, status);
+        }
+    }
+
+    fn flush(self: &Rc<Self>, slot: u32) {
+        self.slab.borrow_mut().slots[slot as usize].left = 1;
+        let st = Rc::clone(self);
+        let blocks = self.base.bdev().num_blocks();
+        if let Err(e) = self.base.flush(0, blocks, move |d: IoDone| {
+            st.finish_pieces(slot, 1, d.status)
+        }) {
+            self.finish_pieces(slot, 1, Err(IoError::Device(Errno(-e.errno()))));
+        }
+    }
+
+    fn ask_owner(self: &Rc<Self>, slot: u32, idxs: Vec<u64>) {
+        let store = &self.vol.store;
+        let (uuid, obj, id, home) = (store.uuid, self.vol.obj, self.id, self.reactor);
+        let messenger = store.messenger.clone();
+        let sent = store.messenger.send_patiently(store.owner, move || {
+            owner::prepare(
+                uuid,
+                obj,
+                idxs,
+                Box::new(move |r| {
+                    let r = r.map_err(|e| e.errno());
+                    if messenger
+                        .send_patiently(home, move || resume(id, slot, r))
+                        .is_err()
+                    {
+                        tracing::error!("a volume's reactor stopped before its write was answered");
+                    }
+                }),
+            )
+        });
+        if sent.is_err() {
+            self.slab.borrow_mut().slots[slot as usize].left = 1;
+            self.finish_pieces(slot, 1, Err(IoError::Device(Errno(libc::EIO))));
+        }
+    }
+
+    fn unmap(self: &Rc<Self>, slot: u32) {
+        let cs = self.cluster_size();
+        let (first, end) = {
+            let slab = self.slab.borrow();
+            let io = slab.slots[slot as usize]
+                .io
+                .as_ref()
+                .expect("a request in its slot");
+            let start = io.offset_blocks * self.bs;
+            (start.div_ceil(cs), (start + io.num_blocks * self.bs) / cs)
+        };
+        self.slab.borrow_mut().slots[slot as usize].left = 1;
+        if end <= first {
+            return self.finish_pieces(slot, 1, Ok(()));
+        }
+        let store = &self.vol.store;
+        let (uuid, obj, id, home) = (store.uuid, self.vol.obj, self.id, self.reactor);
+        let messenger = store.messenger.clone();
+        let sent = store.messenger.send_patiently(store.owner, move || {
+            owner::unmap(
+                uuid,
+                obj,
+                first,
+                end - first,
+                Box::new(move |r| {
+                    let r = r.map(|()| Vec::new()).map_err(|e| e.errno());
+                    let _ = messenger.send_patiently(home, move || resume(id, slot, r));
+                }),
+            )
+        });
+        if sent.is_err() {
+            self.finish_pieces(slot, 1, Err(IoError::Device(Errno(libc::EIO))));
+        }
+    }
+}
+
+/// The owner's answer reaches the request's reactor.
+fn resume(channel: u64, slot: u32, r: std::result::Result<Vec<(u64, u64)>, i32>) {
+    let Some(st) = CHANNELS
+        .with(|m| m.borrow().get(&channel).and_then(Weak::upgrade))
+        .ok()
+        .flatten()
+    else {
+        tracing::error!("an answer for a volume channel that is gone");
+        return;
+    };
+    let is_write = st.slab.borrow().slots[slot as usize]
+        .io
+        .as_ref()
+        .is_some_and(|io| io.io_type == IoType::Write);
+    match r {
+        Ok(clusters) if is_write => st.dispatch(slot, Some(clusters)),
+        Ok(_) => st.finish_pieces(slot, 1, Ok(())),
+        Err(errno) => {
+            st.slab.borrow_mut().slots[slot as usize].left = 1;
+            st.finish_pieces(slot, 1, Err(IoError::Device(Errno(-errno))));
+        }
+    }
+}
+
+/// Zero `len` bytes of `sgl` from byte `at`.
+fn zero_range(sgl: &mut Sgl, mut at: u64, mut len: u64) {
+    for seg in sgl.segs_mut() {
+        let bytes = seg.as_mut_slice();
+        let n = bytes.len() as u64;
+        if at >= n {
+            at -= n;
+            continue;
+        }
+        let take = (n - at).min(len);
+        bytes[at as usize..(at + take) as usize].fill(0);
+        len -= take;
+        at = 0;
+        if len == 0 {
+            break;
+        }
+    }
+}
+
+/// A segment list viewing bytes `[at, at + len)` of `sgl`.
+fn sub_sgl(sgl: &mut Sgl, mut at: u64, mut len: u64) -> Sgl {
+    let mut out = Sgl::new();
+    for seg in sgl.segs_mut() {
+        let bytes = seg.as_mut_slice();
+        let n = bytes.len() as u64;
+        if at >= n {
+            at -= n;
+            continue;
+        }
+        let take = (n - at).min(len);
+        // SAFETY: the view lies inside this segment's buffer. The request that owns the buffer
+        // stays in its slot, untouched, until every piece viewing it has completed and dropped
+        // its view; only then is the request completed and its buffers handed back.
+        let view = unsafe { ForeignBuf::new(bytes.as_mut_ptr().add(at as usize), take as usize) };
+        if let Some(view) = view {
+            let _ = out.push(crate::mem::Buf::Foreign(view), 0, take as usize);
+        }
+        len -= take;
+        at = 0;
+        if len == 0 {
+            break;
+        }
+    }
+    out
+}
