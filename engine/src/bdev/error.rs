@@ -7,7 +7,14 @@
 //! - **delay**: hold the I/O for a time, then pass it to the base;
 //! - **drop**: hold it until the faults are cleared, then complete it with `Aborted` (a host's
 //!   timeout path sees a command that never answers);
-//! - **tear**: write only the first blocks of a multi-block write, then fail it with `Torn`.
+//! - **tear**: write only the first blocks of a multi-block write, then fail it with `Torn`;
+//! - **power cut**: the device dies at the hit I/O (a write is torn in half or lost), and every
+//!   later I/O fails until the fault is cleared: what a crash leaves on the media.
+//!
+//! A **volatile write cache** can be switched on ([`set_volatile_cache`]): writes complete at
+//! once and are held in memory, reads see them, and only a flush puts them on the base. A power
+//! cut then loses every write not yet flushed, as a disk with its write cache enabled does.
+//! This is a test mode and takes a lock per I/O while on; with it off, no I/O takes one.
 //!
 //! The fault is one `Copy` value in an `AtomicCell`, read by the data path without a lock.
 //! Holding I/O (delay, drop) arms a 1 ms periodic poller on the channel only while something
@@ -17,8 +24,8 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_utils::atomic::AtomicCell;
@@ -73,6 +80,11 @@ pub enum Action {
     Tear {
         blocks: u64,
     },
+    /// The device dies at this I/O: a write of several blocks is torn in half when `tear`,
+    /// otherwise lost; the volatile cache, if on, is lost; every later I/O fails.
+    PowerCut {
+        tear: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +110,11 @@ impl Fault {
 
 struct Shared {
     fault: AtomicCell<Option<Fault>>,
+    /// Set by a power cut: every I/O fails until the faults are cleared.
+    dead: AtomicBool,
+    cache_on: AtomicBool,
+    /// The volatile cache: writes not yet flushed, in the order they completed.
+    cache: Mutex<Vec<(u64, Vec<u8>)>>,
     /// Bumped by every change, so channels notice a clear and release what they hold.
     generation: AtomicU64,
     matched: AtomicU64,
@@ -274,12 +291,115 @@ impl ErrChan {
         if outcome.is_none() {
             io.sgl = d.sgl;
         }
+        if io.io_type == IoType::Read
+            && d.status.is_ok()
+            && self.shared.cache_on.load(Ordering::Acquire)
+        {
+            self.patch_from_cache(&mut io);
+        }
         let status = match (d.status, outcome) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(torn)) => Err(torn),
             (Ok(()), None) => Ok(()),
         };
         done.complete(io, status);
+    }
+
+    /// Lay the cached writes that overlap a read over what the base returned, oldest first.
+    fn patch_from_cache(&self, io: &mut BdevIo) {
+        let bs = self.block_size;
+        let (start, end) = (
+            io.offset_blocks * bs,
+            (io.offset_blocks + io.num_blocks) * bs,
+        );
+        let cache = self.shared.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for (off, data) in cache.iter() {
+            let (w_start, w_end) = (off * bs, off * bs + data.len() as u64);
+            let (from, to) = (w_start.max(start), w_end.min(end));
+            if from < to {
+                let src = &data[(from - w_start) as usize..(to - w_start) as usize];
+                io.sgl.copy_at((from - start) as usize, src);
+            }
+        }
+    }
+
+    /// Hold a write (or zeroes) in the volatile cache and complete it.
+    fn cache_write(&self, io: BdevIo, done: &Completions) {
+        let data = if io.io_type == IoType::Write {
+            io.sgl.to_vec()
+        } else {
+            vec![0; (io.num_blocks * self.block_size) as usize]
+        };
+        self.shared
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((io.offset_blocks, data));
+        done.complete(io, Ok(()));
+    }
+
+    /// A flush with the cache on: write what it holds to the base, block by block with the
+    /// newest data for each, then flush the base.
+    fn cache_flush(self: &Rc<Self>, io: BdevIo, done: &Completions) {
+        let bs = self.block_size as usize;
+        let held =
+            std::mem::take(&mut *self.shared.cache.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut blocks: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+        for (off, data) in held {
+            for (i, b) in data.chunks(bs).enumerate() {
+                blocks.insert(off + i as u64, b.to_vec());
+            }
+        }
+        let left = Rc::new(Cell::new(blocks.len() + 1));
+        let failed = Rc::new(Cell::new(false));
+        let finish = Rc::new(RefCell::new(Some((io, done.clone()))));
+        let step = {
+            let (left, failed, finish, me) = (
+                left.clone(),
+                failed.clone(),
+                finish.clone(),
+                Rc::clone(self),
+            );
+            move |ok: bool| {
+                if !ok {
+                    failed.set(true);
+                }
+                left.set(left.get() - 1);
+                if left.get() == 1 {
+                    // Every block is on the base: now the base's own flush.
+                    let (on_flush, failed) = (finish.clone(), failed.clone());
+                    let blocks = me.base.bdev().num_blocks();
+                    let flushed = me.base.flush(0, blocks, move |d: IoDone| {
+                        if let Some((io, done)) = on_flush.borrow_mut().take() {
+                            let ok = d.is_ok() && !failed.get();
+                            done.complete(io, if ok { Ok(()) } else { Err(IoError::Injected) });
+                        }
+                    });
+                    if flushed.is_err() {
+                        if let Some((io, done)) = finish.borrow_mut().take() {
+                            done.complete(io, Err(IoError::Injected));
+                        }
+                    }
+                }
+            }
+        };
+        let step = Rc::new(step);
+        step(true);
+        for (block, data) in blocks {
+            let Ok(mut buf) = DmaBuf::new(data.len()) else {
+                step(false);
+                continue;
+            };
+            buf.as_mut_slice().copy_from_slice(&data);
+            let st = Rc::clone(&step);
+            if self
+                .base
+                .write(block, 1, Sgl::single(buf), move |d: IoDone| st(d.is_ok()))
+                .is_err()
+            {
+                step(false);
+            }
+        }
     }
 
     fn holding(&self) -> bool {
@@ -348,8 +468,39 @@ impl BackendChannel for ErrorChannel {
         done: &Completions,
     ) -> std::result::Result<(), (Error, BdevIo)> {
         let chan = &self.0;
+        if chan.shared.dead.load(Ordering::Acquire) {
+            done.complete(io, Err(IoError::Injected));
+            return Ok(());
+        }
+        let cached = chan.shared.cache_on.load(Ordering::Acquire);
         match chan.shared.hits(&io) {
+            None if cached => match io.io_type {
+                IoType::Write | IoType::WriteZeroes | IoType::Unmap => {
+                    chan.cache_write(io, done);
+                    Ok(())
+                }
+                IoType::Flush => {
+                    chan.cache_flush(io, done);
+                    Ok(())
+                }
+                IoType::Read => chan.forward(io, done, None),
+            },
             None => chan.forward(io, done, None),
+            Some(Action::PowerCut { tear }) => {
+                chan.shared.dead.store(true, Ordering::Release);
+                chan.shared
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                if tear && io.io_type == IoType::Write && io.num_blocks > 1 && !cached {
+                    // The first half reaches the media; the write still fails.
+                    let half = io.num_blocks / 2;
+                    return chan.forward(io, done, Some(half));
+                }
+                done.complete(io, Err(IoError::Injected));
+                Ok(())
+            }
             Some(Action::Fail) => {
                 done.complete(io, Err(IoError::Injected));
                 Ok(())
@@ -404,6 +555,9 @@ pub fn create(opts: ErrorOpts) -> Result<Bdev> {
         base: base_desc,
         shared: Arc::new(Shared {
             fault: AtomicCell::new(None),
+            dead: AtomicBool::new(false),
+            cache_on: AtomicBool::new(false),
+            cache: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             matched: AtomicU64::new(0),
             draws: AtomicU64::new(0),
@@ -451,10 +605,29 @@ pub fn set_fault(name: &str, fault: Fault) -> Result<()> {
     Ok(())
 }
 
-/// Remove the fault; I/O held by a drop completes with `Aborted`, delayed I/O goes on.
+/// Switch the volatile write cache on or off. Switching it off drops nothing: call it after a
+/// flush, or after a power cut (which already lost the cache).
+pub fn set_volatile_cache(name: &str, on: bool) -> Result<()> {
+    shared_of(name)?.cache_on.store(on, Ordering::Release);
+    Ok(())
+}
+
+/// Matching I/Os seen since the fault was set (how far a `Nth` fault has counted).
+pub fn matched(name: &str) -> Result<u64> {
+    Ok(shared_of(name)?.matched.load(Ordering::Relaxed))
+}
+
+/// Whether a power cut has killed the device.
+pub fn is_dead(name: &str) -> Result<bool> {
+    Ok(shared_of(name)?.dead.load(Ordering::Acquire))
+}
+
+/// Remove the fault (and revive a device a power cut killed); I/O held by a drop completes
+/// with `Aborted`, delayed I/O goes on.
 pub fn clear(name: &str) -> Result<()> {
     let shared = shared_of(name)?;
     shared.fault.store(None);
+    shared.dead.store(false, Ordering::Release);
     shared.generation.fetch_add(1, Ordering::AcqRel);
     Ok(())
 }

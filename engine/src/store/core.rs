@@ -422,7 +422,16 @@ impl Core {
         flags: u8,
         uuid: u128,
     ) -> Result<u64> {
-        check_name(name)?;
+        match typ {
+            // A volume's name becomes part of its bdev's name, `<store>/<volume>`.
+            InodeType::Volume => check_name(name)?,
+            InodeType::Object if name.is_empty() || name.len() > MAX_NAME => {
+                return Err(Error::Invalid(format!(
+                    "{name:?}: an object name is 1 to {MAX_NAME} bytes"
+                )))
+            }
+            InodeType::Object => {}
+        }
         if self.names.contains_key(&(typ as u8, name.to_owned())) {
             return Err(Error::Exists(name.to_owned()));
         }

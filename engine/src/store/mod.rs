@@ -74,4 +74,6 @@ impl Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 #[cfg(test)]
+pub(crate) mod runtime_tests;
+#[cfg(test)]
 mod tests;

@@ -633,6 +633,17 @@ fn install(
             for obj in vols {
                 o.add_volume_bdev(obj)?;
             }
+            let taken_for: Vec<_> = o
+                .core
+                .borrow()
+                .snapshots()
+                .into_iter()
+                .filter(|s| s.origin_vol != 0)
+                .collect();
+            for s in taken_for {
+                // A volume's own snapshot (SPDK's kind) is a read-only bdev of that volume.
+                o.add_snapshot_bdev(s.id, s.origin_vol, &s.name)?;
+            }
             OWNERS
                 .with(|m| m.borrow_mut().insert(sh.uuid, o))
                 .map_err(|_| Error::Invalid("not on a reactor".into()))?;

@@ -1,0 +1,339 @@
+//! The store at run time, on real reactors: volumes as bdevs, snapshots, clones, diffs,
+//! objects, reload, and writers on two reactors racing for the same new clusters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{CreateOpts, Store};
+use crate::bdev::{self, malloc, IoError, IoType};
+use crate::mem::{DmaBuf, Sgl};
+use crate::reactor::{available_cores, CoreMask, Engine, EngineOpts, Messenger, Mode, ReactorId};
+
+pub(crate) struct Rig {
+    pub engine: Option<Engine>,
+    pub m: Messenger,
+    pub ids: Vec<ReactorId>,
+}
+
+impl Rig {
+    /// An engine of `n` adaptive reactors (1 or 2), unpinned so tests share the machine.
+    pub fn new(n: usize) -> Rig {
+        let cores = available_cores();
+        let mask = CoreMask::from_cores(
+            cores
+                .iter()
+                .copied()
+                .cycle()
+                .take(n.min(cores.len()).max(1)),
+        )
+        .expect("a core mask");
+        let engine = Engine::start(EngineOpts {
+            core_mask: Some(mask),
+            mode: Mode::Adaptive,
+            pin: false,
+            ..EngineOpts::default()
+        })
+        .expect("an engine");
+        Rig {
+            m: engine.messenger(),
+            ids: engine.reactor_ids(),
+            engine: Some(engine),
+        }
+    }
+
+    pub fn owner(&self) -> ReactorId {
+        self.ids[0]
+    }
+
+    /// One I/O on bdev `name`, submitted on reactor `on`; a read returns its data.
+    pub fn io(
+        &self,
+        on: usize,
+        name: &str,
+        t: IoType,
+        offset: u64,
+        blocks: u64,
+        data: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, IoError> {
+        let name = name.to_owned();
+        super::io::blocking(&self.m, self.ids[on % self.ids.len()], move |reply| {
+            let desc = match bdev::open(&name, t != IoType::Read, None) {
+                Ok(d) => d,
+                Err(_) => return reply(Err(IoError::Device(bdev::Errno(libc::ENODEV)))),
+            };
+            let ch = desc.channel().expect("a channel");
+            let bs = ch.bdev().block_size() as u64;
+            let sgl = match (t, data) {
+                (IoType::Read, _) => Sgl::single(DmaBuf::new((blocks * bs) as usize).unwrap()),
+                (IoType::Write, Some(d)) => {
+                    let mut b = DmaBuf::new(d.len()).unwrap();
+                    b.as_mut_slice().copy_from_slice(&d);
+                    Sgl::single(b)
+                }
+                _ => Sgl::new(),
+            };
+            let keep = ch.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let reply = std::cell::RefCell::new(Some(reply));
+            let r = ch.submit(
+                t,
+                offset,
+                blocks,
+                sgl,
+                crate::bdev::IoCallback::new(move |d: bdev::IoDone| {
+                    let _ = (&keep, &desc);
+                    let _ = tx.send(d.status.map(|()| d.sgl.to_vec()));
+                }),
+            );
+            let reply = reply.borrow_mut().take().expect("one reply");
+            match r {
+                Err((e, _)) => reply(Err(IoError::Device(bdev::Errno(-e.errno())))),
+                Ok(()) => {
+                    // The completion runs on this reactor later: hand the answer on from there.
+                    let cell = std::rc::Rc::new(std::cell::RefCell::new(Some(reply)));
+                    poll_answer(rx, cell);
+                }
+            }
+        })
+        .expect("the reactor answers")
+    }
+
+    pub fn write(&self, on: usize, name: &str, offset: u64, data: Vec<u8>) -> Result<(), IoError> {
+        let blocks = data.len() as u64 / 4096;
+        self.io(on, name, IoType::Write, offset, blocks, Some(data))
+            .map(|_| ())
+    }
+
+    pub fn read(&self, on: usize, name: &str, offset: u64, blocks: u64) -> Vec<u8> {
+        self.io(on, name, IoType::Read, offset, blocks, None)
+            .expect("read")
+    }
+}
+
+type Answer = Result<Vec<u8>, IoError>;
+
+/// Wait on the reactor (by re-arming a short timer) for a completion's answer.
+fn poll_answer(
+    rx: std::sync::mpsc::Receiver<Answer>,
+    reply: std::rc::Rc<std::cell::RefCell<Option<Box<dyn FnOnce(Answer) + Send>>>>,
+) {
+    match rx.try_recv() {
+        Ok(a) => {
+            if let Some(r) = reply.borrow_mut().take() {
+                r(a)
+            }
+        }
+        Err(_) => {
+            let _ = crate::reactor::set_timer(Duration::from_micros(20), move || {
+                poll_answer(rx, reply)
+            });
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(e) = self.engine.take() {
+            let _ = e.stop();
+        }
+    }
+}
+
+pub(crate) fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub(crate) fn ram(name: &str, mib: u64) -> bdev::Bdev {
+    malloc::create(malloc::MallocOpts {
+        name: name.to_owned(),
+        num_blocks: mib * 256,
+        block_size: 4096,
+        uuid: 0,
+    })
+    .expect("a RAM disk")
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn volumes_snapshots_and_clones_through_their_bdevs() {
+    let rig = Rig::new(2);
+    let base = unique("st_base");
+    ram(&base, 64);
+    let lvs = unique("lvs");
+    let store = Store::create(
+        &CreateOpts {
+            base: base.clone(),
+            name: lvs.clone(),
+            cluster_size: 65536,
+        },
+        &rig.m,
+        rig.owner(),
+    )
+    .unwrap();
+    let v = store.create_volume("v", 4 << 20, false).unwrap();
+    assert_eq!(v.name(), format!("{lvs}/v"));
+    assert_eq!(
+        bdev::get(&v.uuid_string()).unwrap().name(),
+        v.name(),
+        "found by UUID too"
+    );
+    // A write across cluster boundaries from one reactor, read from the other.
+    let a = pattern(1, 136 * 1024);
+    rig.write(1, v.name(), 15, a.clone()).unwrap();
+    assert_eq!(rig.read(0, v.name(), 15, 34), a);
+    assert!(
+        rig.read(0, v.name(), 200, 8).iter().all(|&b| b == 0),
+        "a hole reads zeros"
+    );
+    // Snapshot for the volume: a read-only bdev of the volume as it was.
+    store.snapshot("s1", Some("v")).unwrap();
+    let snap = format!("{lvs}/s1");
+    let b = pattern(2, 8192);
+    rig.write(0, v.name(), 16, b.clone()).unwrap();
+    assert_eq!(rig.read(1, v.name(), 16, 2), b);
+    assert_eq!(
+        rig.read(1, &snap, 16, 2),
+        a[4096..4096 * 3].to_vec(),
+        "the snapshot keeps the old data"
+    );
+    assert_eq!(
+        rig.io(0, &snap, IoType::Write, 0, 1, Some(vec![0; 4096])),
+        Err(IoError::Device(bdev::Errno(libc::ENOTSUP))),
+        "a snapshot is read-only"
+    );
+    // A clone of the snapshot: shares, then diverges.
+    let c = store.clone_volume("s1", None, "c").unwrap();
+    assert_eq!(rig.read(1, c.name(), 15, 34), a);
+    rig.write(1, c.name(), 40, pattern(3, 4096)).unwrap();
+    assert_eq!(rig.read(0, c.name(), 40, 1), pattern(3, 4096));
+    assert_eq!(
+        rig.read(0, v.name(), 40, 1),
+        a[25 * 4096..26 * 4096].to_vec()
+    );
+    // Block diffs at cluster granularity (16 blocks of 4 KiB a cluster).
+    let d = store.block_diff("s1", None, "v").unwrap();
+    assert_eq!(d.runs, vec![(1, 1)]);
+    let d = store.block_diff("s1", None, "c").unwrap();
+    assert!(d.incremental);
+    assert_eq!(d.runs, vec![(2, 1)]);
+    // Unmap a whole cluster: zeros, and the diff sees it.
+    rig.io(0, v.name(), IoType::Unmap, 32, 16, None).unwrap();
+    assert!(rig.read(1, v.name(), 32, 16).iter().all(|&b| b == 0));
+    assert_eq!(
+        store.block_diff("s1", None, "v").unwrap().runs,
+        vec![(1, 2)]
+    );
+    // Small objects ride the same transactions.
+    store.put_object("repl/state", b"in-sync".to_vec()).unwrap();
+    assert_eq!(store.get_object("repl/state").unwrap().unwrap(), b"in-sync");
+    assert_eq!(store.check().unwrap(), vec![]);
+    // Unload and load again: everything is there.
+    let before_v = rig.read(0, v.name(), 0, 64);
+    let before_c = rig.read(0, c.name(), 0, 64);
+    let before_s = rig.read(0, &snap, 0, 64);
+    store.unload().unwrap();
+    assert!(bdev::get(&format!("{lvs}/v")).is_none());
+    let store = Store::load(&base, &rig.m, rig.owner()).unwrap();
+    assert_eq!(rig.read(1, &format!("{lvs}/v"), 0, 64), before_v);
+    assert_eq!(rig.read(1, &format!("{lvs}/c"), 0, 64), before_c);
+    assert_eq!(rig.read(1, &snap, 0, 64), before_s);
+    assert_eq!(store.get_object("repl/state").unwrap().unwrap(), b"in-sync");
+    assert_eq!(store.check().unwrap(), vec![]);
+    // After a reload every cluster is still copy-on-write where a snapshot holds it.
+    rig.write(0, &format!("{lvs}/v"), 15, pattern(9, 4096))
+        .unwrap();
+    assert_eq!(rig.read(0, &snap, 15, 1), a[..4096].to_vec());
+    // Resize: grow, write at the new end, shrink.
+    store.resize_volume("v", 8 << 20).unwrap();
+    let vb = bdev::get(&format!("{lvs}/v")).unwrap();
+    assert_eq!(vb.num_blocks(), 2048);
+    rig.write(1, vb.name(), 2047, pattern(4, 4096)).unwrap();
+    store.resize_volume("v", 1 << 20).unwrap();
+    assert_eq!(vb.num_blocks(), 256);
+    // Delete everything: all space comes back.
+    store.delete_snapshot("s1").unwrap();
+    assert!(bdev::get(&snap).is_none());
+    store.delete_volume("c").unwrap();
+    store.delete_volume("v").unwrap();
+    store.delete_object("repl/state").unwrap();
+    let (total, free, reserved) = store.space().unwrap();
+    assert_eq!(store.check().unwrap(), vec![]);
+    // Freed clusters are held until the commit after the one that freed them is durable.
+    store.put_object("x", vec![1]).unwrap();
+    store.delete_object("x").unwrap();
+    let (_, free_after, _) = store.space().unwrap();
+    assert_eq!(
+        (free_after, reserved),
+        (total, 0),
+        "free {free} then {free_after} of {total}"
+    );
+    store.destroy().unwrap();
+    assert!(
+        Store::load(&base, &rig.m, rig.owner()).is_err(),
+        "a destroyed store does not load"
+    );
+    bdev::delete(&base).unwrap();
+}
+
+#[test]
+fn two_reactors_racing_for_the_same_new_clusters_lose_nothing() {
+    let rig = Rig::new(2);
+    let base = unique("st_race");
+    ram(&base, 32);
+    let lvs = unique("lvs");
+    let store = Store::create(
+        &CreateOpts {
+            base: base.clone(),
+            name: lvs.clone(),
+            cluster_size: 32768,
+        },
+        &rig.m,
+        rig.owner(),
+    )
+    .unwrap();
+    let v = store.create_volume("v", 2 << 20, false).unwrap();
+    let name = v.name().to_owned();
+    // Each thread writes different blocks of the same clusters, all through first writes.
+    std::thread::scope(|s| {
+        for lane in 0..2u64 {
+            let (rig, name) = (&rig, &name);
+            s.spawn(move || {
+                for block in (lane..512).step_by(2) {
+                    rig.write(
+                        lane as usize,
+                        name,
+                        block,
+                        vec![(block % 251) as u8 + 1; 4096],
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let all = rig.read(0, &name, 0, 512);
+    for (block, chunk) in all.chunks(4096).enumerate() {
+        assert!(
+            chunk.iter().all(|&b| b == (block % 251) as u8 + 1),
+            "block {block}"
+        );
+    }
+    assert_eq!(store.check().unwrap(), vec![]);
+    let commits = store.commits().unwrap();
+    assert!(
+        commits <= 64 + 2,
+        "{commits} commits for 64 first writes: preparation is batched"
+    );
+    store.destroy().unwrap();
+    bdev::delete(&base).unwrap();
+    let _ = Duration::ZERO;
+}
