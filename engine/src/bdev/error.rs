@@ -81,9 +81,12 @@ pub enum Action {
         blocks: u64,
     },
     /// The device dies at this I/O: a write of several blocks is torn in half when `tear`,
-    /// otherwise lost; the volatile cache, if on, is lost; every later I/O fails.
+    /// otherwise lost; every later I/O fails. Of the writes in the volatile cache, if it is
+    /// on, none survive when `keep_seed` is 0; otherwise each survives or not by a draw from
+    /// that seed, as a disk may have written back any of them before the power went.
     PowerCut {
         tear: bool,
+        keep_seed: u64,
     },
 }
 
@@ -323,6 +326,22 @@ impl ErrChan {
         }
     }
 
+    /// At a power cut: the cached writes a draw from `seed` keeps reach the base.
+    fn write_back_some(&self, cached: Vec<(u64, Vec<u8>)>, seed: u64) {
+        let mut rng = crate::reactor::sim::SimRng::new(seed);
+        for (off, data) in cached {
+            if rng.next_u64() & 1 == 0 {
+                continue;
+            }
+            let Ok(mut buf) = DmaBuf::new(data.len()) else {
+                continue;
+            };
+            buf.as_mut_slice().copy_from_slice(&data);
+            let blocks = data.len() as u64 / self.block_size;
+            let _ = self.base.write(off, blocks, Sgl::single(buf), |_| {});
+        }
+    }
+
     /// Hold a write (or zeroes) in the volatile cache and complete it.
     fn cache_write(&self, io: BdevIo, done: &Completions) {
         let data = if io.io_type == IoType::Write {
@@ -365,7 +384,7 @@ impl ErrChan {
                     failed.set(true);
                 }
                 left.set(left.get() - 1);
-                if left.get() == 1 {
+                if left.get() == 0 {
                     // Every block is on the base: now the base's own flush.
                     let (on_flush, failed) = (finish.clone(), failed.clone());
                     let blocks = me.base.bdev().num_blocks();
@@ -384,7 +403,6 @@ impl ErrChan {
             }
         };
         let step = Rc::new(step);
-        step(true);
         for (block, data) in blocks {
             let Ok(mut buf) = DmaBuf::new(data.len()) else {
                 step(false);
@@ -400,6 +418,8 @@ impl ErrChan {
                 step(false);
             }
         }
+        // The count started one above the blocks, so the base flush waits for this too.
+        step(true);
     }
 
     fn holding(&self) -> bool {
@@ -486,13 +506,14 @@ impl BackendChannel for ErrorChannel {
                 IoType::Read => chan.forward(io, done, None),
             },
             None => chan.forward(io, done, None),
-            Some(Action::PowerCut { tear }) => {
+            Some(Action::PowerCut { tear, keep_seed }) => {
                 chan.shared.dead.store(true, Ordering::Release);
-                chan.shared
-                    .cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clear();
+                let lost = std::mem::take(
+                    &mut *chan.shared.cache.lock().unwrap_or_else(|p| p.into_inner()),
+                );
+                if keep_seed != 0 {
+                    chan.write_back_some(lost, keep_seed);
+                }
                 if tear && io.io_type == IoType::Write && io.num_blocks > 1 && !cached {
                     // The first half reaches the media; the write still fails.
                     let half = io.num_blocks / 2;

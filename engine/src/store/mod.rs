@@ -74,6 +74,8 @@ impl Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 pub(crate) mod runtime_tests;
 #[cfg(test)]
 mod tests;

@@ -520,7 +520,7 @@ impl Store {
     /// state and release the base. The store stays on disk.
     pub fn unload(self) -> Result<()> {
         let uuid = self.0.uuid;
-        blocking(&self.0.messenger, self.0.owner, move |reply| {
+        let done = blocking(&self.0.messenger, self.0.owner, move |reply| {
             let Ok(o) = owner_of(uuid) else {
                 return reply(Ok(()));
             };
@@ -539,10 +539,12 @@ impl Store {
                     reply(r)
                 }),
             );
-        })??;
+        });
+        // The store is let go of even when its last commit failed: loading it again finds its
+        // last durable state.
         stores().retain(|s| s.0.uuid != uuid);
         self.0.base.release_claim();
-        Ok(())
+        done?
     }
 
     /// Delete the store: its volumes and snapshots go, and both superblocks are cleared so
