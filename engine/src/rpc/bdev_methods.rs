@@ -94,6 +94,8 @@ pub(super) fn uring_create(p: &Params) -> RpcResult {
         block_size: block_size(p, 0)?,
         uuid: uuid(p)?,
     })?;
+    // A file may hold a store from an earlier run: load it, as SPDK's examine does.
+    super::store_methods::examine(b.name());
     Ok(json!(b.name()))
 }
 

@@ -15,6 +15,7 @@ mod bdev_methods;
 mod nvmf_methods;
 mod params;
 mod server;
+mod store_methods;
 
 use serde_json::{json, Value};
 
@@ -96,6 +97,23 @@ const METHODS: &[(&str, Method)] = &[
         "bdev_nvme_get_controllers",
         bdev_methods::nvme_get_controllers,
     ),
+    ("bdev_lvol_create_lvstore", store_methods::create_lvstore),
+    ("bdev_lvol_delete_lvstore", store_methods::delete_lvstore),
+    ("bdev_lvol_get_lvstores", store_methods::get_lvstores),
+    ("bdev_lvol_create", store_methods::create),
+    ("bdev_lvol_resize", store_methods::resize),
+    ("bdev_lvol_snapshot", store_methods::snapshot),
+    ("bdev_lvol_clone", store_methods::clone),
+    ("bdev_lvol_delete", store_methods::delete),
+    ("bdev_lvol_get_lvols", store_methods::get_lvols),
+    ("store_load", store_methods::load),
+    ("store_snapshot_create", store_methods::snapshot_create),
+    ("store_snapshot_list", store_methods::snapshot_list),
+    ("store_snapshot_delete", store_methods::snapshot_delete),
+    ("store_snapshot_bdev", store_methods::snapshot_bdev),
+    ("store_clone", store_methods::clone_volume),
+    ("store_block_diff", store_methods::block_diff),
+    ("store_check", store_methods::check),
     ("nvmf_create_transport", nvmf_methods::create_transport),
     ("nvmf_get_transports", nvmf_methods::get_transports),
     ("nvmf_create_subsystem", nvmf_methods::create_subsystem),

@@ -96,6 +96,11 @@ impl Alloc {
         &self.refs[..self.layout.total_clusters as usize]
     }
 
+    /// Which copy of the page holding `cluster`'s entry is live on disk.
+    pub fn live_copy(&self, cluster: u64) -> u8 {
+        self.copy[(cluster / RC_PER_PAGE as u64) as usize]
+    }
+
     pub fn refcount(&self, cluster: u64) -> u32 {
         self.refs[cluster as usize]
     }

@@ -16,20 +16,20 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::core::Core;
-use super::format::{Key, KIND_EXTENT, RC_META, RC_RESERVED};
+use super::format::{Key, KIND_EXTENT, RC_META, RC_PER_PAGE, RC_RESERVED};
 use super::tree::{Entries, Node, Tree, Val};
 
-/// One inconsistency.
+/// One inconsistency: the block it was found in (a node, a reference-count page, or the
+/// superblock, 0) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// What it is about: "block N", "cluster N", "object N" or "snapshot N".
-    pub at: String,
+    pub block: u64,
     pub what: String,
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.at, self.what)
+        write!(f, "block {}: {}", self.block, self.what)
     }
 }
 
@@ -53,18 +53,12 @@ pub fn check(core: &Core) -> Vec<Problem> {
     w.tree(&core.snaps, None);
     for v in core.volumes() {
         if v.obj >= core.next_object {
-            w.problem(
-                format!("object {}", v.obj),
-                "id not below the superblock's next object id".into(),
-            );
+            w.problem(0, format!("object {} is not below the next object id", v.obj));
         }
     }
     for s in core.snapshots() {
         if s.id >= core.next_snapshot {
-            w.problem(
-                format!("snapshot {}", s.id),
-                "id not below the superblock's next snapshot id".into(),
-            );
+            w.problem(0, format!("snapshot {} is not below the next snapshot id", s.id));
         }
     }
     let layout = core.layout;
@@ -77,13 +71,12 @@ pub fn check(core: &Core) -> Vec<Problem> {
         } else {
             w.data_refs.get(&c).copied().unwrap_or(0)
         };
-        // A metadata cluster whose nodes were all rewritten since the last commit is free in
-        // the table but its blocks are still held for that commit: nothing reachable is in it.
         if r != expect {
+            let page = layout.rc_block(c / RC_PER_PAGE as u64, core.alloc.live_copy(c));
             w.problem(
-                format!("cluster {c}"),
+                page,
                 format!(
-                    "reference count {} where what is reachable makes {}",
+                    "cluster {c}: reference count {} where what is reachable makes {}",
                     show(r),
                     show(expect)
                 ),
@@ -102,8 +95,8 @@ fn show(r: u32) -> String {
 }
 
 impl Walk<'_> {
-    fn problem(&mut self, at: String, what: String) {
-        self.problems.push(Problem { at, what });
+    fn problem(&mut self, block: u64, what: String) {
+        self.problems.push(Problem { block, what });
     }
 
     fn tree(&mut self, t: &Tree, size: Option<u64>) {
@@ -117,8 +110,8 @@ impl Walk<'_> {
         if !self.seen.insert(Arc::as_ptr(n)) {
             return;
         }
-        let at = format!("block {}", n.addr());
         let addr = n.addr();
+        let at = addr;
         if addr != 0 {
             let c = addr / self.core.layout.blocks_per_cluster();
             *self.meta_nodes.entry(c).or_default() += 1;
@@ -132,7 +125,7 @@ impl Walk<'_> {
                             format!("key {k:?} outside the range its parent gives"),
                         );
                     }
-                    self.value(&at, k, v, size);
+                    self.value(at, k, v, size);
                 }
             }
             Entries::Internal(cs) => {
@@ -166,7 +159,7 @@ impl Walk<'_> {
         }
     }
 
-    fn value(&mut self, at: &str, k: &Key, v: &Val, size: Option<u64>) {
+    fn value(&mut self, at: u64, k: &Key, v: &Val, size: Option<u64>) {
         match v {
             Val::Extent { cluster, .. } if *cluster != 0 => {
                 let layout = self.core.layout;
@@ -193,9 +186,10 @@ impl Walk<'_> {
             Val::Inode(i) => {
                 if i.extents.max_gen() > i.gen {
                     self.problem(
-                        format!("object {}", k.obj),
+                        at,
                         format!(
-                            "extents changed at generation {} after the inode's {}",
+                            "object {}: extents changed at generation {} after the inode's {}",
+                            k.obj,
                             i.extents.max_gen(),
                             i.gen
                         ),

@@ -184,8 +184,23 @@ impl Core {
         Ok((core, frozen))
     }
 
-    /// Open the store whose blocks `read` returns (several at a time, in the order asked).
+    /// Open the store whose blocks `read` returns (several at a time, in the order asked), and
+    /// refuse it if the full check finds a problem: a table page read from a stale copy, say,
+    /// would otherwise hand out clusters still in use.
     pub fn load(read: &mut dyn FnMut(&[u64]) -> Result<Vec<Vec<u8>>>) -> Result<Core> {
+        let core = Core::load_unchecked(read)?;
+        match super::check::check(&core).into_iter().next() {
+            None => Ok(core),
+            Some(p) => Err(Error::Corrupt {
+                block: p.block,
+                what: format!("the check failed (run `tandem store check`): {}", p.what),
+            }),
+        }
+    }
+
+    /// Open without the full check: every block read is still verified (checksum, address,
+    /// structure). For the check itself, which reports every problem rather than the first.
+    pub fn load_unchecked(read: &mut dyn FnMut(&[u64]) -> Result<Vec<Vec<u8>>>) -> Result<Core> {
         let slots = read(&[0, 1])?;
         let decoded: Vec<Result<Superblock>> = slots
             .iter()
@@ -259,8 +274,8 @@ impl Core {
             raw: &raw,
             built: HashMap::new(),
         };
-        let objects = builder.tree(sb.object_root, TreeKind::Object)?;
-        let snaps = builder.tree(sb.snap_root, TreeKind::Snapshot)?;
+        let objects = builder.tree(sb.object_root, TreeKind::Object, sb.object_written)?;
+        let snaps = builder.tree(sb.snap_root, TreeKind::Snapshot, sb.snap_written)?;
         let mut alloc = Alloc::with_refs(layout, refs, copy);
         for &addr in raw.keys() {
             alloc.node_in_use(addr)?;
@@ -329,6 +344,8 @@ impl Core {
             next_snapshot: self.next_snapshot,
             snap_epoch: self.snap_epoch,
             reserved_clusters: self.alloc.reserved,
+            object_written: self.objects.written(),
+            snap_written: self.snaps.written(),
             name: self.name.clone(),
         };
         self.gen += 1;

@@ -62,14 +62,16 @@ impl FileStore {
         Ok(s)
     }
 
-    pub fn open(path: &Path, write: bool) -> Result<FileStore> {
+    /// Open the store in `path`; `checked`: refuse it when the full check finds a problem.
+    pub fn open(path: &Path, write: bool, checked: bool) -> Result<FileStore> {
         let file = OpenOptions::new()
             .read(true)
             .write(write)
             .open(path)
             .map_err(|e| io_err(&path.display().to_string(), e))?;
         let f = &file;
-        let core = Core::load(&mut |blocks| {
+        let load = if checked { Core::load } else { Core::load_unchecked };
+        let core = load(&mut |blocks| {
             blocks
                 .iter()
                 .map(|b| {

@@ -37,8 +37,10 @@
 //! | 112 | 8 | next snapshot id |
 //! | 120 | 8 | snapshot epoch (how many snapshots were ever taken) |
 //! | 128 | 8 | clusters reserved for thick volumes |
-//! | 136 | 1 | store name length N (1..=63) |
-//! | 137 | N | store name, UTF-8 |
+//! | 136 | 8 | generation that wrote the object tree root |
+//! | 144 | 8 | generation that wrote the snapshot tree root |
+//! | 152 | 1 | store name length N (1..=63) |
+//! | 153 | N | store name, UTF-8 |
 //! | 4092 | 4 | CRC-32C of bytes 0..4092 |
 //!
 //! The slot with the highest generation whose magic, version and checksum hold is the store.
@@ -78,19 +80,22 @@
 //!
 //! A key is 17 bytes: object id (8), kind (1), offset (8). A leaf entry is the key, a value
 //! length (2) and the value; an internal entry is the key (the lowest in the child), the
-//! child's address (8) and the highest generation in the child's subtree (8).
+//! child's address (8), the highest generation in the child's subtree (8) and the generation
+//! that wrote the child (8). Every pointer to a node (in a parent, a value or the superblock)
+//! carries that last one, and the node's header must agree: a stale block (one overwritten
+//! since, or a write that never landed) is caught even when its checksum holds.
 //!
 //! Values, by key kind:
 //! - inode (kind 1): type (1: volume, 2: metadata object), flags, name length, 5 reserved,
 //!   size (8), generation of last change (8), creation generation (8), extent root (8),
-//!   extent root's highest generation (8), origin snapshot id (8), origin object id (8),
-//!   UUID (16), name: 80 + N bytes.
+//!   extent root's highest generation (8), generation that wrote the extent root (8), origin
+//!   snapshot id (8), origin object id (8), UUID (16), name: 88 + N bytes.
 //! - object chunk (kind 2): generation (8), then up to [`CHUNK`] bytes.
 //! - extent (kind 3, offset = cluster index in the volume): cluster (8, 0 for a hole, which an
 //!   unmap leaves so that a diff sees it), birth generation (8).
 //! - snapshot (kind 4, object id = snapshot id): generation (8), creation time in Unix seconds
-//!   (8), object root (8), its highest generation (8), origin volume object id (8, 0 for a
-//!   store-wide snapshot), UUID (16), name length (1), name.
+//!   (8), object root (8), its highest generation (8), generation that wrote it (8), origin
+//!   volume object id (8, 0 for a store-wide snapshot), UUID (16), name length (1), name.
 //! - kind 5 is kept for directory entries.
 //!
 //! ## What the media must do
@@ -229,6 +234,8 @@ pub struct Superblock {
     pub next_snapshot: u64,
     pub snap_epoch: u64,
     pub reserved_clusters: u64,
+    pub object_written: u64,
+    pub snap_written: u64,
     pub name: String,
 }
 
@@ -253,12 +260,14 @@ impl Superblock {
             (112, self.next_snapshot),
             (120, self.snap_epoch),
             (128, self.reserved_clusters),
+            (136, self.object_written),
+            (144, self.snap_written),
         ] {
             b[at..at + 8].copy_from_slice(&v.to_le_bytes());
         }
         let name = self.name.as_bytes();
-        b[136] = name.len() as u8;
-        b[137..137 + name.len()].copy_from_slice(name);
+        b[152] = name.len() as u8;
+        b[153..153 + name.len()].copy_from_slice(name);
         seal(&mut b);
         b
     }
@@ -285,8 +294,8 @@ impl Superblock {
         if !valid_cluster_size(cluster_size) {
             return Err(bad(format!("superblock: cluster size {cluster_size}")));
         }
-        let name_len = b[136] as usize;
-        let name = std::str::from_utf8(b.get(137..137 + name_len).unwrap_or(&[]))
+        let name_len = b[152] as usize;
+        let name = std::str::from_utf8(b.get(153..153 + name_len).unwrap_or(&[]))
             .ok()
             .filter(|n| !n.is_empty() && n.len() <= MAX_NAME)
             .ok_or_else(|| bad("superblock: store name is not 1 to 63 bytes of UTF-8".into()))?
@@ -306,6 +315,8 @@ impl Superblock {
             next_snapshot: le64(&b[112..]),
             snap_epoch: le64(&b[120..]),
             reserved_clusters: le64(&b[128..]),
+            object_written: le64(&b[136..]),
+            snap_written: le64(&b[144..]),
             name,
         };
         let layout = Layout::new(sb.cluster_size, sb.total_clusters);
@@ -380,6 +391,8 @@ pub struct RawChild {
     pub key: Key,
     pub addr: u64,
     pub max_gen: u64,
+    /// The generation that wrote the child.
+    pub written: u64,
 }
 
 /// A node as stored: values are still bytes (see [`super::tree`] for their meaning).
@@ -403,7 +416,7 @@ pub fn leaf_entry_len(value_len: usize) -> usize {
     KEY_LEN + 2 + value_len
 }
 
-pub const INTERNAL_ENTRY: usize = KEY_LEN + 16;
+pub const INTERNAL_ENTRY: usize = KEY_LEN + 24;
 
 impl RawNode {
     pub fn encode(&self) -> Vec<u8> {
@@ -429,8 +442,10 @@ impl RawNode {
                 for c in cs {
                     c.key.put(&mut b[at..]);
                     b[at + KEY_LEN..at + KEY_LEN + 8].copy_from_slice(&c.addr.to_le_bytes());
-                    b[at + KEY_LEN + 8..at + INTERNAL_ENTRY]
+                    b[at + KEY_LEN + 8..at + KEY_LEN + 16]
                         .copy_from_slice(&c.max_gen.to_le_bytes());
+                    b[at + KEY_LEN + 16..at + INTERNAL_ENTRY]
+                        .copy_from_slice(&c.written.to_le_bytes());
                     at += INTERNAL_ENTRY;
                 }
                 cs.len()
@@ -518,6 +533,7 @@ impl RawNode {
                     key,
                     addr: child,
                     max_gen: le64(&e[KEY_LEN + 8..]),
+                    written: le64(&e[KEY_LEN + 16..]),
                 });
                 at += INTERNAL_ENTRY;
             }
@@ -559,6 +575,8 @@ mod tests {
             next_snapshot: 1,
             snap_epoch: 0,
             reserved_clusters: 0,
+            object_written: 4,
+            snap_written: 0,
             name: "lvs0".into(),
         }
     }

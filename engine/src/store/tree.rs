@@ -38,6 +38,8 @@ pub trait Space {
 pub struct Node {
     /// The block this node is written at; 0 until written.
     addr: AtomicU64,
+    /// The generation that wrote it (meaningful while `addr` is not 0).
+    written: AtomicU64,
     pub level: u8,
     pub entries: Entries,
 }
@@ -85,6 +87,11 @@ impl Tree {
         self.0.as_ref().map_or(0, |n| n.addr())
     }
 
+    /// The generation that wrote the root.
+    pub fn written(&self) -> u64 {
+        self.0.as_ref().map_or(0, |n| n.written())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
     }
@@ -112,6 +119,10 @@ pub struct Inode {
     pub origin_obj: u64,
     pub uuid: u128,
 }
+
+/// Bytes of an inode value before its name; of a snapshot value before its name.
+const INODE_LEN: usize = 88;
+const SNAP_LEN: usize = 65;
 
 /// Inode flag: a thick volume, whose clusters are reserved at creation.
 pub const INODE_THICK: u8 = 1;
@@ -154,9 +165,9 @@ impl Val {
     fn encoded_len(&self) -> usize {
         match self {
             Val::Extent { .. } => 16,
-            Val::Inode(i) => 80 + i.name.len(),
+            Val::Inode(i) => INODE_LEN + i.name.len(),
             Val::Chunk { data, .. } => 8 + data.len(),
-            Val::Snap(s) => 57 + s.name.len(),
+            Val::Snap(s) => SNAP_LEN + s.name.len(),
         }
     }
 
@@ -195,13 +206,14 @@ impl Val {
                     (24, i.created),
                     (32, i.extents.addr()),
                     (40, i.extents.max_gen()),
-                    (48, i.origin_snap),
-                    (56, i.origin_obj),
+                    (48, i.extents.written()),
+                    (56, i.origin_snap),
+                    (64, i.origin_obj),
                 ] {
                     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
                 }
-                b[64..80].copy_from_slice(&i.uuid.to_le_bytes());
-                b[80..].copy_from_slice(i.name.as_bytes());
+                b[72..88].copy_from_slice(&i.uuid.to_le_bytes());
+                b[INODE_LEN..].copy_from_slice(i.name.as_bytes());
             }
             Val::Chunk { gen, data } => {
                 b[0..8].copy_from_slice(&gen.to_le_bytes());
@@ -213,20 +225,21 @@ impl Val {
                     (8, s.created_unix),
                     (16, s.root.addr()),
                     (24, s.root.max_gen()),
-                    (32, s.origin_vol),
+                    (32, s.root.written()),
+                    (40, s.origin_vol),
                 ] {
                     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
                 }
-                b[40..56].copy_from_slice(&s.uuid.to_le_bytes());
-                b[56] = s.name.len() as u8;
-                b[57..].copy_from_slice(s.name.as_bytes());
+                b[48..64].copy_from_slice(&s.uuid.to_le_bytes());
+                b[64] = s.name.len() as u8;
+                b[SNAP_LEN..].copy_from_slice(s.name.as_bytes());
             }
         }
         b
     }
 
     /// Decode a value stored under a key of `kind`. A value with a subtree comes back with an
-    /// empty tree and the subtree's address (and highest generation) for the loader to link.
+    /// empty tree and the subtree's address and writing generation, for the loader to link.
     pub fn decode(kind: u8, b: &[u8]) -> std::result::Result<(Val, Option<(u64, u64)>), String> {
         let name = |b: &[u8]| -> std::result::Result<String, String> {
             std::str::from_utf8(b)
@@ -243,25 +256,25 @@ impl Val {
                 },
                 None,
             )),
-            KIND_INODE if b.len() >= 80 && b.len() == 80 + b[2] as usize => {
+            KIND_INODE if b.len() >= INODE_LEN && b.len() == INODE_LEN + b[2] as usize => {
                 let typ = match b[0] {
                     1 => InodeType::Volume,
                     2 => InodeType::Object,
                     t => return Err(format!("inode type {t}")),
                 };
-                let sub = (le64(&b[32..]), le64(&b[40..]));
+                let sub = (le64(&b[32..]), le64(&b[48..]));
                 Ok((
                     Val::Inode(Inode {
                         typ,
                         flags: b[1],
-                        name: name(&b[80..])?,
+                        name: name(&b[INODE_LEN..])?,
                         size: le64(&b[8..]),
                         gen: le64(&b[16..]),
                         created: le64(&b[24..]),
                         extents: Tree(None),
-                        origin_snap: le64(&b[48..]),
-                        origin_obj: le64(&b[56..]),
-                        uuid: u128::from_le_bytes(b[64..80].try_into().expect("16 bytes")),
+                        origin_snap: le64(&b[56..]),
+                        origin_obj: le64(&b[64..]),
+                        uuid: u128::from_le_bytes(b[72..88].try_into().expect("16 bytes")),
                     }),
                     (sub.0 != 0).then_some(sub),
                 ))
@@ -273,16 +286,16 @@ impl Val {
                 },
                 None,
             )),
-            KIND_SNAP if b.len() >= 57 && b.len() == 57 + b[56] as usize => {
-                let sub = (le64(&b[16..]), le64(&b[24..]));
+            KIND_SNAP if b.len() >= SNAP_LEN && b.len() == SNAP_LEN + b[64] as usize => {
+                let sub = (le64(&b[16..]), le64(&b[32..]));
                 Ok((
                     Val::Snap(SnapRec {
                         gen: le64(&b[0..]),
                         created_unix: le64(&b[8..]),
                         root: Tree(None),
-                        origin_vol: le64(&b[32..]),
-                        uuid: u128::from_le_bytes(b[40..56].try_into().expect("16 bytes")),
-                        name: name(&b[57..])?,
+                        origin_vol: le64(&b[40..]),
+                        uuid: u128::from_le_bytes(b[48..64].try_into().expect("16 bytes")),
+                        name: name(&b[SNAP_LEN..])?,
                     }),
                     (sub.0 != 0).then_some(sub),
                 ))
@@ -295,6 +308,10 @@ impl Val {
 impl Node {
     pub fn addr(&self) -> u64 {
         self.addr.load(Ordering::Relaxed)
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     pub fn max_gen(&self) -> u64 {
@@ -331,6 +348,7 @@ impl Node {
     fn new(level: u8, entries: Entries) -> Arc<Node> {
         Arc::new(Node {
             addr: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             level,
             entries,
         })
@@ -687,6 +705,7 @@ pub fn persist(
                             key: c.key,
                             addr: c.node.addr(),
                             max_gen: c.max_gen,
+                            written: c.node.written(),
                         })
                         .collect(),
                 )
@@ -702,6 +721,7 @@ pub fn persist(
         };
         out.push((addr, raw.encode()));
         n.addr.store(addr, Ordering::Relaxed);
+        n.written.store(gen, Ordering::Relaxed);
         Ok(())
     }
     match &tree.0 {
@@ -717,14 +737,26 @@ pub struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    pub fn tree(&mut self, addr: u64, kind: TreeKind) -> Result<Tree> {
+    /// The tree rooted at `addr`, which generation `written` wrote.
+    pub fn tree(&mut self, addr: u64, kind: TreeKind, written: u64) -> Result<Tree> {
         if addr == 0 {
             return Ok(Tree(None));
         }
-        self.node(addr, kind, None).map(|n| Tree(Some(n)))
+        self.node(addr, kind, None, written).map(|n| Tree(Some(n)))
     }
 
-    fn node(&mut self, addr: u64, kind: TreeKind, level: Option<u8>) -> Result<Arc<Node>> {
+    fn node(&mut self, addr: u64, kind: TreeKind, level: Option<u8>, written: u64) -> Result<Arc<Node>> {
+        if let Some(raw) = self.raw.get(&addr) {
+            if raw.generation != written {
+                return Err(Error::Corrupt {
+                    block: addr,
+                    what: format!(
+                        "node: written by generation {}, but what points at it expects {written} (a stale block or a lost write)",
+                        raw.generation
+                    ),
+                });
+            }
+        }
         if let Some(n) = self.built.get(&addr) {
             if level.is_some_and(|l| l != n.level) {
                 return Err(Error::Corrupt {
@@ -758,10 +790,8 @@ impl Builder<'_> {
                 for (k, bytes) in es {
                     let (mut v, sub) =
                         Val::decode(k.kind, bytes).map_err(|e| bad(format!("node: {e}")))?;
-                    if let (Some((a, _)), Some((_, sk))) =
-                        (sub, v.subtree().map(|(t, k)| (t.clone(), k)))
-                    {
-                        let t = self.tree(a, sk)?;
+                    if let (Some((a, w)), Some(sk)) = (sub, v.subtree().map(|(_, k)| k)) {
+                        let t = self.tree(a, sk, w)?;
                         *v.subtree_mut().expect("has a subtree") = t;
                     }
                     out.push((*k, v));
@@ -773,7 +803,7 @@ impl Builder<'_> {
                 for c in cs {
                     out.push(Child {
                         key: c.key,
-                        node: self.node(c.addr, kind, Some(raw.level - 1))?,
+                        node: self.node(c.addr, kind, Some(raw.level - 1), c.written)?,
                         max_gen: c.max_gen,
                     });
                 }
@@ -783,6 +813,7 @@ impl Builder<'_> {
         };
         let n = Arc::new(Node {
             addr: AtomicU64::new(addr),
+            written: AtomicU64::new(raw.generation),
             level: raw.level,
             entries,
         });
