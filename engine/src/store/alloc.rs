@@ -68,7 +68,7 @@ impl Alloc {
             .filter(|&&r| r == 0)
             .count() as u64;
         let mut meta = BTreeMap::new();
-        for (c, &r) in refs.iter().enumerate() {
+        for (c, &r) in refs.iter().enumerate().take(layout.total_clusters as usize) {
             if r != RC_RESERVED && r & RC_META != 0 {
                 meta.insert(
                     c as u64,
@@ -94,6 +94,11 @@ impl Alloc {
 
     pub fn refs(&self) -> &[u32] {
         &self.refs[..self.layout.total_clusters as usize]
+    }
+
+    /// The entries past the last cluster, which fill the last page and are always reserved.
+    pub fn tail(&self) -> &[u32] {
+        &self.refs[self.layout.total_clusters as usize..]
     }
 
     /// Which copy of the page holding `cluster`'s entry is live on disk.

@@ -49,16 +49,30 @@ pub fn check(core: &Core) -> Vec<Problem> {
         meta_nodes: HashMap::new(),
         problems: Vec::new(),
     };
-    w.tree(&core.objects, None);
-    w.tree(&core.snaps, None);
+    w.tree(&core.objects, false);
+    w.tree(&core.snaps, false);
+    let mut names = std::collections::HashSet::new();
     for v in core.volumes() {
+        if !names.insert(v.name.clone()) {
+            w.problem(0, format!("two volumes are named {:?}", v.name));
+        }
         if v.obj >= core.next_object {
-            w.problem(0, format!("object {} is not below the next object id", v.obj));
+            w.problem(
+                0,
+                format!("object {} is not below the next object id", v.obj),
+            );
         }
     }
+    let mut names = std::collections::HashSet::new();
     for s in core.snapshots() {
+        if !names.insert(s.name.clone()) {
+            w.problem(0, format!("two snapshots are named {:?}", s.name));
+        }
         if s.id >= core.next_snapshot {
-            w.problem(0, format!("snapshot {} is not below the next snapshot id", s.id));
+            w.problem(
+                0,
+                format!("snapshot {} is not below the next snapshot id", s.id),
+            );
         }
     }
     let layout = core.layout;
@@ -83,6 +97,15 @@ pub fn check(core: &Core) -> Vec<Problem> {
             );
         }
     }
+    let total = layout.total_clusters;
+    if let Some(i) = core.alloc.tail().iter().position(|&r| r != RC_RESERVED) {
+        let c = total + i as u64;
+        let page = layout.rc_block(c / RC_PER_PAGE as u64, core.alloc.live_copy(c));
+        w.problem(
+            page,
+            format!("entry {c}, past the last cluster, is not marked reserved"),
+        );
+    }
     w.problems
 }
 
@@ -99,14 +122,15 @@ impl Walk<'_> {
         self.problems.push(Problem { block, what });
     }
 
-    fn tree(&mut self, t: &Tree, size: Option<u64>) {
+    /// `extents`: whether this is a volume's extent tree.
+    fn tree(&mut self, t: &Tree, extents: bool) {
         if let Some(root) = &t.0 {
-            self.node(root, Key::MIN, None, size);
+            self.node(root, Key::MIN, None, extents);
         }
     }
 
     /// Walk a node once (shared nodes are counted once), with the key range its parent gives.
-    fn node(&mut self, n: &Arc<Node>, lo: Key, hi: Option<Key>, size: Option<u64>) {
+    fn node(&mut self, n: &Arc<Node>, lo: Key, hi: Option<Key>, extents: bool) {
         if !self.seen.insert(Arc::as_ptr(n)) {
             return;
         }
@@ -125,7 +149,7 @@ impl Walk<'_> {
                             format!("key {k:?} outside the range its parent gives"),
                         );
                     }
-                    self.value(at, k, v, size);
+                    self.value(at, k, v, extents);
                 }
             }
             Entries::Internal(cs) => {
@@ -153,13 +177,31 @@ impl Walk<'_> {
                         );
                     }
                     let next = cs.get(i + 1).map(|n| n.key).or(hi);
-                    self.node(&c.node, c.key, next, size);
+                    self.node(&c.node, c.key, next, extents);
                 }
             }
         }
     }
 
-    fn value(&mut self, at: u64, k: &Key, v: &Val, size: Option<u64>) {
+    fn value(&mut self, at: u64, k: &Key, v: &Val, extents: bool) {
+        let shape_ok = match v {
+            Val::Extent { .. } => k.obj == 0,
+            Val::Inode(_) | Val::Snap(_) => k.obj != 0 && k.off == 0,
+            Val::Chunk { .. } => k.obj != 0 && !extents,
+        };
+        if !shape_ok {
+            self.problem(at, format!("key {k:?} does not fit its value"));
+        }
+        if v.gen() > self.core.gen {
+            self.problem(
+                at,
+                format!(
+                    "key {k:?}: generation {} is ahead of the store's {}",
+                    v.gen(),
+                    self.core.gen
+                ),
+            );
+        }
         match v {
             Val::Extent { cluster, .. } if *cluster != 0 => {
                 let layout = self.core.layout;
@@ -173,17 +215,35 @@ impl Walk<'_> {
                     );
                     return;
                 }
-                if k.kind == KIND_EXTENT
-                    && size.is_some_and(|s| k.off >= s.div_ceil(layout.cluster_size as u64))
-                {
-                    self.problem(
-                        at.to_owned(),
-                        format!("extent {} lies past its volume's end", k.off),
-                    );
-                }
                 *self.data_refs.entry(*cluster).or_default() += 1;
             }
             Val::Inode(i) => {
+                let clusters = i.size.div_ceil(self.core.layout.cluster_size as u64);
+                if i.typ == super::tree::InodeType::Volume
+                    && (i.size == 0 || i.size % 4096 != 0 || clusters > super::map::MAX_CLUSTERS)
+                {
+                    self.problem(at, format!("volume {}: size {}", k.obj, i.size));
+                }
+                // Past the end, a volume has only holes (a shrink leaves them for diffs).
+                let mut past = None;
+                super::tree::range(
+                    &i.extents,
+                    &Key::new(0, KIND_EXTENT, clusters),
+                    &Key::new(0, KIND_EXTENT + 1, 0),
+                    &mut |k, v| {
+                        let mapped = matches!(v, Val::Extent { cluster, .. } if *cluster != 0);
+                        if mapped {
+                            past = Some(k.off);
+                        }
+                        !mapped
+                    },
+                );
+                if let Some(idx) = past {
+                    self.problem(
+                        at,
+                        format!("volume {}: extent {idx} lies past its end", k.obj),
+                    );
+                }
                 if i.extents.max_gen() > i.gen {
                     self.problem(
                         at,
@@ -195,9 +255,9 @@ impl Walk<'_> {
                         ),
                     );
                 }
-                self.tree(&i.extents, Some(i.size));
+                self.tree(&i.extents, true);
             }
-            Val::Snap(s) => self.tree(&s.root, None),
+            Val::Snap(s) => self.tree(&s.root, false),
             _ => {}
         }
     }

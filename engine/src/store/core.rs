@@ -187,8 +187,11 @@ impl Core {
     /// Open the store whose blocks `read` returns (several at a time, in the order asked), and
     /// refuse it if the full check finds a problem: a table page read from a stale copy, say,
     /// would otherwise hand out clusters still in use.
-    pub fn load(read: &mut dyn FnMut(&[u64]) -> Result<Vec<Vec<u8>>>) -> Result<Core> {
-        let core = Core::load_unchecked(read)?;
+    pub fn load(
+        device_bytes: u64,
+        read: &mut dyn FnMut(&[u64]) -> Result<Vec<Vec<u8>>>,
+    ) -> Result<Core> {
+        let core = Core::load_unchecked(device_bytes, read)?;
         match super::check::check(&core).into_iter().next() {
             None => Ok(core),
             Some(p) => Err(Error::Corrupt {
@@ -200,7 +203,10 @@ impl Core {
 
     /// Open without the full check: every block read is still verified (checksum, address,
     /// structure). For the check itself, which reports every problem rather than the first.
-    pub fn load_unchecked(read: &mut dyn FnMut(&[u64]) -> Result<Vec<Vec<u8>>>) -> Result<Core> {
+    pub fn load_unchecked(
+        device_bytes: u64,
+        read: &mut dyn FnMut(&[u64]) -> Result<Vec<Vec<u8>>>,
+    ) -> Result<Core> {
         let slots = read(&[0, 1])?;
         let decoded: Vec<Result<Superblock>> = slots
             .iter()
@@ -209,15 +215,36 @@ impl Core {
             .collect();
         let sb = match (&decoded[0], &decoded[1]) {
             (Ok(a), Ok(b)) => if a.generation >= b.generation { a } else { b }.clone(),
-            (Ok(a), Err(_)) => a.clone(),
-            (Err(_), Ok(b)) => b.clone(),
+            (Ok(good), Err(e)) | (Err(e), Ok(good)) => {
+                // A torn write of the newer slot leaves this; so would damage to it.
+                if !e.to_string().contains("no store magic") {
+                    tracing::warn!(
+                        "{e}: opening at generation {} from the other slot",
+                        good.generation
+                    );
+                }
+                good.clone()
+            }
             (Err(a), Err(b)) => {
                 return Err(Error::Corrupt {
                     block: 0,
-                    what: format!("no valid superblock: slot 0: {a}; slot 1: {b}"),
+                    what: format!("no valid superblock: {a}; {b}"),
                 })
             }
         };
+        let fits = sb
+            .total_clusters
+            .checked_mul(sb.cluster_size as u64)
+            .is_some_and(|b| b <= device_bytes);
+        if !fits {
+            return Err(Error::Corrupt {
+                block: sb.generation % 2,
+                what: format!(
+                    "superblock: {} clusters of {} bytes do not fit on a device of {device_bytes} bytes",
+                    sb.total_clusters, sb.cluster_size
+                ),
+            });
+        }
         let layout = Layout::new(sb.cluster_size, sb.total_clusters);
         let blocks: Vec<u64> = (0..layout.rc_pages)
             .flat_map(|p| [layout.rc_block(p, 0), layout.rc_block(p, 1)])
@@ -481,7 +508,7 @@ impl Core {
     /// A volume of `size` bytes. Thick: its clusters are promised now, so a write never fails
     /// for want of space (clusters shared with a snapshot still need space to be copied).
     pub fn create_volume(&mut self, name: &str, size: u64, thick: bool, uuid: u128) -> Result<u64> {
-        check_size(size)?;
+        check_size(size, self.cluster_size())?;
         if thick {
             self.alloc.reserve(self.clusters_for(size))?;
         }
@@ -505,7 +532,7 @@ impl Core {
     }
 
     pub fn resize_volume(&mut self, obj: u64, size: u64) -> Result<()> {
-        check_size(size)?;
+        check_size(size, self.cluster_size())?;
         // Only plain fields are taken out: a copy of the inode would hold its extent tree and
         // make every change below copy nodes that this tree alone owns.
         let inode = self.volume(obj)?;
@@ -966,10 +993,16 @@ impl Core {
     }
 }
 
-fn check_size(size: u64) -> Result<()> {
+fn check_size(size: u64, cluster_size: u64) -> Result<()> {
     if size == 0 || size % BLOCK as u64 != 0 {
         return Err(Error::Invalid(format!(
             "size {size}: a volume is a non-zero multiple of 4096 bytes"
+        )));
+    }
+    if size.div_ceil(cluster_size) > super::map::MAX_CLUSTERS {
+        return Err(Error::Invalid(format!(
+            "size {size}: a volume holds at most {} clusters",
+            super::map::MAX_CLUSTERS
         )));
     }
     Ok(())

@@ -70,8 +70,13 @@ impl FileStore {
             .open(path)
             .map_err(|e| io_err(&path.display().to_string(), e))?;
         let f = &file;
-        let load = if checked { Core::load } else { Core::load_unchecked };
-        let core = load(&mut |blocks| {
+        let load = if checked {
+            Core::load
+        } else {
+            Core::load_unchecked
+        };
+        let len = device_len(&file)?;
+        let core = load(len, &mut |blocks| {
             blocks
                 .iter()
                 .map(|b| {

@@ -345,7 +345,11 @@ pub struct Layout {
 impl Layout {
     pub fn new(cluster_size: u32, total_clusters: u64) -> Layout {
         let rc_pages = total_clusters.div_ceil(RC_PER_PAGE as u64);
-        let meta_bytes = (2 + 2 * rc_pages) * BLOCK as u64;
+        // Saturating: a damaged superblock may claim any count, and is refused later.
+        let meta_bytes = rc_pages
+            .saturating_mul(2)
+            .saturating_add(2)
+            .saturating_mul(BLOCK as u64);
         Layout {
             cluster_size,
             total_clusters,

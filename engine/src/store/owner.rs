@@ -205,7 +205,7 @@ impl Store {
             }
             Ok(out)
         };
-        let core = match Core::load(&mut read) {
+        let core = match Core::load(bdev.size_bytes(), &mut read) {
             Ok(c) => c,
             Err(e) => {
                 bdev.release_claim();

@@ -745,7 +745,13 @@ impl Builder<'_> {
         self.node(addr, kind, None, written).map(|n| Tree(Some(n)))
     }
 
-    fn node(&mut self, addr: u64, kind: TreeKind, level: Option<u8>, written: u64) -> Result<Arc<Node>> {
+    fn node(
+        &mut self,
+        addr: u64,
+        kind: TreeKind,
+        level: Option<u8>,
+        written: u64,
+    ) -> Result<Arc<Node>> {
         if let Some(raw) = self.raw.get(&addr) {
             if raw.generation != written {
                 return Err(Error::Corrupt {
