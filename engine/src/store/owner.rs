@@ -53,8 +53,9 @@ impl Shared {
     /// A write begins: count it under the current epoch, which it returns. The count is taken
     /// before the epoch is read a second time, so a snapshot that moved the epoch in between
     /// either sees the count or is seen by the retry.
-    pub fn enter_write(&self) -> u64 {
-        let r = reactor::current().map_or(0, |r| r.0 as usize) % MAX_REACTORS;
+    /// `reactor`: the caller's reactor id, which picks its counters.
+    pub fn enter_write(&self, reactor: ReactorId) -> u64 {
+        let r = reactor.0 as usize % MAX_REACTORS;
         loop {
             let e = self.epoch.load(Ordering::SeqCst);
             self.writes[r][(e & 1) as usize].fetch_add(1, Ordering::SeqCst);
@@ -65,8 +66,8 @@ impl Shared {
         }
     }
 
-    pub fn exit_write(&self, epoch: u64) {
-        let r = reactor::current().map_or(0, |r| r.0 as usize) % MAX_REACTORS;
+    pub fn exit_write(&self, reactor: ReactorId, epoch: u64) {
+        let r = reactor.0 as usize % MAX_REACTORS;
         self.writes[r][(epoch & 1) as usize].fetch_sub(1, Ordering::SeqCst);
     }
 

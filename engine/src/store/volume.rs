@@ -1,8 +1,11 @@
 //! A volume as a bdev: the data path from a volume's blocks to the store's base bdev.
 //!
 //! **Data path.** A read or write is cut at cluster boundaries; each piece looks its cluster up
-//! in the volume's [`ClusterMap`] (atomic loads, no lock) and goes to the base bdev's channel on
-//! the same reactor. Holes read as zeros. A write into a cluster the volume does not own in the
+//! in the volume's [`ClusterMap`] (atomic loads, no lock) and goes straight to the base bdev's
+//! backend channel on the same reactor, one per (store, reactor) shared by its volumes: the
+//! volume's own channel has already checked the request, so the bdev layer's checks, counters
+//! and completion queue are not paid twice. (The base's statistics therefore count the store's
+//! metadata I/O; data I/O is counted on the volumes.) Holes read as zeros. A write into a cluster the volume does not own in the
 //! current snapshot epoch (a hole, or one a snapshot or clone shares) asks the store's owner
 //! reactor to prepare it (allocate and zero, or copy) and to commit that durably, then carries
 //! on with the clusters the owner answers: that path allocates and sends messages, and is taken
@@ -24,7 +27,7 @@ use super::map::ClusterMap;
 use super::owner::{self, Shared};
 use super::Result;
 use crate::bdev::{
-    self, Backend, BackendChannel, Bdev, BdevInfo, BdevIo, Channel, Completions, Errno, IoDone,
+    self, Backend, BackendChannel, Bdev, BdevInfo, BdevIo, Completions, Errno, IoCallback, IoDone,
     IoError, IoType,
 };
 use crate::mem::{ForeignBuf, Sgl};
@@ -84,11 +87,12 @@ impl Backend for VolBackend {
     }
 
     fn open_channel(&self) -> bdev::Result<Box<dyn BackendChannel>> {
-        let base = self.0.store.desc.channel()?;
+        let base = BaseLink::get(&self.0.store)?;
         let reactor_id = reactor::current().ok_or(bdev::Error::NotOnReactor)?;
         let st = Rc::new(ChanState {
             vol: Arc::clone(&self.0),
-            bs: base.bdev().block_size() as u64,
+            bs: self.0.store.base.block_size() as u64,
+            cs: self.0.store.cluster_size,
             base,
             id: NEXT_CHANNEL.fetch_add(1, Ordering::Relaxed),
             reactor: reactor_id,
@@ -125,6 +129,53 @@ impl Backend for VolBackend {
 
 static NEXT_CHANNEL: AtomicU64 = AtomicU64::new(1);
 
+/// The base bdev's backend channel on this reactor, shared by the store's volume channels here,
+/// and the queue its completions land in. Whichever volume channel polls first delivers them.
+struct BaseLink {
+    backend: RefCell<Box<dyn BackendChannel>>,
+    done: Completions,
+    blocks: u64,
+}
+
+/// Base links on this reactor, by store UUID.
+static LINKS: ReactorLocal<RefCell<HashMap<u128, Weak<BaseLink>>>> =
+    ReactorLocal::new(|| RefCell::new(HashMap::new()));
+
+impl BaseLink {
+    fn get(store: &Shared) -> bdev::Result<Rc<BaseLink>> {
+        LINKS
+            .with(|m| {
+                if let Some(l) = m.borrow().get(&store.uuid).and_then(Weak::upgrade) {
+                    return Ok(l);
+                }
+                let l = Rc::new(BaseLink {
+                    backend: RefCell::new(store.base.0.backend.open_channel()?),
+                    done: Completions::with_capacity(256),
+                    blocks: store.base.num_blocks(),
+                });
+                m.borrow_mut().insert(store.uuid, Rc::downgrade(&l));
+                Ok(l)
+            })
+            .map_err(|_| bdev::Error::NotOnReactor)?
+    }
+
+    /// Submit to the base. The request was checked by the volume's channel and the offset
+    /// computed from a cluster inside the device.
+    fn submit(&self, io: BdevIo) -> std::result::Result<(), (bdev::Error, BdevIo)> {
+        self.backend.borrow_mut().submit(io, &self.done)
+    }
+
+    /// Reap the base and run the completions of its requests (each finishes a volume piece).
+    fn poll(&self) -> reactor::PollStatus {
+        let mut status = self.backend.borrow_mut().poll(&self.done);
+        while let Some((io, result)) = self.done.pop() {
+            io.finish(result);
+            status = reactor::PollStatus::Busy;
+        }
+        status
+    }
+}
+
 /// This reactor's volume channels, so that an answer from the owner finds its request.
 static CHANNELS: ReactorLocal<RefCell<HashMap<u64, Weak<ChanState>>>> =
     ReactorLocal::new(|| RefCell::new(HashMap::new()));
@@ -139,8 +190,10 @@ impl Drop for VolChannel {
 
 struct ChanState {
     vol: Arc<Volume>,
-    base: Channel,
+    base: Rc<BaseLink>,
     bs: u64,
+    /// The store's cluster size.
+    cs: u64,
     id: u64,
     reactor: reactor::ReactorId,
     done: RefCell<Option<Completions>>,
@@ -201,7 +254,7 @@ impl BackendChannel for VolChannel {
             *st.done.borrow_mut() = Some(done.clone());
         }
         let io_type = io.io_type;
-        let epoch = (io_type == IoType::Write).then(|| st.vol.store.enter_write());
+        let epoch = (io_type == IoType::Write).then(|| st.vol.store.enter_write(st.reactor));
         let slot = st.take_slot(io, epoch);
         match io_type {
             IoType::Read => st.dispatch(slot, None),
@@ -213,6 +266,10 @@ impl BackendChannel for VolChannel {
             }
         }
         Ok(())
+    }
+
+    fn poll(&mut self, _done: &Completions) -> reactor::PollStatus {
+        self.0.base.poll()
     }
 }
 
@@ -237,18 +294,40 @@ impl ChanState {
         }
     }
 
-    fn cluster_size(&self) -> u64 {
-        self.vol.store.cluster_size
-    }
-
     /// Send a read or write's pieces to the base. A write whose clusters are not yet the
     /// volume's own asks the owner first; `given` is the owner's answer.
     fn dispatch(self: &Rc<Self>, slot: u32, given: Option<Vec<(u64, u64)>>) {
-        let cs = self.cluster_size();
+        let cs = self.cs;
         let mut slab = self.slab.borrow_mut();
         let s = &mut slab.slots[slot as usize];
-        let io = s.io.as_ref().expect("a request in its slot");
+        let io = s.io.as_mut().expect("a request in its slot");
         let write = io.io_type == IoType::Write;
+        // The common case first: a request within one cluster the map can answer.
+        let start = io.offset_blocks * self.bs;
+        let len = io.num_blocks * self.bs;
+        if start % cs + len <= cs && given.is_none() {
+            let p = Piece {
+                idx: start / cs,
+                in_cluster: start % cs,
+                at: 0,
+                len,
+            };
+            let e = self.vol.map.get(p.idx);
+            if write && !s.epoch.is_some_and(|epoch| e.writable_in(epoch)) {
+                drop(slab);
+                return self.ask_owner(slot, vec![p.idx]);
+            }
+            s.left = 1;
+            if e.cluster == 0 {
+                zero_range(&mut io.sgl, 0, len);
+                drop(slab);
+                return self.finish_pieces(slot, 1, Ok(()));
+            }
+            let (sgl, io_type) = (std::mem::take(&mut io.sgl), io.io_type);
+            drop(slab);
+            return self.submit_piece(slot, io_type, e.cluster, p, sgl, true);
+        }
+        let io = s.io.as_ref().expect("a request in its slot");
         let cluster_of = |p: &Piece| -> Option<u64> {
             if let Some(g) = &given {
                 if let Some(&(_, c)) = g.iter().find(|(i, _)| *i == p.idx) {
@@ -320,24 +399,33 @@ impl ChanState {
         sgl: Sgl,
         own: bool,
     ) {
-        let cs = self.cluster_size();
+        let cs = self.cs;
         let offset = (cluster * cs + p.in_cluster) / self.bs;
         let blocks = p.len / self.bs;
         let st = Rc::clone(self);
-        let cb = move |d: IoDone| {
+        let cb = IoCallback::new(move |d: IoDone| {
             if own {
                 if let Some(io) = st.slab.borrow_mut().slots[slot as usize].io.as_mut() {
                     io.sgl = d.sgl;
                 }
             }
             st.finish_pieces(slot, 1, d.status);
+        });
+        let io = BdevIo {
+            io_type: if io_type == IoType::Read {
+                IoType::Read
+            } else {
+                IoType::Write
+            },
+            offset_blocks: offset,
+            num_blocks: blocks,
+            sgl,
+            cb,
+            submitted_ns: 0,
         };
-        let submitted = match io_type {
-            IoType::Read => self.base.read(offset, blocks, sgl, cb),
-            _ => self.base.write(offset, blocks, sgl, cb),
-        };
-        if let Err((e, sgl)) = submitted {
+        if let Err((e, io)) = self.base.submit(io) {
             tracing::debug!("volume piece refused by the base: {e}");
+            let sgl = io.sgl;
             if own {
                 if let Some(io) = self.slab.borrow_mut().slots[slot as usize].io.as_mut() {
                     io.sgl = sgl;
@@ -366,7 +454,7 @@ impl ChanState {
         slab.free.push(slot);
         drop(slab);
         if let Some(e) = epoch {
-            self.vol.store.exit_write(e);
+            self.vol.store.exit_write(self.reactor, e);
         }
         if let Some(done) = self.done.borrow().as_ref() {
             done.complete(io, status);
@@ -376,10 +464,15 @@ impl ChanState {
     fn flush(self: &Rc<Self>, slot: u32) {
         self.slab.borrow_mut().slots[slot as usize].left = 1;
         let st = Rc::clone(self);
-        let blocks = self.base.bdev().num_blocks();
-        if let Err(e) = self.base.flush(0, blocks, move |d: IoDone| {
-            st.finish_pieces(slot, 1, d.status)
-        }) {
+        let io = BdevIo {
+            io_type: IoType::Flush,
+            offset_blocks: 0,
+            num_blocks: self.base.blocks,
+            sgl: Sgl::new(),
+            cb: IoCallback::new(move |d: IoDone| st.finish_pieces(slot, 1, d.status)),
+            submitted_ns: 0,
+        };
+        if let Err((e, _)) = self.base.submit(io) {
             self.finish_pieces(slot, 1, Err(IoError::Device(Errno(-e.errno()))));
         }
     }
@@ -411,7 +504,7 @@ impl ChanState {
     }
 
     fn unmap(self: &Rc<Self>, slot: u32) {
-        let cs = self.cluster_size();
+        let cs = self.cs;
         let (first, end) = {
             let slab = self.slab.borrow();
             let io = slab.slots[slot as usize]
