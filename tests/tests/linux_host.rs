@@ -22,14 +22,26 @@ fn spdk_rpc(sock: &str, args: &[&str]) {
 }
 
 /// tandemd with nothing configured, then configured through spdk-rpc: (daemon, port, socket).
-fn target(tag: &str) -> (Daemon, u16, String) {
+/// The namespace is a RAM disk, or with `volume` a thin volume of a store on one.
+fn target(tag: &str, volume: bool) -> (Daemon, u16, String) {
     let sock = format!("/tmp/tandem-lnh-{tag}-{}.sock", std::process::id());
     let d = tandem_tests::start_bare(&sock, &[]);
     let port = free_port().to_string();
-    spdk_rpc(
-        &sock,
-        &["bdev_malloc_create", "-b", "Malloc0", "128", "512"],
-    );
+    let ns = if volume {
+        spdk_rpc(&sock, &["bdev_malloc_create", "-b", "Base0", "256", "4096"]);
+        spdk_rpc(&sock, &["bdev_lvol_create_lvstore", "Base0", "lvs0"]);
+        spdk_rpc(
+            &sock,
+            &["bdev_lvol_create", "-l", "lvs0", "-t", "vol0", "128"],
+        );
+        "lvs0/vol0"
+    } else {
+        spdk_rpc(
+            &sock,
+            &["bdev_malloc_create", "-b", "Malloc0", "128", "512"],
+        );
+        "Malloc0"
+    };
     spdk_rpc(&sock, &["nvmf_create_transport", "-t", "TCP"]);
     spdk_rpc(
         &sock,
@@ -41,7 +53,7 @@ fn target(tag: &str) -> (Daemon, u16, String) {
             "TANDEM00000000000001",
         ],
     );
-    spdk_rpc(&sock, &["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
+    spdk_rpc(&sock, &["nvmf_subsystem_add_ns", NQN, ns]);
     spdk_rpc(
         &sock,
         &[
@@ -113,7 +125,7 @@ fn guest(port: u16, sock: &str, connect_opts: &str, cases: &[&str]) -> String {
 
 #[test]
 fn the_linux_host_discovers_connects_and_runs_a_filesystem_and_fio() {
-    let (mut d, port, sock) = target("plain");
+    let (mut d, port, sock) = target("plain", false);
     guest(
         port,
         &sock,
@@ -144,7 +156,7 @@ fn the_linux_host_discovers_connects_and_runs_a_filesystem_and_fio() {
 
 #[test]
 fn the_linux_host_works_with_digests_two_queues_and_no_sq_flow_control() {
-    let (_d, port, sock) = target("digest");
+    let (_d, port, sock) = target("digest", false);
     guest(
         port,
         &sock,
@@ -153,4 +165,24 @@ fn the_linux_host_works_with_digests_two_queues_and_no_sq_flow_control() {
     );
     // Without SQ flow control reads end with C2HData's SUCCESS flag and no response capsule.
     guest(port, &sock, "--disable-sqflow", &["connect", "fio"]);
+}
+
+#[test]
+fn the_linux_host_runs_a_filesystem_and_fio_on_a_thin_volume() {
+    let (mut d, port, sock) = target("volume", true);
+    guest(port, &sock, "", &["connect", "mkfs", "fio"]);
+    // Every first write allocated a cluster; the store is consistent after all of them.
+    let check = rpc(&sock, "store_check", json!({"lvs_name": "lvs0"})).unwrap();
+    assert_eq!(check["clean"], true, "{check}");
+    let stores = rpc(&sock, "bdev_lvol_get_lvstores", json!({"lvs_name": "lvs0"})).unwrap();
+    let (total, free) = (
+        stores[0]["total_data_clusters"].as_u64().unwrap(),
+        stores[0]["free_clusters"].as_u64().unwrap(),
+    );
+    assert!(
+        free < total,
+        "the host's writes allocated clusters: {stores}"
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
