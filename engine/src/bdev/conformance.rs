@@ -661,6 +661,101 @@ fn error_bdev_tears_a_write() {
 }
 
 #[test]
+fn error_bdev_cache_holds_writes_until_a_flush_and_a_power_cut_loses_them() {
+    let (fx, sim) = error_fixture();
+    let name = fx.bdev.name().to_owned();
+    let base = fx.extra[0].clone();
+    sim.enter(0, || {
+        let desc = open(&name, true, None).unwrap();
+        let ch = desc.channel().unwrap();
+        let base_desc = open(&base, false, None).unwrap();
+        let base_ch = base_desc.channel().unwrap();
+        error::set_volatile_cache(&name, true).unwrap();
+        io(&sim, &ch, IoType::Write, 0, 2, buf_with(&[1u8; 1024]))
+            .status
+            .unwrap();
+        io(&sim, &ch, IoType::Write, 1, 2, buf_with(&[2u8; 1024]))
+            .status
+            .unwrap();
+        // Reads see the cache, newest write on top; the media does not have it yet.
+        let got = read(&sim, &ch, 0, 3, 512);
+        assert!(got[..512].iter().all(|&x| x == 1) && got[512..].iter().all(|&x| x == 2));
+        assert!(read(&sim, &base_ch, 0, 3, 512).iter().all(|&x| x == 0));
+        io(&sim, &ch, IoType::Flush, 0, 1, Sgl::default())
+            .status
+            .unwrap();
+        assert_eq!(
+            read(&sim, &base_ch, 0, 3, 512),
+            got,
+            "a flush writes the cache back"
+        );
+        // Cached and unflushed at the cut: lost. Every I/O after the cut fails.
+        io(&sim, &ch, IoType::Write, 4, 1, buf_with(&[3u8; 512]))
+            .status
+            .unwrap();
+        error::set_fault(
+            &name,
+            Fault {
+                when: When::Nth(1),
+                ..Fault::every(
+                    Action::PowerCut {
+                        tear: false,
+                        keep_seed: 0,
+                    },
+                    IoTypes::WRITES,
+                )
+            },
+        )
+        .unwrap();
+        assert!(io(&sim, &ch, IoType::Write, 5, 1, buf_with(&[4u8; 512]))
+            .status
+            .is_err());
+        assert!(error::is_dead(&name).unwrap());
+        assert!(
+            outcomes(&sim, &ch, 2, IoType::Read).iter().all(|ok| !ok),
+            "dead"
+        );
+        assert!(
+            read(&sim, &base_ch, 4, 2, 512).iter().all(|&x| x == 0),
+            "both writes lost"
+        );
+        error::clear(&name).unwrap();
+        assert_eq!(
+            outcomes(&sim, &ch, 2, IoType::Read),
+            vec![true; 2],
+            "revived"
+        );
+        drop(base_ch);
+    });
+}
+
+#[test]
+fn error_bdev_power_cut_tears_the_write_it_hits() {
+    let (fx, sim) = error_fixture();
+    let name = fx.bdev.name().to_owned();
+    sim.enter(0, || {
+        let desc = open(&name, true, None).unwrap();
+        let ch = desc.channel().unwrap();
+        error::set_fault(
+            &name,
+            Fault::every(
+                Action::PowerCut {
+                    tear: true,
+                    keep_seed: 0,
+                },
+                IoTypes::WRITES,
+            ),
+        )
+        .unwrap();
+        let d = io(&sim, &ch, IoType::Write, 0, 8, buf_with(&[9u8; 8 * 512]));
+        assert_eq!(d.status, Err(IoError::Torn { written_blocks: 4 }));
+        error::clear(&name).unwrap();
+        let got = read(&sim, &ch, 0, 8, 512);
+        assert!(got[..4 * 512].iter().all(|&x| x == 9) && got[4 * 512..].iter().all(|&x| x == 0));
+    });
+}
+
+#[test]
 fn error_bdev_drops_until_cleared_and_delays_on_a_sleeping_reactor() {
     let fx = make(Kind::ErrorOverMalloc, 512);
     let name = fx.bdev.name().to_owned();

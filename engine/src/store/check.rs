@@ -144,10 +144,7 @@ impl Walk<'_> {
             Entries::Leaf(es) => {
                 for (k, v) in es {
                     if *k < lo || hi.is_some_and(|h| *k >= h) {
-                        self.problem(
-                            at.clone(),
-                            format!("key {k:?} outside the range its parent gives"),
-                        );
+                        self.problem(at, format!("key {k:?} outside the range its parent gives"));
                     }
                     self.value(at, k, v, extents);
                 }
@@ -156,20 +153,20 @@ impl Walk<'_> {
                 for (i, c) in cs.iter().enumerate() {
                     if c.key < lo || hi.is_some_and(|h| c.key >= h) {
                         self.problem(
-                            at.clone(),
+                            at,
                             format!("child key {:?} outside the range its parent gives", c.key),
                         );
                     }
                     if c.node.level + 1 != n.level {
                         self.problem(
-                            at.clone(),
+                            at,
                             format!("child at level {} under level {}", c.node.level, n.level),
                         );
                     }
                     let held = c.node.max_gen();
                     if c.max_gen < held {
                         self.problem(
-                            at.clone(),
+                            at,
                             format!(
                                 "child {i} is recorded at generation {} but holds {held}",
                                 c.max_gen

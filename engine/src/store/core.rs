@@ -187,10 +187,7 @@ impl Core {
     /// Open the store whose blocks `read` returns (several at a time, in the order asked), and
     /// refuse it if the full check finds a problem: a table page read from a stale copy, say,
     /// would otherwise hand out clusters still in use.
-    pub fn load(
-        device_bytes: u64,
-        read: &mut dyn FnMut(&[u64]) -> Result<Vec<Vec<u8>>>,
-    ) -> Result<Core> {
+    pub fn load(device_bytes: u64, read: &mut super::ReadBlocks) -> Result<Core> {
         let core = Core::load_unchecked(device_bytes, read)?;
         match super::check::check(&core).into_iter().next() {
             None => Ok(core),
@@ -203,10 +200,7 @@ impl Core {
 
     /// Open without the full check: every block read is still verified (checksum, address,
     /// structure). For the check itself, which reports every problem rather than the first.
-    pub fn load_unchecked(
-        device_bytes: u64,
-        read: &mut dyn FnMut(&[u64]) -> Result<Vec<Vec<u8>>>,
-    ) -> Result<Core> {
+    pub fn load_unchecked(device_bytes: u64, read: &mut super::ReadBlocks) -> Result<Core> {
         let slots = read(&[0, 1])?;
         let decoded: Vec<Result<Superblock>> = slots
             .iter()

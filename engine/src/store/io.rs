@@ -25,6 +25,9 @@ pub enum Op {
 /// I/Os a batch keeps in flight.
 const WINDOW: usize = 64;
 
+/// What a batch answers: the data of each read.
+type BatchDone = Box<dyn FnOnce(Result<Vec<Vec<u8>>>)>;
+
 struct Batch {
     ch: Channel,
     ops: Vec<Option<Op>>,
@@ -32,7 +35,7 @@ struct Batch {
     in_flight: usize,
     results: Vec<Vec<u8>>,
     error: Option<Error>,
-    done: Option<Box<dyn FnOnce(Result<Vec<Vec<u8>>>)>>,
+    done: Option<BatchDone>,
 }
 
 /// Run `ops` on `ch` (the current reactor's channel), in any order within the window, and call

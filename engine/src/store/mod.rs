@@ -73,6 +73,9 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Reads metadata blocks by address, several at a time, in the order asked.
+pub type ReadBlocks<'a> = dyn FnMut(&[u64]) -> Result<Vec<Vec<u8>>> + 'a;
+
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]

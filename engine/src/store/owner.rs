@@ -107,6 +107,10 @@ pub(crate) struct Owner {
 }
 
 type Waiter = Box<dyn FnOnce(Result<()>)>;
+/// Hears which cluster a write may go to.
+type ClusterWaiter = Box<dyn FnOnce(Result<u64>)>;
+/// Hears where each prepared cluster is: (cluster index, cluster).
+pub(crate) type Prepared = Box<dyn FnOnce(Result<Vec<(u64, u64)>>)>;
 
 #[derive(Default)]
 struct CommitState {
@@ -118,7 +122,7 @@ struct CommitState {
 /// A cluster being prepared for a write; later requests for it wait here.
 struct Preparing {
     cluster: u64,
-    waiters: RefCell<Vec<Box<dyn FnOnce(Result<u64>)>>>,
+    waiters: RefCell<Vec<ClusterWaiter>>,
 }
 
 /// Options for a new store (`bdev_lvol_create_lvstore`).
@@ -165,7 +169,7 @@ impl Store {
         let written = blocking(messenger, owner, move |reply| {
             let run = |ops: Vec<Vec<Op>>| -> Result<()> {
                 let ch = d.channel()?;
-                run_phases(ch, ops, Box::new(move |r| reply(r)));
+                run_phases(ch, ops, Box::new(reply));
                 Ok(())
             };
             if let Err(e) = run(ops) {
@@ -199,7 +203,7 @@ impl Store {
                     .collect();
                 let d = Arc::clone(&d);
                 let got = blocking(&m, owner, move |reply| match d.channel() {
-                    Ok(ch) => io::run(ch, ops, move |r| reply(r)),
+                    Ok(ch) => io::run(ch, ops, reply),
                     Err(e) => reply(Err(e.into())),
                 })??;
                 out.extend(got);
@@ -835,12 +839,7 @@ impl Owner {
 
 /// On the owner: make clusters `idxs` of volume `obj` ready for a write and answer with where
 /// each is, once durable.
-pub(crate) fn prepare(
-    store: u128,
-    obj: u64,
-    idxs: Vec<u64>,
-    reply: Box<dyn FnOnce(Result<Vec<(u64, u64)>>)>,
-) {
+pub(crate) fn prepare(store: u128, obj: u64, idxs: Vec<u64>, reply: Prepared) {
     let o = match owner_of(store) {
         Ok(o) => o,
         Err(e) => return reply(Err(e)),
@@ -849,7 +848,7 @@ pub(crate) fn prepare(
         left: usize,
         out: Vec<(u64, u64)>,
         err: Option<Error>,
-        reply: Option<Box<dyn FnOnce(Result<Vec<(u64, u64)>>)>>,
+        reply: Option<Prepared>,
     }
     let g = Rc::new(RefCell::new(Gather {
         left: idxs.len(),

@@ -111,12 +111,10 @@ impl Rig {
 }
 
 type Answer = Result<Vec<u8>, IoError>;
+type Reply = std::rc::Rc<std::cell::RefCell<Option<Box<dyn FnOnce(Answer) + Send>>>>;
 
 /// Wait on the reactor (by re-arming a short timer) for a completion's answer.
-fn poll_answer(
-    rx: std::sync::mpsc::Receiver<Answer>,
-    reply: std::rc::Rc<std::cell::RefCell<Option<Box<dyn FnOnce(Answer) + Send>>>>,
-) {
+fn poll_answer(rx: std::sync::mpsc::Receiver<Answer>, reply: Reply) {
     match rx.try_recv() {
         Ok(a) => {
             if let Some(r) = reply.borrow_mut().take() {

@@ -160,7 +160,9 @@ impl BaseLink {
     }
 
     /// Submit to the base. The request was checked by the volume's channel and the offset
-    /// computed from a cluster inside the device.
+    /// computed from a cluster inside the device. A refusal hands the request back by value,
+    /// as the bdev layer does, so that refusing allocates nothing.
+    #[allow(clippy::result_large_err)]
     fn submit(&self, io: BdevIo) -> std::result::Result<(), (bdev::Error, BdevIo)> {
         self.backend.borrow_mut().submit(io, &self.done)
     }
