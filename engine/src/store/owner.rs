@@ -384,6 +384,11 @@ impl Store {
                 Err(e) => return reply(Err(e)),
             };
             let old = o.shared.epoch.fetch_add(1, Ordering::SeqCst);
+            if (old + 1) & super::map::EPOCH_MASK == 0 {
+                // The maps keep 24 bits of the epoch: at the wrap, stamp every entry with the
+                // old epoch so that none can pass for the new one.
+                o.restamp(old);
+            }
             let o2 = Rc::clone(&o);
             quiesce(
                 o.shared.clone(),
@@ -493,6 +498,16 @@ impl Store {
             let to = to.map(|t| c.snapshot_named(&t)).transpose()?;
             c.block_diff(from, to, &volume)
         })
+    }
+
+    /// Several changes as one: `f` runs on the owner with the store's core, and everything it
+    /// changes lands in the same commit (replication keeps its state and its dirty region log
+    /// consistent with each other this way). Volume bdevs are not made or removed here.
+    pub fn transact<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.exec(move |o| f(&mut o.core.borrow_mut()))
     }
 
     /// Keep a small metadata object durably in the store.
@@ -790,6 +805,16 @@ fn fail(o: &Rc<Owner>, waiters: Vec<Waiter>, e: Error) {
 }
 
 impl Owner {
+    /// Stamp every live volume's map entries with `epoch`.
+    fn restamp(&self, epoch: u64) {
+        let core = self.core.borrow();
+        for (obj, (_, vol)) in self.volumes.borrow().iter() {
+            for (idx, cluster, _) in core.extent_births(None, *obj).unwrap_or_default() {
+                vol.map.set(idx, cluster, epoch);
+            }
+        }
+    }
+
     fn add_volume_bdev(self: &Rc<Self>, obj: u64) -> Result<Bdev> {
         let core = self.core.borrow();
         let info = core.volume_info(obj)?;

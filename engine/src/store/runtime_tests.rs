@@ -234,6 +234,17 @@ fn volumes_snapshots_and_clones_through_their_bdevs() {
     // Small objects ride the same transactions.
     store.put_object("repl/state", b"in-sync".to_vec()).unwrap();
     assert_eq!(store.get_object("repl/state").unwrap().unwrap(), b"in-sync");
+    // Two objects changed in one transaction.
+    store
+        .transact(|c| {
+            c.put_object("repl/drl", &[0xff; 5000])?;
+            c.put_object("repl/state", b"resyncing")
+        })
+        .unwrap();
+    assert_eq!(
+        store.get_object("repl/drl").unwrap().unwrap(),
+        vec![0xff; 5000]
+    );
     assert_eq!(store.check().unwrap(), vec![]);
     // Unload and load again: everything is there.
     let before_v = rig.read(0, v.name(), 0, 64);
@@ -245,12 +256,31 @@ fn volumes_snapshots_and_clones_through_their_bdevs() {
     assert_eq!(rig.read(1, &format!("{lvs}/v"), 0, 64), before_v);
     assert_eq!(rig.read(1, &format!("{lvs}/c"), 0, 64), before_c);
     assert_eq!(rig.read(1, &snap, 0, 64), before_s);
-    assert_eq!(store.get_object("repl/state").unwrap().unwrap(), b"in-sync");
+    assert_eq!(
+        store.get_object("repl/state").unwrap().unwrap(),
+        b"resyncing"
+    );
     assert_eq!(store.check().unwrap(), vec![]);
     // After a reload every cluster is still copy-on-write where a snapshot holds it.
     rig.write(0, &format!("{lvs}/v"), 15, pattern(9, 4096))
         .unwrap();
     assert_eq!(rig.read(0, &snap, 15, 1), a[..4096].to_vec());
+    // The maps keep 24 bits of the snapshot epoch: across its wrap, a snapshot still shares.
+    store
+        .0
+        .epoch
+        .store(super::map::EPOCH_MASK, Ordering::SeqCst);
+    rig.write(1, &format!("{lvs}/v"), 15, pattern(10, 4096))
+        .unwrap();
+    store.snapshot("wrap", Some("v")).unwrap();
+    rig.write(1, &format!("{lvs}/v"), 15, pattern(11, 4096))
+        .unwrap();
+    assert_eq!(
+        rig.read(0, &format!("{lvs}/wrap"), 15, 1),
+        pattern(10, 4096)
+    );
+    assert_eq!(rig.read(0, &format!("{lvs}/v"), 15, 1), pattern(11, 4096));
+    store.delete_snapshot("wrap").unwrap();
     // Resize: grow, write at the new end, shrink.
     store.resize_volume("v", 8 << 20).unwrap();
     let vb = bdev::get(&format!("{lvs}/v")).unwrap();
@@ -264,6 +294,7 @@ fn volumes_snapshots_and_clones_through_their_bdevs() {
     store.delete_volume("c").unwrap();
     store.delete_volume("v").unwrap();
     store.delete_object("repl/state").unwrap();
+    store.delete_object("repl/drl").unwrap();
     let (total, free, reserved) = store.space().unwrap();
     assert_eq!(store.check().unwrap(), vec![]);
     // Freed clusters are held until the commit after the one that freed them is durable.
