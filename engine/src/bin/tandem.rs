@@ -348,12 +348,7 @@ fn store(cmd: StoreCommand) -> ExitCode {
             });
             match diff {
                 Ok(d) => {
-                    let cs = d.cluster_size as u64;
-                    let out = serde_json::json!({
-                        "cluster_size": cs, "size": d.size, "incremental": d.incremental,
-                        "changed_bytes": d.runs.iter().map(|r| r.1 * cs).sum::<u64>(),
-                        "extents": d.runs.iter().map(|&(f, n)| serde_json::json!({"offset": f * cs, "length": n * cs})).collect::<Vec<_>>(),
-                    });
+                    let out = d.to_json();
                     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
                     ExitCode::SUCCESS
                 }

@@ -307,16 +307,7 @@ pub(super) fn block_diff(p: &Params) -> RpcResult {
     p.only(&["lvs_name", "volume", "from", "to"])?;
     let s = Store::find(p.str("lvs_name")?)?;
     let d = s.block_diff(p.str("from")?, p.opt_str("to")?, p.str("volume")?)?;
-    let cs = d.cluster_size as u64;
-    Ok(json!({
-        "cluster_size": cs,
-        "from_generation": d.from_gen,
-        "to_generation": d.to_gen,
-        "size": d.size,
-        "incremental": d.incremental,
-        "changed_bytes": d.runs.iter().map(|r| r.1 * cs).sum::<u64>(),
-        "extents": d.runs.iter().map(|&(first, n)| json!({"offset": first * cs, "length": n * cs})).collect::<Vec<_>>(),
-    }))
+    Ok(d.to_json())
 }
 
 pub(super) fn check(p: &Params) -> RpcResult {

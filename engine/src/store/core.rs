@@ -84,6 +84,24 @@ pub struct Diff {
     pub incremental: bool,
 }
 
+impl Diff {
+    /// As `store_block_diff` and `tandem store diff` print it: byte extents.
+    pub fn to_json(&self) -> serde_json::Value {
+        let cs = self.cluster_size as u64;
+        serde_json::json!({
+            "cluster_size": cs,
+            "from_generation": self.from_gen,
+            "to_generation": self.to_gen,
+            "size": self.size,
+            "incremental": self.incremental,
+            "changed_bytes": self.runs.iter().map(|r| r.1 * cs).sum::<u64>(),
+            "extents": self.runs.iter()
+                .map(|&(first, n)| serde_json::json!({"offset": first * cs, "length": n * cs}))
+                .collect::<Vec<_>>(),
+        })
+    }
+}
+
 pub struct Core {
     pub layout: Layout,
     pub uuid: u128,
@@ -619,54 +637,61 @@ impl Core {
         let thick = inode.flags & INODE_THICK != 0;
         let gen = self.gen;
         let key = extent_key(idx);
-        let prep = update(
+        self.change_extents(obj, |i, alloc| {
+            let current = match get(&i.extents, &key) {
+                Some(Val::Extent { cluster, .. }) => *cluster,
+                _ => 0,
+            };
+            let prep = if current == 0 {
+                let c = alloc.alloc_cluster(thick && alloc.reserved > 0)?;
+                Prep::Zero { cluster: c }
+            } else {
+                // Make the leaf this volume's own first: if it was shared, its clusters now
+                // count one more reference each, and the count says whether this one is shared.
+                let _ = update(&mut i.extents, &key, alloc, |_, _| ());
+                if alloc.refcount(current) == 1 {
+                    Prep::Ready { cluster: current }
+                } else {
+                    let c = alloc.alloc_cluster(false)?;
+                    alloc.cluster_unref(current);
+                    Prep::Copy {
+                        from: current,
+                        to: c,
+                    }
+                }
+            };
+            let extent = Val::Extent {
+                cluster: prep.cluster(),
+                birth: gen,
+            };
+            let old = insert(&mut i.extents, key, extent, alloc);
+            debug_assert!(matches!(old, None | Some(Val::Extent { .. })));
+            Ok(prep)
+        })
+    }
+
+    /// Change volume `obj`'s extents through `f`, copying the path to its inode, and stamp the
+    /// inode with this generation.
+    fn change_extents<R>(
+        &mut self,
+        obj: u64,
+        f: impl FnOnce(&mut Inode, &mut Alloc) -> Result<R>,
+    ) -> Result<R> {
+        let gen = self.gen;
+        self.changed = true;
+        update(
             &mut self.objects,
             &inode_key(obj),
             &mut self.alloc,
-            |v, sp| {
+            |v, alloc| {
                 let Val::Inode(i) = v else {
                     unreachable!("an inode key holds an inode")
                 };
                 i.gen = gen;
-                let current = match get(&i.extents, &key) {
-                    Some(Val::Extent { cluster, .. }) => *cluster,
-                    _ => 0,
-                };
-                let alloc = sp;
-                let prep = if current == 0 {
-                    let c = alloc.alloc_cluster(thick && alloc.reserved > 0)?;
-                    Prep::Zero { cluster: c }
-                } else {
-                    // Make the leaf this volume's own first: if it was shared, its clusters now
-                    // count one more reference each, and the count says whether this one is shared.
-                    let _ = update(&mut i.extents, &key, alloc, |_, _| ());
-                    if alloc.refcount(current) == 1 {
-                        Prep::Ready { cluster: current }
-                    } else {
-                        let c = alloc.alloc_cluster(false)?;
-                        alloc.cluster_unref(current);
-                        Prep::Copy {
-                            from: current,
-                            to: c,
-                        }
-                    }
-                };
-                let old = insert(
-                    &mut i.extents,
-                    key,
-                    Val::Extent {
-                        cluster: prep.cluster(),
-                        birth: gen,
-                    },
-                    alloc,
-                );
-                debug_assert!(matches!(old, None | Some(Val::Extent { .. })));
-                Ok::<Prep, Error>(prep)
+                f(i, alloc)
             },
         )
-        .expect("the volume exists")?;
-        self.changed = true;
-        Ok(prep)
+        .ok_or_else(|| Error::NotFound(format!("volume object {obj}")))?
     }
 
     /// Unmap cluster `idx`: the volume reads zeros there, and the cluster is freed unless a
@@ -679,34 +704,19 @@ impl Core {
             return Ok(());
         }
         let gen = self.gen;
-        update(
-            &mut self.objects,
-            &inode_key(obj),
-            &mut self.alloc,
-            |v, sp| {
-                let Val::Inode(i) = v else {
-                    unreachable!("an inode key holds an inode")
-                };
-                i.gen = gen;
-                let alloc = sp;
-                let old = insert(
-                    &mut i.extents,
-                    extent_key(idx),
-                    Val::Extent {
-                        cluster: 0,
-                        birth: gen,
-                    },
-                    alloc,
-                );
-                if let Some(old) = old {
-                    release_val(old, alloc);
-                }
-            },
-        );
+        self.change_extents(obj, |i, alloc| {
+            let hole = Val::Extent {
+                cluster: 0,
+                birth: gen,
+            };
+            if let Some(old) = insert(&mut i.extents, extent_key(idx), hole, alloc) {
+                release_val(old, alloc);
+            }
+            Ok(())
+        })?;
         if thick {
             self.alloc.reserved += 1;
         }
-        self.changed = true;
         Ok(())
     }
 

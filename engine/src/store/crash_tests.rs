@@ -55,6 +55,17 @@ impl Model {
     fn settle(&mut self) {
         self.vols.values_mut().for_each(Vol::settle);
     }
+
+    /// The change to `name` was acknowledged (settle, then `then`) or not (`name` is unsure).
+    fn answered(&mut self, ok: bool, name: &str, then: impl FnOnce(&mut Model)) -> bool {
+        if ok {
+            self.settle();
+            then(self);
+        } else {
+            self.unsure.insert(name.to_owned());
+        }
+        ok
+    }
 }
 
 fn tag_of(block: &[u8]) -> Option<u32> {
@@ -121,18 +132,10 @@ fn one_run(rig: &Rig, seed: u64) -> bool {
             let name = format!("v{step}");
             let blocks = cpb * (1 + rng.below(6));
             let r = store.create_volume(&name, (blocks * BS) as u64, rng.below(3) == 0);
-            if r.is_ok() {
-                m.settle();
-                m.vols.insert(
-                    name,
-                    Vol {
-                        blocks: vec![Block::default(); blocks],
-                    },
-                );
-            } else {
-                m.unsure.insert(name);
-            }
-            r.is_ok()
+            let vol = Vol {
+                blocks: vec![Block::default(); blocks],
+            };
+            m.answered(r.is_ok(), &name, |m| drop(m.vols.insert(name.clone(), vol)))
         } else if pick < 62 {
             let v = any_vol(&mut rng).unwrap();
             let len = m.vols[&v].blocks.len();
@@ -162,32 +165,11 @@ fn one_run(rig: &Rig, seed: u64) -> bool {
             let v = any_vol(&mut rng).unwrap();
             let name = format!("s{step}");
             let r = store.snapshot(&name, Some(&v));
-            if r.is_ok() {
-                m.settle();
+            m.answered(r.is_ok(), &name, |m| {
                 let mut image = m.vols[&v].clone();
                 image.settle();
-                m.snaps.insert(name, image);
-            } else {
-                m.unsure.insert(name);
-            }
-            r.is_ok()
-        } else if pick < 84 && !m.snaps.is_empty() {
-            let s = m
-                .snaps
-                .keys()
-                .nth(rng.below(m.snaps.len()))
-                .cloned()
-                .unwrap();
-            let name = format!("c{step}");
-            let r = store.clone_volume(&s, None, &name);
-            if r.is_ok() {
-                m.settle();
-                let image = m.snaps[&s].clone();
-                m.vols.insert(name, image);
-            } else {
-                m.unsure.insert(name);
-            }
-            r.is_ok()
+                m.snaps.insert(name.clone(), image);
+            })
         } else if pick < 88 && !m.snaps.is_empty() {
             let s = m
                 .snaps
@@ -195,36 +177,31 @@ fn one_run(rig: &Rig, seed: u64) -> bool {
                 .nth(rng.below(m.snaps.len()))
                 .cloned()
                 .unwrap();
-            let r = store.delete_snapshot(&s);
-            m.snaps.remove(&s);
-            if r.is_ok() {
-                m.settle();
+            if pick < 84 {
+                let name = format!("c{step}");
+                let r = store.clone_volume(&s, None, &name);
+                m.answered(r.is_ok(), &name, |m| {
+                    let image = m.snaps[&s].clone();
+                    m.vols.insert(name.clone(), image);
+                })
             } else {
-                m.unsure.insert(s);
+                let r = store.delete_snapshot(&s);
+                m.snaps.remove(&s);
+                m.answered(r.is_ok(), &s, |_| {})
             }
-            r.is_ok()
         } else if pick < 92 {
             let v = any_vol(&mut rng).unwrap();
             let r = store.delete_volume(&v);
             m.vols.remove(&v);
-            if r.is_ok() {
-                m.settle();
-            } else {
-                m.unsure.insert(v);
-            }
-            r.is_ok()
+            m.answered(r.is_ok(), &v, |_| {})
         } else {
             let name = format!("o{}", rng.below(3));
             let data = vec![step as u8; rng.below(3000)];
             let r = store.put_object(&name, data.clone());
-            if r.is_ok() {
-                m.settle();
-                m.objects.insert(name, data);
-            } else {
-                m.objects.remove(&name);
-                m.unsure.insert(name);
-            }
-            r.is_ok()
+            m.objects.remove(&name);
+            m.answered(r.is_ok(), &name, |m| {
+                drop(m.objects.insert(name.clone(), data))
+            })
         };
         if !ok {
             break;

@@ -72,6 +72,20 @@ struct Disk {
 }
 
 impl Disk {
+    /// A new store of 400 clusters, formatted onto a new disk.
+    fn formatted() -> (Core, Disk) {
+        let (mut core, f) = Core::format(CS as u64 * 400, CS, "lvs", 7).expect("format");
+        let mut disk = Disk {
+            blocks: HashMap::new(),
+            tags: HashMap::new(),
+        };
+        for (b, d) in f.writes.iter().chain(std::iter::once(&f.superblock)) {
+            disk.blocks.insert(*b, d.clone());
+        }
+        core.commit_done(f.gen);
+        (core, disk)
+    }
+
     fn commit(&mut self, core: &mut Core) {
         let f = core.freeze().expect("freeze");
         for (b, d) in f.writes.iter().chain(std::iter::once(&f.superblock)) {
@@ -108,15 +122,7 @@ fn read_volume(core: &Core, disk: &Disk, snap: Option<u64>, obj: u64, clusters: 
 }
 
 fn run(ops: Vec<Op>) {
-    let (mut core, f) = Core::format(CS as u64 * 400, CS, "lvs", 7).expect("format");
-    let mut disk = Disk {
-        blocks: HashMap::new(),
-        tags: HashMap::new(),
-    };
-    for (b, d) in f.writes.iter().chain(std::iter::once(&f.superblock)) {
-        disk.blocks.insert(*b, d.clone());
-    }
-    core.commit_done(f.gen);
+    let (mut core, mut disk) = Disk::formatted();
     let total_free = core.alloc.free_clusters();
     let mut vols: BTreeMap<String, MVol> = BTreeMap::new();
     let mut snaps: Vec<MSnap> = Vec::new();
@@ -393,15 +399,7 @@ fn a_thousand_snapshots_share_everything_and_diffs_follow_the_change() {
 
 /// A store with volumes, a clone and snapshots, committed to a test disk.
 fn populated() -> (Core, Disk) {
-    let (mut core, f) = Core::format(CS as u64 * 400, CS, "lvs", 7).unwrap();
-    let mut disk = Disk {
-        blocks: HashMap::new(),
-        tags: HashMap::new(),
-    };
-    for (b, d) in f.writes.iter().chain(std::iter::once(&f.superblock)) {
-        disk.blocks.insert(*b, d.clone());
-    }
-    core.commit_done(f.gen);
+    let (mut core, mut disk) = Disk::formatted();
     let v = core.create_volume("v", 200 * CS as u64, false, 1).unwrap();
     for i in 0..150 {
         core.prepare_write(v, i).unwrap();

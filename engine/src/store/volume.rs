@@ -480,29 +480,9 @@ impl ChanState {
     }
 
     fn ask_owner(self: &Rc<Self>, slot: u32, idxs: Vec<u64>) {
-        let store = &self.vol.store;
-        let (uuid, obj, id, home) = (store.uuid, self.vol.obj, self.id, self.reactor);
-        let messenger = store.messenger.clone();
-        let sent = store.messenger.send_patiently(store.owner, move || {
-            owner::prepare(
-                uuid,
-                obj,
-                idxs,
-                Box::new(move |r| {
-                    let r = r.map_err(|e| e.errno());
-                    if messenger
-                        .send_patiently(home, move || resume(id, slot, r))
-                        .is_err()
-                    {
-                        tracing::error!("a volume's reactor stopped before its write was answered");
-                    }
-                }),
-            )
+        self.via_owner(slot, move |uuid, obj, back| {
+            owner::prepare(uuid, obj, idxs, back)
         });
-        if sent.is_err() {
-            self.slab.borrow_mut().slots[slot as usize].left = 1;
-            self.finish_pieces(slot, 1, Err(IoError::Device(Errno(libc::EIO))));
-        }
     }
 
     fn unmap(self: &Rc<Self>, slot: u32) {
@@ -520,22 +500,41 @@ impl ChanState {
         if end <= first {
             return self.finish_pieces(slot, 1, Ok(()));
         }
-        let store = &self.vol.store;
-        let (uuid, obj, id, home) = (store.uuid, self.vol.obj, self.id, self.reactor);
-        let messenger = store.messenger.clone();
-        let sent = store.messenger.send_patiently(store.owner, move || {
+        self.via_owner(slot, move |uuid, obj, back| {
             owner::unmap(
                 uuid,
                 obj,
                 first,
                 end - first,
-                Box::new(move |r| {
-                    let r = r.map(|()| Vec::new()).map_err(|e| e.errno());
-                    let _ = messenger.send_patiently(home, move || resume(id, slot, r));
-                }),
+                Box::new(move |r| back(r.map(|()| Vec::new()))),
             )
         });
+    }
+
+    /// Run `call` on the store's owner with the store, the volume and where its answer goes:
+    /// a message back to this reactor that resumes request `slot`.
+    fn via_owner(
+        self: &Rc<Self>,
+        slot: u32,
+        call: impl FnOnce(u128, u64, owner::Prepared) + Send + 'static,
+    ) {
+        let store = &self.vol.store;
+        let (uuid, obj, id, home) = (store.uuid, self.vol.obj, self.id, self.reactor);
+        let messenger = store.messenger.clone();
+        let sent = store.messenger.send_patiently(store.owner, move || {
+            let back: owner::Prepared = Box::new(move |r| {
+                let r = r.map_err(|e| e.errno());
+                if messenger
+                    .send_patiently(home, move || resume(id, slot, r))
+                    .is_err()
+                {
+                    tracing::error!("a volume's reactor stopped before its request was answered");
+                }
+            });
+            call(uuid, obj, back)
+        });
         if sent.is_err() {
+            self.slab.borrow_mut().slots[slot as usize].left = 1;
             self.finish_pieces(slot, 1, Err(IoError::Device(Errno(libc::EIO))));
         }
     }
