@@ -13,8 +13,11 @@
 //!
 //! **Snapshots and in-flight writes.** A volume writes in place only into clusters stamped with
 //! the current snapshot epoch. Each write counts itself in per-reactor counters for the epoch it
-//! saw; a snapshot moves the epoch and waits until the old epoch's counters drain, so that no
-//! write that began before the snapshot can land in its clusters after it.
+//! saw; a snapshot moves the epoch and waits until the old epoch's counters drain. So a
+//! snapshot is answered only once every write begun before it has landed (in it), and no write
+//! begun after it can change its clusters: those go to the owner and are copied first.
+//!
+//! The registry of loaded stores is behind a mutex: control path only, no I/O touches it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
