@@ -35,8 +35,8 @@ pub struct Alloc {
     held_clusters: HashSet<u64>,
     /// Freed in the transaction being built: (clusters, node blocks).
     freed: (Vec<u64>, Vec<u64>),
-    /// Freed in the transaction being committed.
-    committing: (Vec<u64>, Vec<u64>),
+    /// Freed by transactions committed or being committed and not yet released, oldest first.
+    committing: std::collections::VecDeque<(Vec<u64>, Vec<u64>)>,
     cursor: u64,
     free_count: u64,
     /// Clusters promised to thick volumes and not yet taken.
@@ -131,6 +131,11 @@ impl Alloc {
     fn set(&mut self, cluster: u64, value: u32) {
         self.refs[cluster as usize] = value;
         self.dirty.insert(cluster / RC_PER_PAGE as u64, ());
+    }
+
+    /// Whether `cluster` is free but held back (for a commit, or for I/O that may still see it).
+    pub fn is_held(&self, cluster: u64) -> bool {
+        self.held_clusters.contains(&cluster)
     }
 
     /// Clusters that can be handed out now.
@@ -243,13 +248,16 @@ impl Alloc {
 
     /// The transaction is frozen for commit: what it freed waits for that commit.
     pub fn begin_commit(&mut self) {
-        debug_assert!(self.committing.0.is_empty() && self.committing.1.is_empty());
-        self.committing = std::mem::take(&mut self.freed);
+        let freed = std::mem::take(&mut self.freed);
+        self.committing.push_back(freed);
     }
 
-    /// The commit is durable: what it freed can be handed out.
+    /// The oldest commit not yet released is durable, and nothing still uses what it freed:
+    /// hand that out again.
     pub fn end_commit(&mut self) {
-        let (clusters, nodes) = std::mem::take(&mut self.committing);
+        let Some((clusters, nodes)) = self.committing.pop_front() else {
+            return;
+        };
         for addr in nodes {
             let (c, s) = self.split(addr);
             if let Some(slots) = self.meta.get_mut(&c) {

@@ -398,8 +398,19 @@ impl Core {
 
     /// Commit `gen` is durable.
     pub fn commit_done(&mut self, gen: u64) {
-        self.alloc.end_commit();
+        self.commit_durable(gen);
+        self.release_oldest_frees();
+    }
+
+    /// Commit `gen` is durable; what it freed stays held until [`Core::release_oldest_frees`]
+    /// (the owner waits for volume I/O that may still see those clusters).
+    pub fn commit_durable(&mut self, gen: u64) {
         self.committed = gen;
+    }
+
+    /// Hand out again what the oldest durable commit not yet released freed.
+    pub fn release_oldest_frees(&mut self) {
+        self.alloc.end_commit();
     }
 
     pub fn cluster_size(&self) -> u64 {

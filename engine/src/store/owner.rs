@@ -47,37 +47,48 @@ pub(crate) struct Shared {
     pub cluster_size: u64,
     /// The snapshot epoch (see [`super::map`]).
     pub epoch: AtomicU64,
-    /// Writes in flight per reactor, by the parity of the epoch they began in.
-    writes: Box<[[CachePadded<AtomicU64>; 2]]>,
+    /// The grace period volume I/O counts itself in (see [`Shared::enter_io`]).
+    grace: AtomicU64,
+    /// Volume I/Os in flight per reactor, by the parity of the grace period they began in.
+    in_flight: Box<[[CachePadded<AtomicU64>; 2]]>,
     pub failed: AtomicBool,
 }
 
 impl Shared {
-    /// A write begins: count it under the current epoch, which it returns. The count is taken
-    /// before the epoch is read a second time, so a snapshot that moved the epoch in between
-    /// either sees the count or is seen by the retry.
-    /// `reactor`: the caller's reactor id, which picks its counters.
-    pub fn enter_write(&self, reactor: ReactorId) -> u64 {
+    /// A volume I/O begins: count it in the current grace period, which it returns. The count
+    /// is taken before the period is read again, so a move of the period in between either
+    /// sees the count or is seen by the retry. `reactor` (the caller's) picks the counters, so
+    /// each reactor writes only its own cache line.
+    ///
+    /// Two waits rely on it ([`quiesce`]): a snapshot moves the snapshot epoch, then the grace
+    /// period, and waits for the old period to drain, so every write that could have seen the
+    /// old epoch has landed before the snapshot is answered; and clusters a commit freed are
+    /// handed out again only after the period that began before their unmapping drained, so no
+    /// read or write still in flight can touch a cluster that belongs to someone else.
+    pub fn enter_io(&self, reactor: ReactorId) -> u64 {
         let r = reactor.0 as usize % MAX_REACTORS;
         loop {
-            let e = self.epoch.load(Ordering::SeqCst);
-            self.writes[r][(e & 1) as usize].fetch_add(1, Ordering::SeqCst);
-            if self.epoch.load(Ordering::SeqCst) == e {
-                return e;
+            let g = self.grace.load(Ordering::SeqCst);
+            self.in_flight[r][(g & 1) as usize].fetch_add(1, Ordering::SeqCst);
+            if self.grace.load(Ordering::SeqCst) == g {
+                return g;
             }
-            self.writes[r][(e & 1) as usize].fetch_sub(1, Ordering::SeqCst);
+            self.in_flight[r][(g & 1) as usize].fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    pub fn exit_write(&self, reactor: ReactorId, epoch: u64) {
+    pub fn exit_io(&self, reactor: ReactorId, grace: u64) {
         let r = reactor.0 as usize % MAX_REACTORS;
-        self.writes[r][(epoch & 1) as usize].fetch_sub(1, Ordering::SeqCst);
+        // Only this reactor writes its counters, so a load and a release store do: the owner
+        // that sees the lower count also sees everything the I/O did before it.
+        let c = &self.in_flight[r][(grace & 1) as usize];
+        c.store(c.load(Ordering::Relaxed) - 1, Ordering::Release);
     }
 
-    fn writes_in(&self, epoch: u64) -> u64 {
-        self.writes
+    fn in_flight_in(&self, grace: u64) -> u64 {
+        self.in_flight
             .iter()
-            .map(|w| w[(epoch & 1) as usize].load(Ordering::SeqCst))
+            .map(|w| w[(grace & 1) as usize].load(Ordering::SeqCst))
             .sum()
     }
 }
@@ -107,6 +118,9 @@ pub(crate) struct Owner {
     /// Volume bdevs by object id; snapshot bdevs by (snapshot, object).
     volumes: RefCell<HashMap<u64, (Bdev, Arc<Volume>)>>,
     snap_bdevs: RefCell<HashMap<(u64, u64), Bdev>>,
+    /// Waiting for the next grace period to drain ([`quiesce`]), and whether one is draining.
+    grace_waiters: RefCell<Vec<Box<dyn FnOnce()>>>,
+    grace_running: std::cell::Cell<bool>,
 }
 
 type Waiter = Box<dyn FnOnce(Result<()>)>;
@@ -288,7 +302,7 @@ impl Store {
     }
 
     /// Read-only access to the core on the owner.
-    fn read<R: Send + 'static>(
+    pub(crate) fn read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Owner) -> Result<R> + Send + 'static,
     ) -> Result<R> {
@@ -394,8 +408,7 @@ impl Store {
             }
             let o2 = Rc::clone(&o);
             quiesce(
-                o.shared.clone(),
-                old,
+                &o,
                 Box::new(move || {
                     let o3 = Rc::clone(&o2);
                     commit(
@@ -638,7 +651,8 @@ fn install(
         desc,
         owner,
         messenger: messenger.clone(),
-        writes: (0..MAX_REACTORS).map(|_| Default::default()).collect(),
+        grace: AtomicU64::new(0),
+        in_flight: (0..MAX_REACTORS).map(|_| Default::default()).collect(),
         failed: AtomicBool::new(false),
     });
     let sh = Arc::clone(&shared);
@@ -654,6 +668,8 @@ fn install(
                 preparing: Default::default(),
                 volumes: Default::default(),
                 snap_bdevs: Default::default(),
+                grace_waiters: Default::default(),
+                grace_running: Default::default(),
             });
             for obj in vols {
                 o.add_volume_bdev(obj)?;
@@ -724,14 +740,36 @@ fn run_phases(ch: Channel, mut phases: Vec<Vec<Op>>, done: Box<dyn FnOnce(Result
     });
 }
 
-/// Wait (on the owner) until no write begun in epoch `old` is in flight, then call `then`.
-fn quiesce(shared: Arc<Shared>, old: u64, then: Box<dyn FnOnce()>) {
-    if shared.writes_in(old) == 0 {
-        return then();
+/// On the owner: call `then` once no volume I/O begun before now is in flight (see
+/// [`Shared::enter_io`]). One grace period is waited on at a time: callers that come while one
+/// drains wait for the next, so the two parities never overlap and a drain cannot starve.
+fn quiesce(o: &Rc<Owner>, then: Box<dyn FnOnce()>) {
+    o.grace_waiters.borrow_mut().push(then);
+    if !o.grace_running.replace(true) {
+        next_grace(Rc::clone(o));
     }
-    let retry = move || quiesce(shared, old, then);
+}
+
+fn next_grace(o: Rc<Owner>) {
+    let batch = std::mem::take(&mut *o.grace_waiters.borrow_mut());
+    if batch.is_empty() {
+        o.grace_running.set(false);
+        return;
+    }
+    let old = o.shared.grace.fetch_add(1, Ordering::SeqCst);
+    wait_drained(o, old, batch);
+}
+
+fn wait_drained(o: Rc<Owner>, old: u64, batch: Vec<Box<dyn FnOnce()>>) {
+    if o.shared.in_flight_in(old) == 0 {
+        for then in batch {
+            then();
+        }
+        return next_grace(o);
+    }
+    let retry = move || wait_drained(o, old, batch);
     if let Err(e) = reactor::set_timer(Duration::from_micros(100), retry) {
-        tracing::error!("store: cannot wait for writes to drain: {e}");
+        tracing::error!("store: cannot wait for volume I/O to drain: {e}");
     }
 }
 
@@ -772,7 +810,13 @@ fn start_commit(o: &Rc<Owner>) {
             if let Err(e) = r {
                 return fail(&o2, waiters, e);
             }
-            o2.core.borrow_mut().commit_done(gen);
+            o2.core.borrow_mut().commit_durable(gen);
+            // What the commit freed goes back once I/O that may still see it has drained.
+            let o3 = Rc::clone(&o2);
+            quiesce(
+                &o2,
+                Box::new(move || o3.core.borrow_mut().release_oldest_frees()),
+            );
             let again = {
                 let mut st = o2.commit.borrow_mut();
                 st.commits += 1;

@@ -366,3 +366,78 @@ fn two_reactors_racing_for_the_same_new_clusters_lose_nothing() {
     bdev::delete(&base).unwrap();
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn a_cluster_freed_under_a_read_in_flight_is_not_handed_out_until_the_read_ends() {
+    use crate::bdev::error::{self as ebdev, Action, Fault, IoTypes, When};
+    let rig = Rig::new(2);
+    let base = unique("st_grace");
+    ram(&base, 4);
+    ebdev::create(ebdev::ErrorOpts {
+        name: None,
+        base: base.clone(),
+        uuid: 0,
+    })
+    .unwrap();
+    let ee = format!("EE_{base}");
+    let lvs = unique("glvs");
+    let store = Store::create(
+        &CreateOpts {
+            base: ee.clone(),
+            name: lvs.clone(),
+            cluster_size: 4096,
+        },
+        &rig.m,
+        rig.owner(),
+    )
+    .unwrap();
+    let v = store
+        .create_volume("v", 4 << 20, false)
+        .unwrap()
+        .name()
+        .to_owned();
+    rig.write(0, &v, 0, pattern(1, 4096)).unwrap();
+    let x = store
+        .read(|o| {
+            let c = o.core.borrow();
+            let obj = c.volume_named("v")?;
+            Ok(c.extent_births(None, obj)?[0].1)
+        })
+        .unwrap();
+    let held = || {
+        store
+            .read(move |o| Ok(o.core.borrow().alloc.is_held(x)))
+            .unwrap()
+    };
+    // A read of block 0, held by the device for a while.
+    ebdev::set_fault(
+        &ee,
+        Fault {
+            when: When::Nth(1),
+            ..Fault::every(Action::Delay(Duration::from_millis(400)), IoTypes::READS)
+        },
+    )
+    .unwrap();
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| rig.read(1, &v, 0, 1));
+        std::thread::sleep(Duration::from_millis(100));
+        // Unmap block 0's cluster and commit more: the cluster stays held while the read is
+        // in flight, so no write can be given it.
+        rig.io(0, &v, IoType::Unmap, 0, 1, None).unwrap();
+        store.put_object("tick", vec![1]).unwrap();
+        assert!(held(), "the cluster under the read is held, not free");
+        assert_eq!(
+            reader.join().unwrap(),
+            pattern(1, 4096),
+            "the read returns what the block held"
+        );
+    });
+    // Once the read is done, the next grace period frees it.
+    ebdev::clear(&ee).unwrap();
+    store.put_object("tick", vec![2]).unwrap();
+    assert!(!held(), "and free once the read is done");
+    assert_eq!(store.check().unwrap(), vec![]);
+    store.destroy().unwrap();
+    bdev::delete(&ee).unwrap();
+    bdev::delete(&base).unwrap();
+}

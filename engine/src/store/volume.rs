@@ -206,7 +206,9 @@ struct Slot {
     io: Option<BdevIo>,
     left: u32,
     status: std::result::Result<(), IoError>,
-    /// The snapshot epoch a write counted itself in.
+    /// The grace period the request counted itself in.
+    grace: u64,
+    /// For a write, the snapshot epoch it saw.
     epoch: Option<u64>,
 }
 
@@ -256,8 +258,10 @@ impl BackendChannel for VolChannel {
             *st.done.borrow_mut() = Some(done.clone());
         }
         let io_type = io.io_type;
-        let epoch = (io_type == IoType::Write).then(|| st.vol.store.enter_write(st.reactor));
-        let slot = st.take_slot(io, epoch);
+        // Counted first, then the snapshot epoch read: see `Shared::enter_io`.
+        let grace = st.vol.store.enter_io(st.reactor);
+        let epoch = (io_type == IoType::Write).then(|| st.vol.store.epoch.load(Ordering::SeqCst));
+        let slot = st.take_slot(io, grace, epoch);
         match io_type {
             IoType::Read => st.dispatch(slot, None),
             IoType::Write => st.dispatch(slot, None),
@@ -276,12 +280,13 @@ impl BackendChannel for VolChannel {
 }
 
 impl ChanState {
-    fn take_slot(&self, io: BdevIo, epoch: Option<u64>) -> u32 {
+    fn take_slot(&self, io: BdevIo, grace: u64, epoch: Option<u64>) -> u32 {
         let mut slab = self.slab.borrow_mut();
         let slot = Slot {
             io: Some(io),
             left: 0,
             status: Ok(()),
+            grace,
             epoch,
         };
         match slab.free.pop() {
@@ -451,13 +456,10 @@ impl ChanState {
             return;
         }
         let io = s.io.take().expect("completed once");
-        let status = s.status;
-        let epoch = s.epoch.take();
+        let (status, grace) = (s.status, s.grace);
         slab.free.push(slot);
         drop(slab);
-        if let Some(e) = epoch {
-            self.vol.store.exit_write(self.reactor, e);
-        }
+        self.vol.store.exit_io(self.reactor, grace);
         if let Some(done) = self.done.borrow().as_ref() {
             done.complete(io, status);
         }
