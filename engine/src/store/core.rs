@@ -443,19 +443,10 @@ impl Core {
 
     fn volumes_in(&self, root: &Tree) -> Vec<VolumeInfo> {
         let mut out = Vec::new();
-        range(
-            root,
-            &Key::MIN,
-            &Key::new(u64::MAX, u8::MAX, u64::MAX),
-            &mut |k, v| {
-                if let Val::Inode(i) = v {
-                    if i.typ == InodeType::Volume {
-                        out.push(info(k.obj, i));
-                    }
-                }
-                true
-            },
-        );
+        tree::each(root, &mut |k, v| match v {
+            Val::Inode(i) if i.typ == InodeType::Volume => out.push(info(k.obj, i)),
+            _ => {}
+        });
         out
     }
 
@@ -465,19 +456,10 @@ impl Core {
 
     fn objects_named(&self) -> Vec<(u64, String)> {
         let mut out = Vec::new();
-        range(
-            &self.objects,
-            &Key::MIN,
-            &Key::new(u64::MAX, u8::MAX, u64::MAX),
-            &mut |k, v| {
-                if let Val::Inode(i) = v {
-                    if i.typ == InodeType::Object {
-                        out.push((k.obj, i.name.clone()));
-                    }
-                }
-                true
-            },
-        );
+        tree::each(&self.objects, &mut |k, v| match v {
+            Val::Inode(i) if i.typ == InodeType::Object => out.push((k.obj, i.name.clone())),
+            _ => {}
+        });
         out
     }
 
@@ -787,17 +769,11 @@ impl Core {
 
     pub fn snapshots(&self) -> Vec<SnapInfo> {
         let mut out = Vec::new();
-        range(
-            &self.snaps,
-            &Key::MIN,
-            &Key::new(u64::MAX, u8::MAX, u64::MAX),
-            &mut |k, v| {
-                if let Val::Snap(s) = v {
-                    out.push(snap_info(k.obj, s));
-                }
-                true
-            },
-        );
+        tree::each(&self.snaps, &mut |k, v| {
+            if let Val::Snap(s) = v {
+                out.push(snap_info(k.obj, s));
+            }
+        });
         out
     }
 

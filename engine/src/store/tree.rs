@@ -620,6 +620,15 @@ pub fn range(tree: &Tree, lo: &Key, hi: &Key, f: &mut dyn FnMut(&Key, &Val) -> b
     }
 }
 
+/// Visit every entry in key order.
+pub fn each(tree: &Tree, f: &mut dyn FnMut(&Key, &Val)) {
+    let end = Key::new(u64::MAX, u8::MAX, u64::MAX);
+    range(tree, &Key::MIN, &end, &mut |k, v| {
+        f(k, v);
+        true
+    });
+}
+
 /// Visit, in key order, the entries in `[lo, hi)` whose generation is above `since`, descending
 /// only into subtrees whose highest generation is: the work follows the change.
 pub fn changed_since(tree: &Tree, since: u64, lo: &Key, hi: &Key, f: &mut dyn FnMut(&Key, &Val)) {

@@ -566,8 +566,8 @@ fn resume(channel: u64, slot: u32, r: std::result::Result<Vec<(u64, u64)>, i32>)
     }
 }
 
-/// Zero `len` bytes of `sgl` from byte `at`.
-fn zero_range(sgl: &mut Sgl, mut at: u64, mut len: u64) {
+/// Call `f` on each piece of bytes `[at, at + len)` of `sgl`, segment by segment.
+fn for_range(sgl: &mut Sgl, mut at: u64, mut len: u64, mut f: impl FnMut(&mut [u8])) {
     for seg in sgl.segs_mut() {
         let bytes = seg.as_mut_slice();
         let n = bytes.len() as u64;
@@ -576,7 +576,7 @@ fn zero_range(sgl: &mut Sgl, mut at: u64, mut len: u64) {
             continue;
         }
         let take = (n - at).min(len);
-        bytes[at as usize..(at + take) as usize].fill(0);
+        f(&mut bytes[at as usize..(at + take) as usize]);
         len -= take;
         at = 0;
         if len == 0 {
@@ -585,29 +585,22 @@ fn zero_range(sgl: &mut Sgl, mut at: u64, mut len: u64) {
     }
 }
 
+/// Zero `len` bytes of `sgl` from byte `at`.
+fn zero_range(sgl: &mut Sgl, at: u64, len: u64) {
+    for_range(sgl, at, len, |b| b.fill(0));
+}
+
 /// A segment list viewing bytes `[at, at + len)` of `sgl`.
-fn sub_sgl(sgl: &mut Sgl, mut at: u64, mut len: u64) -> Sgl {
+fn sub_sgl(sgl: &mut Sgl, at: u64, len: u64) -> Sgl {
     let mut out = Sgl::new();
-    for seg in sgl.segs_mut() {
-        let bytes = seg.as_mut_slice();
-        let n = bytes.len() as u64;
-        if at >= n {
-            at -= n;
-            continue;
-        }
-        let take = (n - at).min(len);
+    for_range(sgl, at, len, |b| {
         // SAFETY: the view lies inside this segment's buffer. The request that owns the buffer
         // stays in its slot, untouched, until every piece viewing it has completed and dropped
         // its view; only then is the request completed and its buffers handed back.
-        let view = unsafe { ForeignBuf::new(bytes.as_mut_ptr().add(at as usize), take as usize) };
+        let view = unsafe { ForeignBuf::new(b.as_mut_ptr(), b.len()) };
         if let Some(view) = view {
-            let _ = out.push(crate::mem::Buf::Foreign(view), 0, take as usize);
+            let _ = out.push(crate::mem::Buf::Foreign(view), 0, b.len());
         }
-        len -= take;
-        at = 0;
-        if len == 0 {
-            break;
-        }
-    }
+    });
     out
 }
