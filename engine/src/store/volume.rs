@@ -594,9 +594,10 @@ fn zero_range(sgl: &mut Sgl, at: u64, len: u64) {
 fn sub_sgl(sgl: &mut Sgl, at: u64, len: u64) -> Sgl {
     let mut out = Sgl::new();
     for_range(sgl, at, len, |b| {
-        // SAFETY: the view lies inside this segment's buffer. The request that owns the buffer
-        // stays in its slot, untouched, until every piece viewing it has completed and dropped
-        // its view; only then is the request completed and its buffers handed back.
+        // The request that owns the buffer stays in its slot, untouched, until every piece
+        // viewing it has completed and dropped its view; only then is it completed and its
+        // buffers handed back.
+        // SAFETY: the view lies inside this segment's buffer, which outlives the view (above).
         let view = unsafe { ForeignBuf::new(b.as_mut_ptr(), b.len()) };
         if let Some(view) = view {
             let _ = out.push(crate::mem::Buf::Foreign(view), 0, b.len());
