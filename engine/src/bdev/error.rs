@@ -361,8 +361,14 @@ impl ErrChan {
     /// newest data for each, then flush the base.
     fn cache_flush(self: &Rc<Self>, io: BdevIo, done: &Completions) {
         let bs = self.block_size as usize;
-        let held =
-            std::mem::take(&mut *self.shared.cache.lock().unwrap_or_else(|p| p.into_inner()));
+        // The writes stay in the cache, where reads see them, until the base has them all.
+        let held = self
+            .shared
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let taken = held.len();
         let mut blocks: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
         for (off, data) in held {
             for (i, b) in data.chunks(bs).enumerate() {
@@ -388,7 +394,12 @@ impl ErrChan {
                     // Every block is on the base: now the base's own flush.
                     let (on_flush, failed) = (finish.clone(), failed.clone());
                     let blocks = me.base.bdev().num_blocks();
+                    let shared = Arc::clone(&me.shared);
                     let flushed = me.base.flush(0, blocks, move |d: IoDone| {
+                        let mut cache = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
+                        let n = taken.min(cache.len());
+                        cache.drain(..n);
+                        drop(cache);
                         if let Some((io, done)) = on_flush.borrow_mut().take() {
                             let ok = d.is_ok() && !failed.get();
                             done.complete(io, if ok { Ok(()) } else { Err(IoError::Injected) });

@@ -6,7 +6,7 @@
 //! again. The table's pages are double-buffered on disk (see [`super::format`]); a commit writes
 //! the pages it changed over their other copy.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use super::format::{encode_rc_page, Layout, RC_META, RC_PER_PAGE, RC_RESERVED};
 use super::tree::Space;
@@ -32,7 +32,8 @@ pub struct Alloc {
     meta: BTreeMap<u64, Vec<Slot>>,
     /// Metadata clusters that may have a free slot.
     meta_space: std::collections::BTreeSet<u64>,
-    held_clusters: HashSet<u64>,
+    /// Free clusters held back, with how many unreleased batches hold each.
+    held_clusters: HashMap<u64, u32>,
     /// Freed in the transaction being built: (clusters, node blocks).
     freed: (Vec<u64>, Vec<u64>),
     /// Freed by transactions committed or being committed and not yet released, oldest first.
@@ -83,7 +84,7 @@ impl Alloc {
             dirty: BTreeMap::new(),
             meta_space: meta.keys().copied().collect(),
             meta,
-            held_clusters: HashSet::new(),
+            held_clusters: HashMap::new(),
             freed: Default::default(),
             committing: Default::default(),
             cursor: layout.first_data_cluster,
@@ -135,12 +136,19 @@ impl Alloc {
 
     /// Whether `cluster` is free but held back (for a commit, or for I/O that may still see it).
     pub fn is_held(&self, cluster: u64) -> bool {
-        self.held_clusters.contains(&cluster)
+        self.held_clusters.contains_key(&cluster)
     }
 
-    /// Clusters that can be handed out now.
+    /// Clusters that can be handed out now (a held metadata cluster taken again counts as
+    /// held until its release: a little less than the truth, never more).
     pub fn available(&self) -> u64 {
-        self.free_count - self.held_clusters.len() as u64
+        self.free_count
+            .saturating_sub(self.held_clusters.len() as u64)
+    }
+
+    /// Write page `page` in the next commit.
+    pub fn mark_page_dirty(&mut self, page: u64) {
+        self.dirty.insert(page, ());
     }
 
     pub fn free_clusters(&self) -> u64 {
@@ -151,11 +159,13 @@ impl Alloc {
     /// Data never takes the last [`META_MARGIN`] clusters, so that a commit always finds room
     /// for its nodes.
     pub fn alloc_cluster(&mut self, reserved: bool) -> Result<u64> {
-        let spare = self
-            .available()
-            .saturating_sub(self.reserved)
-            .saturating_sub(META_MARGIN);
-        if (reserved && self.reserved == 0) || (!reserved && spare == 0) {
+        let unpromised = self.available().saturating_sub(self.reserved);
+        let ok = if reserved {
+            self.reserved > 0 && self.available() > META_MARGIN
+        } else {
+            unpromised > META_MARGIN
+        };
+        if !ok {
             return Err(Error::NoSpace);
         }
         self.take_cluster(reserved)
@@ -179,7 +189,7 @@ impl Alloc {
             }
             let c = self.cursor;
             self.cursor += 1;
-            if self.refs[c as usize] == 0 && !self.held_clusters.contains(&c) {
+            if self.refs[c as usize] == 0 && !self.held_clusters.contains_key(&c) {
                 return Ok(c);
             }
         }
@@ -207,10 +217,10 @@ impl Alloc {
                 slots[s] = Slot::Used;
                 let used = slots.iter().filter(|&&s| s == Slot::Used).count() as u32;
                 if self.refs[c as usize] == 0 {
-                    // A metadata cluster emptied in this transaction and taken again: its held
-                    // slots stay held, its free ones were never the last commit's.
+                    // A metadata cluster emptied and taken again before its release: its held
+                    // slots stay held, its free ones were never a commit's; its cluster hold
+                    // stays too, and is let go by the batch that took it.
                     self.free_count -= 1;
-                    self.held_clusters.remove(&c);
                 }
                 self.set(c, RC_META | used);
                 return Ok(c * self.layout.blocks_per_cluster() + s as u64);
@@ -266,7 +276,12 @@ impl Alloc {
             }
         }
         for c in clusters {
-            self.held_clusters.remove(&c);
+            if let Some(n) = self.held_clusters.get_mut(&c) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held_clusters.remove(&c);
+                }
+            }
             if self.refs[c as usize] == 0 {
                 if let Some(slots) = self.meta.get(&c) {
                     if slots.iter().all(|&s| s == Slot::Free) {
@@ -280,7 +295,7 @@ impl Alloc {
 
     fn cluster_freed(&mut self, c: u64) {
         self.free_count += 1;
-        self.held_clusters.insert(c);
+        *self.held_clusters.entry(c).or_default() += 1;
         self.freed.0.push(c);
     }
 }

@@ -264,7 +264,16 @@ impl Core {
         let pages = read(&blocks)?;
         let mut refs = Vec::with_capacity(layout.rc_pages as usize * RC_PER_PAGE);
         let mut copy = Vec::with_capacity(layout.rc_pages as usize);
+        // Pages whose other copy was written by a commit that never became durable: its
+        // generation will be used again, so the next commit must overwrite that copy.
+        let mut ahead = Vec::new();
         for p in 0..layout.rc_pages {
+            if (0..2u8).any(|c| {
+                decode_rc_page(&pages[(2 * p + c as u64) as usize], p)
+                    .is_some_and(|(g, _)| g > sb.generation)
+            }) {
+                ahead.push(p);
+            }
             let pick = (0..2u8)
                 .filter_map(|c| {
                     decode_rc_page(&pages[(2 * p + c as u64) as usize], p)
@@ -318,6 +327,9 @@ impl Core {
         let mut alloc = Alloc::with_refs(layout, refs, copy);
         for &addr in raw.keys() {
             alloc.node_in_use(addr)?;
+        }
+        for p in ahead {
+            alloc.mark_page_dirty(p);
         }
         let mut core = Core {
             layout,
@@ -481,7 +493,9 @@ impl Core {
             }
             InodeType::Object => {}
         }
-        if self.names.contains_key(&(typ as u8, name.to_owned())) {
+        if self.names.contains_key(&(typ as u8, name.to_owned()))
+            || (typ == InodeType::Volume && self.snap_names.contains_key(name))
+        {
             return Err(Error::Exists(name.to_owned()));
         }
         let obj = self.next_object;
@@ -663,6 +677,14 @@ impl Core {
         })
     }
 
+    /// The cluster a live volume maps at cluster index `idx`.
+    pub fn extent(&self, obj: u64, idx: u64) -> Option<u64> {
+        match get(&self.volume(obj).ok()?.extents, &extent_key(idx)) {
+            Some(Val::Extent { cluster, .. }) if *cluster != 0 => Some(*cluster),
+            _ => None,
+        }
+    }
+
     /// Change volume `obj`'s extents through `f`, copying the path to its inode, and stamp the
     /// inode with this generation.
     fn change_extents<R>(
@@ -690,10 +712,8 @@ impl Core {
     /// Unmap cluster `idx`: the volume reads zeros there, and the cluster is freed unless a
     /// snapshot or clone holds it. A hole is left in the map so that a diff sees the change.
     pub fn unmap_cluster(&mut self, obj: u64, idx: u64) -> Result<()> {
-        let inode = self.volume(obj)?;
-        let thick = inode.flags & INODE_THICK != 0;
-        if !matches!(get(&inode.extents, &extent_key(idx)), Some(Val::Extent { cluster, .. }) if *cluster != 0)
-        {
+        let thick = self.volume(obj)?.flags & INODE_THICK != 0;
+        if self.extent(obj, idx).is_none() {
             return Ok(());
         }
         let gen = self.gen;
@@ -707,6 +727,9 @@ impl Core {
             }
             Ok(())
         })?;
+        // A thick volume keeps a promise for every cluster it does not map (as loading counts
+        // it). When a snapshot still holds the unmapped one, the promise may outrun the free
+        // space; allocations then fail with NoSpace, and never eat the metadata margin.
         if thick {
             self.alloc.reserved += 1;
         }
@@ -718,7 +741,8 @@ impl Core {
     /// A read-only image of the whole store as it is now. O(1): one more reference to the root.
     pub fn snapshot(&mut self, name: &str, origin_vol: u64, uuid: u128) -> Result<u64> {
         check_name(name)?;
-        if self.snap_names.contains_key(name) {
+        // Volumes and snapshots share one namespace: both may become bdevs `<store>/<name>`.
+        if self.snap_names.contains_key(name) || self.volume_named(name).is_ok() {
             return Err(Error::Exists(name.to_owned()));
         }
         let id = self.next_snapshot;

@@ -118,6 +118,8 @@ pub(crate) struct Owner {
     /// Volume bdevs by object id; snapshot bdevs by (snapshot, object).
     volumes: RefCell<HashMap<u64, (Bdev, Arc<Volume>)>>,
     snap_bdevs: RefCell<HashMap<(u64, u64), Bdev>>,
+    /// Clusters being copied from (a copy-on-write in flight), with how many copies read each.
+    copying: RefCell<HashMap<u64, u32>>,
     /// Waiting for the next grace period to drain ([`quiesce`]), and whether one is draining.
     grace_waiters: RefCell<Vec<Box<dyn FnOnce()>>>,
     grace_running: std::cell::Cell<bool>,
@@ -138,7 +140,6 @@ struct CommitState {
 
 /// A cluster being prepared for a write; later requests for it wait here.
 struct Preparing {
-    cluster: u64,
     waiters: RefCell<Vec<ClusterWaiter>>,
 }
 
@@ -173,7 +174,7 @@ impl Store {
         let (desc, base) = open_base(&opts.base, &opts.name)?;
         let uuid = bdev::random_uuid();
         let made = Core::format(base.size_bytes(), opts.cluster_size, &opts.name, uuid);
-        let (core, frozen) = match made {
+        let (mut core, frozen) = match made {
             Ok(m) => m,
             Err(e) => {
                 base.release_claim();
@@ -181,6 +182,7 @@ impl Store {
             }
         };
         let desc = Arc::new(desc);
+        let gen = frozen.gen;
         let ops = commit_ops(frozen);
         let d = Arc::clone(&desc);
         let written = blocking(messenger, owner, move |reply| {
@@ -198,6 +200,7 @@ impl Store {
             base.release_claim();
             return Err(e);
         }
+        core.commit_done(gen);
         let desc = Arc::try_unwrap(desc).unwrap_or_else(|_| unreachable!("the batch is done"));
         install(core, desc, base, messenger, owner)
     }
@@ -668,6 +671,7 @@ fn install(
                 preparing: Default::default(),
                 volumes: Default::default(),
                 snap_bdevs: Default::default(),
+                copying: Default::default(),
                 grace_waiters: Default::default(),
                 grace_running: Default::default(),
             });
@@ -852,6 +856,17 @@ fn fail(o: &Rc<Owner>, waiters: Vec<Waiter>, e: Error) {
 }
 
 impl Owner {
+    /// A copy from `from` has read it.
+    fn release_copy_source(&self, from: u64) {
+        let mut copying = self.copying.borrow_mut();
+        if let Some(n) = copying.get_mut(&from) {
+            *n -= 1;
+            if *n == 0 {
+                copying.remove(&from);
+            }
+        }
+    }
+
     /// Stamp every live volume's map entries with `epoch`.
     fn restamp(&self, epoch: u64) {
         let core = self.core.borrow();
@@ -866,17 +881,12 @@ impl Owner {
         let core = self.core.borrow();
         let info = core.volume_info(obj)?;
         let vol = Arc::new(Volume::new(Arc::clone(&self.shared), obj, None));
-        // Clusters written after the newest snapshot belong to this volume alone; the rest are
-        // made its own again by the owner on their first write.
-        let newest = core.snapshots().iter().map(|s| s.gen).max().unwrap_or(0);
-        let epoch = self.shared.epoch.load(Ordering::SeqCst);
-        for (idx, cluster, birth) in core.extent_births(None, obj)? {
-            let stamp = if birth > newest {
-                epoch
-            } else {
-                epoch.wrapping_sub(1)
-            };
-            vol.map.set(idx, cluster, stamp);
+        // Every entry starts stamped with an old epoch: the first write to each cluster asks
+        // the owner, whose reference counts know whether a snapshot or a clone shares it (a
+        // clone of a deleted snapshot shares leaves with its parent that no generation shows).
+        let stale = self.shared.epoch.load(Ordering::SeqCst).wrapping_sub(1);
+        for (idx, cluster, _) in core.extent_births(None, obj)? {
+            vol.map.set(idx, cluster, stale);
         }
         drop(core);
         let name = format!("{}/{}", self.shared.name, info.name);
@@ -964,81 +974,103 @@ fn prepare_one(o: &Rc<Owner>, obj: u64, idx: u64, done: Box<dyn FnOnce(Result<u6
     if o.shared.failed.load(Ordering::Acquire) {
         return done(Err(Error::Failed("an earlier commit failed".into())));
     }
+    // A cluster being copied from may have just lost its last other reference; a write that
+    // found it unshared now would change it under the copy. Such a write waits for the copy.
+    let current = o.core.borrow().extent(obj, idx);
+    if current.is_some_and(|c| o.copying.borrow().contains_key(&c)) {
+        let o2 = Rc::clone(o);
+        let retry = move || prepare_one(&o2, obj, idx, done);
+        if let Err(e) = reactor::set_timer(Duration::from_micros(100), retry) {
+            tracing::error!("store: cannot wait for a copy: {e}");
+        }
+        return;
+    }
     let planned = o.core.borrow_mut().prepare_write(obj, idx);
     let prep = match planned {
         Ok(p) => p,
         Err(e) => return done(Err(e)),
     };
+    if let Prep::Copy { from, .. } = prep {
+        *o.copying.borrow_mut().entry(from).or_default() += 1;
+    }
+    // The epoch the cluster is the volume's own in: a snapshot taken from here on shares it.
+    let epoch = o.shared.epoch.load(Ordering::SeqCst);
     let cluster = prep.cluster();
     let entry = Rc::new(Preparing {
-        cluster,
         waiters: RefCell::new(vec![done]),
     });
     o.preparing
         .borrow_mut()
         .insert((obj, idx), Rc::clone(&entry));
     let cs = o.shared.cluster_size;
-    let phases = match prep {
-        Prep::Ready { .. } => vec![],
-        Prep::Zero { cluster } => vec![vec![Op::Zero {
-            offset: cluster * cs,
-            len: cs,
-        }]],
-        Prep::Copy { from, .. } => vec![vec![Op::Read {
-            offset: from * cs,
-            len: cs as usize,
-        }]],
-    };
     let o2 = Rc::clone(o);
+    // Zeroed or copied: commit the new extent, and only once it is durable let writes go in
+    // (the map says so) and answer those waiting.
     let finish = move |r: Result<()>| {
-        let o3 = Rc::clone(&o2);
-        let settle = move |r: Result<()>| {
-            o3.preparing.borrow_mut().remove(&(obj, idx));
+        if let Err(e) = r {
+            if let Prep::Copy { from, .. } = prep {
+                o2.release_copy_source(from);
+            }
+            // The extent names a cluster that was not made ready: the store stops taking
+            // changes, and loading it again finds the last commit, without that extent.
             let waiters = std::mem::take(&mut *entry.waiters.borrow_mut());
+            fail(&o2, Vec::new(), e.clone());
+            o2.preparing.borrow_mut().remove(&(obj, idx));
             for w in waiters {
-                w(r.clone().map(|()| entry.cluster));
+                w(Err(e.clone()));
             }
-        };
-        match r {
-            Ok(()) => {
-                if let Some((_, vol)) = o2.volumes.borrow().get(&obj) {
-                    vol.map
-                        .set(idx, cluster, o2.shared.epoch.load(Ordering::SeqCst));
-                }
-                commit(&o2, Box::new(settle));
-            }
-            Err(e) => settle(Err(e)),
+            return;
         }
+        if let Prep::Copy { from, .. } = prep {
+            o2.release_copy_source(from);
+        }
+        let o3 = Rc::clone(&o2);
+        commit(
+            &o2,
+            Box::new(move |r| {
+                o3.preparing.borrow_mut().remove(&(obj, idx));
+                // A shrink while this was prepared may have cut the extent: stamp only what
+                // the volume still maps there.
+                let still = o3.core.borrow().extent(obj, idx) == Some(cluster);
+                if let (Ok(()), true, Some((_, vol))) = (&r, still, o3.volumes.borrow().get(&obj)) {
+                    vol.map.set(idx, cluster, epoch);
+                }
+                let waiters = std::mem::take(&mut *entry.waiters.borrow_mut());
+                for w in waiters {
+                    w(r.clone().map(|()| cluster));
+                }
+            }),
+        );
     };
     match prep {
-        Prep::Copy { to, .. } => {
+        Prep::Ready { .. } => finish(Ok(())),
+        Prep::Zero { cluster } => run_phases(
+            o.ch.clone(),
+            vec![vec![Op::Zero {
+                offset: cluster * cs,
+                len: cs,
+            }]],
+            Box::new(finish),
+        ),
+        Prep::Copy { from, to } => {
             let ch = o.ch.clone();
-            run_phases_with_data(o.ch.clone(), phases, move |r| match r {
-                Ok(data) => io::run(
+            let read = vec![Op::Read {
+                offset: from * cs,
+                len: cs as usize,
+            }];
+            io::run(o.ch.clone(), read, move |r| match r {
+                Ok(mut data) => io::run(
                     ch,
                     vec![Op::Write {
                         offset: to * cs,
-                        data,
+                        data: data.pop().unwrap_or_default(),
                     }],
                     move |w| finish(w.map(|_| ())),
                 ),
                 Err(e) => finish(Err(e)),
             });
         }
-        _ => run_phases(o.ch.clone(), phases, Box::new(finish)),
     }
-}
-
-/// One read batch whose single result is handed on.
-fn run_phases_with_data(
-    ch: Channel,
-    mut phases: Vec<Vec<Op>>,
-    done: impl FnOnce(Result<Vec<u8>>) + 'static,
-) {
-    let ops = phases.pop().unwrap_or_default();
-    io::run(ch, ops, move |r| {
-        done(r.map(|mut v| v.pop().unwrap_or_default()))
-    });
 }
 
 /// On the owner: unmap clusters `[first, first + count)` of volume `obj`.

@@ -441,3 +441,61 @@ fn a_cluster_freed_under_a_read_in_flight_is_not_handed_out_until_the_read_ends(
     bdev::delete(&ee).unwrap();
     bdev::delete(&base).unwrap();
 }
+
+#[test]
+fn a_clone_of_a_deleted_snapshot_stays_apart_from_its_parent_across_a_reload() {
+    let rig = Rig::new(1);
+    let base = unique("st_orphan");
+    ram(&base, 16);
+    let lvs = unique("olvs");
+    let store = Store::create(
+        &CreateOpts {
+            base: base.clone(),
+            name: lvs.clone(),
+            cluster_size: 16384,
+        },
+        &rig.m,
+        rig.owner(),
+    )
+    .unwrap();
+    let v = store
+        .create_volume("v", 1 << 20, false)
+        .unwrap()
+        .name()
+        .to_owned();
+    rig.write(0, &v, 0, pattern(1, 8192)).unwrap();
+    store.snapshot("s", Some("v")).unwrap();
+    let c = store
+        .clone_volume("s", None, "c")
+        .unwrap()
+        .name()
+        .to_owned();
+    store.delete_snapshot("s").unwrap();
+    // Volumes and snapshots share one namespace: both become bdevs `<store>/<name>`.
+    assert!(matches!(
+        store.snapshot("v", None),
+        Err(super::Error::Exists(_))
+    ));
+    store.snapshot("s2", None).unwrap();
+    assert!(matches!(
+        store.create_volume("s2", 1 << 20, false),
+        Err(super::Error::Exists(_))
+    ));
+    store.delete_snapshot("s2").unwrap();
+    store.unload().unwrap();
+    let store = Store::load(&base, &rig.m, rig.owner()).unwrap();
+    // The parent and the clone share the cluster; a write to either copies it.
+    rig.write(0, &v, 0, pattern(2, 4096)).unwrap();
+    rig.write(0, &c, 1, pattern(3, 4096)).unwrap();
+    assert_eq!(
+        rig.read(0, &v, 0, 2),
+        [pattern(2, 4096), pattern(1, 8192)[4096..].to_vec()].concat()
+    );
+    assert_eq!(
+        rig.read(0, &c, 0, 2),
+        [pattern(1, 8192)[..4096].to_vec(), pattern(3, 4096)].concat()
+    );
+    assert_eq!(store.check().unwrap(), vec![]);
+    store.destroy().unwrap();
+    bdev::delete(&base).unwrap();
+}
