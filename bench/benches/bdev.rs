@@ -4,12 +4,10 @@
 //!
 //! `cargo bench -p tandem-bench --bench bdev`
 
-use std::time::{Duration, Instant};
-
-use criterion::{BenchmarkId, Criterion, Throughput};
-use tandem::bdev::{self, malloc, null, IoType};
+use criterion::Criterion;
+use tandem::bdev::{malloc, null};
 use tandem::reactor::{Engine, EngineOpts};
-use tandem_bench::io_job::Job;
+use tandem_bench::io_job::random_4k_group;
 
 const BLOCKS: u64 = 256 * 1024; // 1 GiB of 4 KiB blocks
 
@@ -32,33 +30,8 @@ fn main() {
     })
     .unwrap();
     for name in ["Null0", "Malloc0"] {
-        let mut g = c.benchmark_group(format!("bdev_4k_{}", name.to_lowercase()));
-        g.throughput(Throughput::Elements(1))
-            .sample_size(20)
-            .measurement_time(Duration::from_secs(2))
-            .warm_up_time(Duration::from_millis(500));
-        for (io_type, label) in [(IoType::Read, "randread"), (IoType::Write, "randwrite")] {
-            for depth in [1usize, 32, 128] {
-                let job = reactor.enter(|| {
-                    let desc = bdev::open(name, true, None).unwrap();
-                    let ch = desc.channel().unwrap();
-                    std::mem::forget(desc);
-                    Job::new(ch, io_type, 4096)
-                });
-                g.bench_function(BenchmarkId::new(label, format!("qd{depth}")), |b| {
-                    b.iter_custom(|iters| {
-                        let start = Instant::now();
-                        reactor.enter(|| job.start(depth, iters));
-                        while !job.done() {
-                            reactor.poll();
-                        }
-                        start.elapsed()
-                    })
-                });
-                assert_eq!(job.errors(), 0);
-            }
-        }
-        g.finish();
+        let group = format!("bdev_4k_{}", name.to_lowercase());
+        random_4k_group(&mut c, &group, &reactor, name, &[1, 32, 128]);
     }
     c.final_summary();
 }

@@ -16,12 +16,12 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion};
 use tandem::bdev::{self, malloc, IoDone, IoType};
 use tandem::mem::{DmaBuf, Sgl};
 use tandem::reactor::{available_cores, CoreMask, Engine, EngineOpts, Mode, Reactor};
 use tandem::store::{CreateOpts, Store};
-use tandem_bench::io_job::Job;
+use tandem_bench::io_job::{random_4k_group, Job};
 
 const GIB: u64 = 1 << 30;
 const CLUSTER: u32 = 65536;
@@ -97,10 +97,7 @@ fn iops(reactor: &Reactor, job: &Rc<Job>, depth: usize, secs: f64) -> f64 {
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed().as_secs_f64() < secs {
-        reactor.enter(|| job.start(depth, 20_000));
-        while !job.done() {
-            reactor.poll();
-        }
+        job.run(reactor, depth, 20_000);
         n += 20_000;
     }
     n as f64 / start.elapsed().as_secs_f64()
@@ -112,14 +109,7 @@ fn alternate(reactor: &Reactor, volume: &str) {
     let (secs, rounds) = tandem_bench::run_shape(2);
     println!("\n== volume / RAM disk beneath, 4 KiB, qd 32, {rounds} alternating rounds of {secs} s: median IOPS ==");
     for (io_type, kind) in [(IoType::Read, "randread"), (IoType::Write, "randwrite")] {
-        let job = |name: &str| {
-            reactor.enter(|| {
-                let desc = bdev::open(name, true, None).unwrap();
-                let ch = desc.channel().unwrap();
-                std::mem::forget(desc);
-                Job::new(ch, io_type, 4096)
-            })
-        };
+        let job = |name: &str| Job::open(reactor, name, io_type, 4096);
         let (vj, rj) = (job(volume), job("Raw0"));
         let (mut v, mut r) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
@@ -167,33 +157,13 @@ fn main() {
     let raw_fill = fill(&reactor, "Raw0", GIB);
     alternate(&reactor, vol.name());
     for (name, label) in [("Raw0", "raw"), (vol.name(), "volume")] {
-        let mut g = c.benchmark_group(format!("store_4k_{label}"));
-        g.throughput(Throughput::Elements(1))
-            .sample_size(20)
-            .measurement_time(Duration::from_secs(2))
-            .warm_up_time(Duration::from_millis(500));
-        for (io_type, kind) in [(IoType::Read, "randread"), (IoType::Write, "randwrite")] {
-            for depth in [1usize, 32] {
-                let job = reactor.enter(|| {
-                    let desc = bdev::open(name, true, None).unwrap();
-                    let ch = desc.channel().unwrap();
-                    std::mem::forget(desc);
-                    Job::new(ch, io_type, 4096)
-                });
-                g.bench_function(BenchmarkId::new(kind, format!("qd{depth}")), |b| {
-                    b.iter_custom(|iters| {
-                        let start = Instant::now();
-                        reactor.enter(|| job.start(depth, iters));
-                        while !job.done() {
-                            reactor.poll();
-                        }
-                        start.elapsed()
-                    })
-                });
-                assert_eq!(job.errors(), 0);
-            }
-        }
-        g.finish();
+        random_4k_group(
+            &mut c,
+            &format!("store_4k_{label}"),
+            &reactor,
+            name,
+            &[1, 32],
+        );
     }
 
     // ---- metadata: snapshots and diffs on a 1 GiB and a 1 TiB sparse volume ----

@@ -5,9 +5,11 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use std::time::{Duration, Instant};
 use tandem::bdev::{Channel, IoDone, IoType};
 use tandem::mem::{DmaBuf, Sgl};
 use tandem::reactor::sim::SimRng;
+use tandem::reactor::Reactor;
 
 pub struct Job {
     ch: Channel,
@@ -36,6 +38,26 @@ impl Job {
             errors: Cell::new(0),
             target: Cell::new(0),
         })
+    }
+
+    /// A job on bdev `name`, opened on `reactor` (its descriptor lives as long as the bench).
+    pub fn open(reactor: &Reactor, name: &str, io_type: IoType, io_bytes: usize) -> Rc<Job> {
+        reactor.enter(|| {
+            let desc = tandem::bdev::open(name, true, None).expect("open the bdev");
+            let ch = desc.channel().expect("a channel");
+            std::mem::forget(desc);
+            Job::new(ch, io_type, io_bytes)
+        })
+    }
+
+    /// Run `count` I/Os at `depth` on `reactor`, polling it until they are done.
+    pub fn run(self: &Rc<Self>, reactor: &Reactor, depth: usize, count: u64) -> Duration {
+        let start = Instant::now();
+        reactor.enter(|| self.start(depth, count));
+        while !self.done() {
+            reactor.poll();
+        }
+        start.elapsed()
     }
 
     /// Start `depth` I/Os, and keep that many in flight until `count` more have completed.
@@ -92,4 +114,31 @@ impl Job {
             self.submit(d.sgl);
         }
     }
+}
+
+/// A criterion group `group` of 4 KiB random reads and writes on bdev `name` at each of
+/// `depths`, one I/O per iteration.
+pub fn random_4k_group(
+    c: &mut criterion::Criterion,
+    group: &str,
+    reactor: &Reactor,
+    name: &str,
+    depths: &[usize],
+) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(criterion::Throughput::Elements(1))
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for (io_type, label) in [(IoType::Read, "randread"), (IoType::Write, "randwrite")] {
+        for &depth in depths {
+            let job = Job::open(reactor, name, io_type, 4096);
+            g.bench_function(
+                criterion::BenchmarkId::new(label, format!("qd{depth}")),
+                |b| b.iter_custom(|iters| job.run(reactor, depth, iters)),
+            );
+            assert_eq!(job.errors(), 0);
+        }
+    }
+    g.finish();
 }

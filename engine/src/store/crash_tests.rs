@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::runtime_tests::{ram, unique, Rig};
-use super::{CreateOpts, Store};
+use super::Store;
 use crate::bdev::error::{self as ebdev, Action, Fault, IoTypes, When};
 use crate::bdev::{self, IoType};
 use crate::reactor::sim::SimRng;
@@ -90,18 +90,9 @@ fn one_run(rig: &Rig, seed: u64) -> bool {
     .unwrap();
     let cached = rng.below(2) == 0;
     ebdev::set_volatile_cache(&ee, cached).unwrap();
-    let lvs = unique("clvs");
     let cluster = [4096u32, 16384][rng.below(2)];
-    let store = Store::create(
-        &CreateOpts {
-            base: ee.clone(),
-            name: lvs.clone(),
-            cluster_size: cluster,
-        },
-        &rig.m,
-        rig.owner(),
-    )
-    .unwrap();
+    let store = rig.new_store(&ee, cluster);
+    let lvs = store.name().to_owned();
     let cut = 1 + rng.below(90) as u64;
     let tear = rng.below(2) == 0;
     // With the cache on: half the runs lose every unflushed write, half keep a random subset.

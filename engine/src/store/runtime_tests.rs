@@ -45,6 +45,16 @@ impl Rig {
         self.ids[0]
     }
 
+    /// A new store, uniquely named, on bdev `base`, owned by the first reactor.
+    pub fn new_store(&self, base: &str, cluster_size: u32) -> Store {
+        let opts = CreateOpts {
+            base: base.to_owned(),
+            name: unique("lvs"),
+            cluster_size,
+        };
+        Store::create(&opts, &self.m, self.owner()).expect("a new store")
+    }
+
     /// One I/O on bdev `name`, submitted on reactor `on`; a read returns its data.
     pub fn io(
         &self,
@@ -167,17 +177,8 @@ fn volumes_snapshots_and_clones_through_their_bdevs() {
     let rig = Rig::new(2);
     let base = unique("st_base");
     ram(&base, 64);
-    let lvs = unique("lvs");
-    let store = Store::create(
-        &CreateOpts {
-            base: base.clone(),
-            name: lvs.clone(),
-            cluster_size: 65536,
-        },
-        &rig.m,
-        rig.owner(),
-    )
-    .unwrap();
+    let store = rig.new_store(&base, 65536);
+    let lvs = store.name().to_owned();
     let v = store.create_volume("v", 4 << 20, false).unwrap();
     assert_eq!(v.name(), format!("{lvs}/v"));
     assert_eq!(
@@ -319,17 +320,7 @@ fn two_reactors_racing_for_the_same_new_clusters_lose_nothing() {
     let rig = Rig::new(2);
     let base = unique("st_race");
     ram(&base, 32);
-    let lvs = unique("lvs");
-    let store = Store::create(
-        &CreateOpts {
-            base: base.clone(),
-            name: lvs.clone(),
-            cluster_size: 32768,
-        },
-        &rig.m,
-        rig.owner(),
-    )
-    .unwrap();
+    let store = rig.new_store(&base, 32768);
     let v = store.create_volume("v", 2 << 20, false).unwrap();
     let name = v.name().to_owned();
     // Each thread writes different blocks of the same clusters, all through first writes.
@@ -380,17 +371,7 @@ fn a_cluster_freed_under_a_read_in_flight_is_not_handed_out_until_the_read_ends(
     })
     .unwrap();
     let ee = format!("EE_{base}");
-    let lvs = unique("glvs");
-    let store = Store::create(
-        &CreateOpts {
-            base: ee.clone(),
-            name: lvs.clone(),
-            cluster_size: 4096,
-        },
-        &rig.m,
-        rig.owner(),
-    )
-    .unwrap();
+    let store = rig.new_store(&ee, 4096);
     let v = store
         .create_volume("v", 4 << 20, false)
         .unwrap()
@@ -447,17 +428,7 @@ fn a_clone_of_a_deleted_snapshot_stays_apart_from_its_parent_across_a_reload() {
     let rig = Rig::new(1);
     let base = unique("st_orphan");
     ram(&base, 16);
-    let lvs = unique("olvs");
-    let store = Store::create(
-        &CreateOpts {
-            base: base.clone(),
-            name: lvs.clone(),
-            cluster_size: 16384,
-        },
-        &rig.m,
-        rig.owner(),
-    )
-    .unwrap();
+    let store = rig.new_store(&base, 16384);
     let v = store
         .create_volume("v", 1 << 20, false)
         .unwrap()
