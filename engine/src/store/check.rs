@@ -8,7 +8,12 @@
 //! - every cluster's reference count equals what is reachable: for a data cluster, the distinct
 //!   leaves naming it; for a metadata cluster, the written nodes in it; free clusters are
 //!   referenced by nothing; the format's own clusters are marked reserved;
-//! - object and snapshot ids are below the superblock's next ids.
+//! - object and snapshot ids are below the superblock's next ids;
+//! - in the live namespace and in every snapshot's: every entry names an inode of its type,
+//!   under the right hash, with a link back; every link has its entry; link counts match;
+//!   every inode is reachable from the root once (directories: one parent, no cycles); an
+//!   entry's generation is not below its inode's, nor a directory's subtree generation below
+//!   its entries' (else a subtree diff would skip a change).
 //!
 //! Each problem names the block or cluster and what is wrong.
 
@@ -60,6 +65,18 @@ pub fn check(core: &Core) -> Vec<Problem> {
             w.problem(
                 0,
                 format!("object {} is not below the next object id", v.obj),
+            );
+        }
+    }
+    namespace(&core.objects, "live", &mut w.problems);
+    for s in core.snapshots() {
+        if let Some(Val::Snap(rec)) =
+            super::tree::get(&core.snaps, &Key::new(s.id, super::format::KIND_SNAP, 0))
+        {
+            namespace(
+                &rec.root,
+                &format!("snapshot {:?}", s.name),
+                &mut w.problems,
             );
         }
     }
@@ -184,7 +201,9 @@ impl Walk<'_> {
         let shape_ok = match v {
             Val::Extent { .. } => k.obj == 0,
             Val::Inode(_) | Val::Snap(_) => k.obj != 0 && k.off == 0,
-            Val::Chunk { .. } => k.obj != 0 && !extents,
+            Val::Chunk { .. } | Val::Dirents { .. } | Val::Links { .. } | Val::Xattrs { .. } => {
+                k.obj != 0 && !extents
+            }
         };
         if !shape_ok {
             self.problem(at, format!("key {k:?} does not fit its value"));
@@ -256,6 +275,217 @@ impl Walk<'_> {
             }
             Val::Snap(s) => self.tree(&s.root, false),
             _ => {}
+        }
+    }
+}
+
+/// The namespace checks of one image (see the module's list).
+fn namespace(root: &Tree, image: &str, out: &mut Vec<Problem>) {
+    use super::format::KIND_LINK;
+    use super::namespace::{name_hash, ROOT};
+    use super::tree::InodeType;
+    let mut inodes: HashMap<u64, (InodeType, u32, u64, u64, u64)> = HashMap::new();
+    let mut entries: Vec<(Key, u64, Vec<super::tree::Dirent>)> = Vec::new();
+    let mut links: HashMap<(u64, u64), Vec<Vec<u8>>> = HashMap::new();
+    let mut other: Vec<(Key, u64)> = Vec::new();
+    let mut chunk_bytes: HashMap<u64, u64> = HashMap::new();
+    super::tree::each(root, &mut |k, v| match v {
+        Val::Inode(i) if i.typ != InodeType::Object => {
+            inodes.insert(k.obj, (i.typ, i.nlink, i.gen, i.subtree_gen, i.size));
+        }
+        Val::Dirents { gen, entries: es } => entries.push((*k, *gen, es.clone())),
+        Val::Links { names, .. } => {
+            links.insert((k.obj, k.off), names.clone());
+        }
+        Val::Xattrs { entries: es, .. } => {
+            if es.iter().any(|(n, _)| name_hash(n) != k.off) {
+                other.push((*k, 0));
+            }
+            other.push((*k, 1));
+        }
+        Val::Chunk { data, .. } => {
+            *chunk_bytes.entry(k.obj).or_default() += data.len() as u64;
+        }
+        _ => {}
+    });
+    let mut bad = |k: &Key, what: String| {
+        out.push(Problem {
+            block: super::tree::leaf_addr(root, k),
+            what: format!("{image}: {what}"),
+        })
+    };
+    if !matches!(inodes.get(&ROOT), Some((InodeType::Dir, ..))) {
+        bad(
+            &Key::new(ROOT, super::format::KIND_INODE, 0),
+            "no root directory".into(),
+        );
+        return;
+    }
+    for (k, kind) in other {
+        if kind == 0 {
+            bad(
+                &k,
+                format!("inode {}: an attribute under another name's hash", k.obj),
+            );
+        } else if !inodes.contains_key(&k.obj) {
+            bad(
+                &k,
+                format!("attributes of inode {}, which does not exist", k.obj),
+            );
+        }
+    }
+    let mut named: HashMap<u64, u32> = HashMap::new();
+    let mut subdirs: HashMap<u64, u32> = HashMap::new();
+    let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (k, gen, es) in &entries {
+        let Some(&(dtyp, _, _, dsub, _)) = inodes.get(&k.obj) else {
+            bad(
+                k,
+                format!("entries of directory {}, which does not exist", k.obj),
+            );
+            continue;
+        };
+        if dtyp != InodeType::Dir {
+            bad(
+                k,
+                format!("entries under inode {}, which is not a directory", k.obj),
+            );
+        }
+        if dsub < *gen {
+            bad(
+                k,
+                format!(
+                    "directory {}: subtree generation {dsub} below its entries' {gen}",
+                    k.obj
+                ),
+            );
+        }
+        let mut seen = HashSet::new();
+        for e in es {
+            let shown = String::from_utf8_lossy(&e.name);
+            if name_hash(&e.name) != k.off || !seen.insert(&e.name) {
+                bad(
+                    k,
+                    format!(
+                        "directory {}: entry {shown:?} under a wrong or repeated hash",
+                        k.obj
+                    ),
+                );
+            }
+            match inodes.get(&e.ino) {
+                None => bad(
+                    k,
+                    format!(
+                        "directory {}: entry {shown:?} names missing inode {}",
+                        k.obj, e.ino
+                    ),
+                ),
+                Some(&(t, _, g, sg, _)) => {
+                    if t != e.typ {
+                        bad(
+                            k,
+                            format!(
+                                "directory {}: entry {shown:?} says {:?}, inode {} is {t:?}",
+                                k.obj, e.typ, e.ino
+                            ),
+                        );
+                    }
+                    if g.max(sg) > *gen {
+                        bad(k, format!("directory {}: entry {shown:?} at generation {gen}, below its inode's {}", k.obj, g.max(sg)));
+                    }
+                }
+            }
+            if !links
+                .get(&(e.ino, k.obj))
+                .is_some_and(|ns| ns.contains(&e.name))
+            {
+                bad(
+                    k,
+                    format!(
+                        "directory {}: entry {shown:?} has no link back from inode {}",
+                        k.obj, e.ino
+                    ),
+                );
+            }
+            *named.entry(e.ino).or_default() += 1;
+            if e.typ == InodeType::Dir {
+                *subdirs.entry(k.obj).or_default() += 1;
+            }
+            children.entry(k.obj).or_default().push(e.ino);
+        }
+    }
+    for ((ino, parent), names) in &links {
+        let k = Key::new(*ino, KIND_LINK, *parent);
+        for n in names {
+            let found = entries.iter().any(|(dk, _, es)| {
+                dk.obj == *parent && es.iter().any(|e| e.name == *n && e.ino == *ino)
+            });
+            if !found {
+                bad(
+                    &k,
+                    format!(
+                        "inode {ino}: link {:?} from directory {parent} has no entry",
+                        String::from_utf8_lossy(n)
+                    ),
+                );
+            }
+        }
+    }
+    for (&ino, &(typ, nlink, _, _, size)) in &inodes {
+        let k = Key::new(ino, super::format::KIND_INODE, 0);
+        let names = named.get(&ino).copied().unwrap_or(0);
+        let expect = match typ {
+            InodeType::Dir => 2 + subdirs.get(&ino).copied().unwrap_or(0),
+            _ => names,
+        };
+        if nlink != expect {
+            bad(
+                &k,
+                format!("inode {ino}: link count {nlink}, where its entries make {expect}"),
+            );
+        }
+        if typ == InodeType::Dir && names != u32::from(ino != ROOT) {
+            bad(&k, format!("directory {ino}: named {names} times"));
+        }
+        let chunks = chunk_bytes.get(&ino).copied().unwrap_or(0);
+        if typ == InodeType::Symlink && (chunks != size || size == 0) {
+            bad(
+                &k,
+                format!("symlink {ino}: size {size}, target of {chunks} bytes"),
+            );
+        }
+        if typ != InodeType::Symlink && chunks != 0 {
+            bad(&k, format!("inode {ino}: chunks on a {typ:?}"));
+        }
+    }
+    // Everything reachable from the root, once.
+    let mut reached = HashSet::new();
+    let mut todo = vec![ROOT];
+    while let Some(d) = todo.pop() {
+        if !reached.insert(d) {
+            continue;
+        }
+        for &c in children.get(&d).map(Vec::as_slice).unwrap_or(&[]) {
+            match inodes.get(&c) {
+                Some((InodeType::Dir, ..)) if reached.contains(&c) => {
+                    bad(
+                        &Key::new(c, super::format::KIND_INODE, 0),
+                        format!("directory {c} reached twice"),
+                    );
+                }
+                Some((InodeType::Dir, ..)) => todo.push(c),
+                _ => {
+                    reached.insert(c);
+                }
+            }
+        }
+    }
+    for &ino in inodes.keys() {
+        if !reached.contains(&ino) {
+            bad(
+                &Key::new(ino, super::format::KIND_INODE, 0),
+                format!("inode {ino} is not reachable from the root"),
+            );
         }
     }
 }

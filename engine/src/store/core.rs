@@ -12,12 +12,13 @@ use std::collections::HashMap;
 
 use super::alloc::Alloc;
 use super::format::{
-    decode_rc_page, Key, Layout, RawNode, Superblock, TreeKind, BLOCK, CHUNK, KIND_CHUNK,
-    KIND_EXTENT, KIND_INODE, KIND_SNAP, MAX_NAME, RC_PER_PAGE,
+    decode_rc_page, Key, Layout, RawNode, Superblock, TreeKind, BLOCK, KIND_CHUNK, KIND_EXTENT,
+    KIND_INODE, KIND_SNAP, MAX_NAME, RC_PER_PAGE,
 };
+use super::namespace::{self, ROOT};
 use super::tree::{
-    self, get, insert, range, release_val, remove, update, Builder, Inode, InodeType, SnapRec,
-    Space as _, Tree, Val, INODE_THICK,
+    self, get, insert, range, release_val, remove, update, Attrs, Builder, Inode, InodeType,
+    SnapRec, Space as _, Tree, Val, INODE_THICK,
 };
 use super::{Error, Result};
 
@@ -116,7 +117,8 @@ pub struct Core {
     pub next_snapshot: u64,
     pub snap_epoch: u64,
     pub alloc: Alloc,
-    names: HashMap<(u8, String), u64>,
+    /// Metadata objects by name (volumes are found by their entries in the root directory).
+    objects_by_name: HashMap<String, u64>,
     snap_names: HashMap<String, u64>,
     changed: bool,
 }
@@ -125,7 +127,7 @@ fn inode_key(obj: u64) -> Key {
     Key::new(obj, KIND_INODE, 0)
 }
 
-fn extent_key(idx: u64) -> Key {
+pub(super) fn extent_key(idx: u64) -> Key {
     Key::new(0, KIND_EXTENT, idx)
 }
 
@@ -188,10 +190,21 @@ impl Core {
             next_snapshot: 1,
             snap_epoch: 0,
             alloc: Alloc::new(layout),
-            names: HashMap::new(),
+            objects_by_name: HashMap::new(),
             snap_names: HashMap::new(),
             changed: true,
         };
+        let now = namespace::now_ns();
+        let attrs = Attrs {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            atime: now,
+            mtime: now,
+        };
+        let root = core.new_ns_inode(InodeType::Dir, attrs);
+        debug_assert_eq!(root, ROOT);
+        core.change_ns_root();
         let mut frozen = core.freeze()?;
         // The first commit wrote copy A of every page and superblock slot 1; copy B and slot 0
         // are cleared.
@@ -343,20 +356,24 @@ impl Core {
             next_snapshot: sb.next_snapshot,
             snap_epoch: sb.snap_epoch,
             alloc,
-            names: HashMap::new(),
+            objects_by_name: HashMap::new(),
             snap_names: HashMap::new(),
             changed: false,
         };
+        if namespace::inode_in(&core.objects, ROOT).is_none_or(|r| r.typ != InodeType::Dir) {
+            return Err(Error::Corrupt {
+                block: sb.object_root,
+                what: "the store has no root directory".into(),
+            });
+        }
         for v in core.volumes_in(&core.objects.clone()) {
-            core.names
-                .insert((InodeType::Volume as u8, v.name.clone()), v.obj);
             if v.thick {
                 let mapped = core.mapped_clusters(v.obj);
                 core.alloc.reserved += core.clusters_for(v.size).saturating_sub(mapped);
             }
         }
         for (obj, name) in core.objects_named() {
-            core.names.insert((InodeType::Object as u8, name), obj);
+            core.objects_by_name.insert(name, obj);
         }
         for s in core.snapshots() {
             core.snap_names.insert(s.name, s.id);
@@ -367,6 +384,24 @@ impl Core {
     /// Whether anything changed since the last commit.
     pub fn is_dirty(&self) -> bool {
         self.changed
+    }
+
+    pub(super) fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
+    /// The root directory was made at format: it links nowhere, and its own link count is 2.
+    fn change_ns_root(&mut self) {
+        update(
+            &mut self.objects,
+            &inode_key(ROOT),
+            &mut self.alloc,
+            |v, _| {
+                if let Val::Inode(i) = v {
+                    i.nlink = 2;
+                }
+            },
+        );
     }
 
     /// Freeze the open transaction into the blocks of its commit, and open the next one.
@@ -436,16 +471,24 @@ impl Core {
     // ---- volumes ----
 
     pub fn volume_named(&self, name: &str) -> Result<u64> {
-        self.names
-            .get(&(InodeType::Volume as u8, name.to_owned()))
-            .copied()
-            .ok_or_else(|| Error::NotFound(format!("volume {name:?}")))
+        match self.lookup(ROOT, name.as_bytes()) {
+            Some(e) if e.typ == InodeType::Volume => Ok(e.ino),
+            _ => Err(Error::NotFound(format!("volume {name:?}"))),
+        }
     }
 
     pub fn volume(&self, obj: u64) -> Result<&Inode> {
         match get(&self.objects, &inode_key(obj)) {
             Some(Val::Inode(i)) if i.typ == InodeType::Volume => Ok(i),
             _ => Err(Error::NotFound(format!("volume object {obj}"))),
+        }
+    }
+
+    /// A volume or a regular file: an inode with data in clusters.
+    fn extents_inode(&self, obj: u64) -> Result<&Inode> {
+        match get(&self.objects, &inode_key(obj)) {
+            Some(Val::Inode(i)) if i.typ.has_extents() => Ok(i),
+            _ => Err(Error::NotFound(format!("volume or file object {obj}"))),
         }
     }
 
@@ -483,35 +526,39 @@ impl Core {
         flags: u8,
         uuid: u128,
     ) -> Result<u64> {
-        match typ {
-            // A volume's name becomes part of its bdev's name, `<store>/<volume>`.
-            InodeType::Volume => check_name(name)?,
+        let taken = match typ {
+            // A volume's name becomes part of its bdev's name, `<store>/<volume>`, and its
+            // entry in the root directory.
+            InodeType::Volume => {
+                check_name(name)?;
+                self.lookup(ROOT, name.as_bytes()).is_some() || self.snap_names.contains_key(name)
+            }
             InodeType::Object if name.is_empty() || name.len() > MAX_NAME => {
                 return Err(Error::Invalid(format!(
                     "{name:?}: an object name is 1 to {MAX_NAME} bytes"
                 )))
             }
-            InodeType::Object => {}
-        }
-        if self.names.contains_key(&(typ as u8, name.to_owned()))
-            || (typ == InodeType::Volume && self.snap_names.contains_key(name))
-        {
+            InodeType::Object => self.objects_by_name.contains_key(name),
+            _ => unreachable!("namespace inodes are made by the namespace"),
+        };
+        if taken {
             return Err(Error::Exists(name.to_owned()));
         }
         let obj = self.next_object;
         self.next_object += 1;
-        let inode = Inode {
-            typ,
-            flags,
-            name: name.to_owned(),
-            size,
-            gen: self.gen,
-            created: self.gen,
-            extents: Tree(None),
-            origin_snap: 0,
-            origin_obj: 0,
-            uuid,
+        let now = namespace::now_ns();
+        let attrs = Attrs {
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            atime: now,
+            mtime: now,
         };
+        let mut inode = namespace::blank_inode(typ, self.gen, attrs, now);
+        inode.flags = flags;
+        inode.name = name.to_owned();
+        inode.size = size;
+        inode.uuid = uuid;
         let old = insert(
             &mut self.objects,
             inode_key(obj),
@@ -519,8 +566,13 @@ impl Core {
             &mut self.alloc,
         );
         debug_assert!(old.is_none());
-        self.names.insert((typ as u8, name.to_owned()), obj);
         self.changed = true;
+        match typ {
+            InodeType::Volume => self.add_entry(ROOT, name.as_bytes(), obj)?,
+            _ => {
+                self.objects_by_name.insert(name.to_owned(), obj);
+            }
+        }
         Ok(obj)
     }
 
@@ -541,7 +593,9 @@ impl Core {
     }
 
     pub fn mapped_clusters(&self, obj: u64) -> u64 {
-        let Ok(i) = self.volume(obj) else { return 0 };
+        let Ok(i) = self.extents_inode(obj) else {
+            return 0;
+        };
         let mut n = 0;
         range(&i.extents, &Key::MIN, &EXTENTS_END, &mut |_, v| {
             n += matches!(v, Val::Extent { cluster, .. } if *cluster != 0) as u64;
@@ -592,6 +646,7 @@ impl Core {
             },
         );
         self.changed = true;
+        self.touch_up(obj);
         Ok(())
     }
 
@@ -604,12 +659,8 @@ impl Core {
                 .saturating_sub(self.mapped_clusters(obj));
             self.alloc.unreserve(unmapped);
         }
-        if let Some(v) = remove(&mut self.objects, &inode_key(obj), &mut self.alloc) {
-            release_val(v, &mut self.alloc);
-        }
-        self.names.remove(&(InodeType::Volume as u8, name));
-        self.changed = true;
-        Ok(())
+        self.remove_entry(ROOT, name.as_bytes())?;
+        self.drop_if_unlinked(obj)
     }
 
     /// The map of a volume, live or in a snapshot: `(cluster index, cluster, birth generation)`
@@ -635,7 +686,7 @@ impl Core {
     /// snapshot or clone shares it, or find it already the volume's own. Either way the extent
     /// is stamped with this generation, so a later diff sees the write.
     pub fn prepare_write(&mut self, obj: u64, idx: u64) -> Result<Prep> {
-        let inode = self.volume(obj)?;
+        let inode = self.extents_inode(obj)?;
         if idx >= self.clusters_for(inode.size) {
             return Err(Error::Invalid(format!(
                 "cluster {idx} is past the volume's end"
@@ -679,22 +730,22 @@ impl Core {
 
     /// The cluster a live volume maps at cluster index `idx`.
     pub fn extent(&self, obj: u64, idx: u64) -> Option<u64> {
-        match get(&self.volume(obj).ok()?.extents, &extent_key(idx)) {
+        match get(&self.extents_inode(obj).ok()?.extents, &extent_key(idx)) {
             Some(Val::Extent { cluster, .. }) if *cluster != 0 => Some(*cluster),
             _ => None,
         }
     }
 
-    /// Change volume `obj`'s extents through `f`, copying the path to its inode, and stamp the
-    /// inode with this generation.
-    fn change_extents<R>(
+    /// Change the extents of volume or file `obj` through `f`, copying the path to its inode,
+    /// and stamp the inode and everything above it with this generation.
+    pub(super) fn change_extents<R>(
         &mut self,
         obj: u64,
         f: impl FnOnce(&mut Inode, &mut Alloc) -> Result<R>,
     ) -> Result<R> {
         let gen = self.gen;
         self.changed = true;
-        update(
+        let r = update(
             &mut self.objects,
             &inode_key(obj),
             &mut self.alloc,
@@ -706,13 +757,15 @@ impl Core {
                 f(i, alloc)
             },
         )
-        .ok_or_else(|| Error::NotFound(format!("volume object {obj}")))?
+        .ok_or_else(|| Error::NotFound(format!("volume object {obj}")))??;
+        self.touch_up(obj);
+        Ok(r)
     }
 
     /// Unmap cluster `idx`: the volume reads zeros there, and the cluster is freed unless a
     /// snapshot or clone holds it. A hole is left in the map so that a diff sees the change.
     pub fn unmap_cluster(&mut self, obj: u64, idx: u64) -> Result<()> {
-        let thick = self.volume(obj)?.flags & INODE_THICK != 0;
+        let thick = self.extents_inode(obj)?.flags & INODE_THICK != 0;
         if self.extent(obj, idx).is_none() {
             return Ok(());
         }
@@ -783,7 +836,8 @@ impl Core {
         }
     }
 
-    fn snapshot_root(&self, id: u64) -> Result<Tree> {
+    /// The root of snapshot `id`'s image.
+    pub fn snapshot_root(&self, id: u64) -> Result<Tree> {
         self.snap(id).map(|s| s.root.clone())
     }
 
@@ -913,9 +967,7 @@ impl Core {
     // ---- metadata objects ----
 
     fn object_named(&self, name: &str) -> Option<u64> {
-        self.names
-            .get(&(InodeType::Object as u8, name.to_owned()))
-            .copied()
+        self.objects_by_name.get(name).copied()
     }
 
     /// Keep `data` under `name`, in the same transaction as everything else.
@@ -925,31 +977,7 @@ impl Core {
             None => self.new_inode(InodeType::Object, name, 0, 0, 0)?,
         };
         let gen = self.gen;
-        let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
-        let old_chunks = self.get_object(name).map_or(0, |d| d.len().div_ceil(CHUNK));
-        for (i, c) in chunks.iter().enumerate() {
-            let v = Val::Chunk {
-                gen,
-                data: c.to_vec(),
-            };
-            if let Some(old) = insert(
-                &mut self.objects,
-                Key::new(obj, KIND_CHUNK, i as u64),
-                v,
-                &mut self.alloc,
-            ) {
-                release_val(old, &mut self.alloc);
-            }
-        }
-        for i in chunks.len()..old_chunks {
-            if let Some(old) = remove(
-                &mut self.objects,
-                &Key::new(obj, KIND_CHUNK, i as u64),
-                &mut self.alloc,
-            ) {
-                release_val(old, &mut self.alloc);
-            }
-        }
+        self.put_chunks(obj, data);
         update(
             &mut self.objects,
             &inode_key(obj),
@@ -967,19 +995,7 @@ impl Core {
 
     pub fn get_object(&self, name: &str) -> Option<Vec<u8>> {
         let obj = self.object_named(name)?;
-        let mut out = Vec::new();
-        range(
-            &self.objects,
-            &Key::new(obj, KIND_CHUNK, 0),
-            &Key::new(obj, KIND_CHUNK + 1, 0),
-            &mut |_, v| {
-                if let Val::Chunk { data, .. } = v {
-                    out.extend_from_slice(data);
-                }
-                true
-            },
-        );
-        Some(out)
+        Some(namespace::chunks_in(&self.objects, obj))
     }
 
     pub fn delete_object(&mut self, name: &str) -> Result<()> {
@@ -1001,8 +1017,7 @@ impl Core {
                 release_val(v, &mut self.alloc);
             }
         }
-        self.names
-            .remove(&(InodeType::Object as u8, name.to_owned()));
+        self.objects_by_name.remove(name);
         self.changed = true;
         Ok(())
     }

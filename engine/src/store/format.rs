@@ -86,17 +86,30 @@
 //! since, or a write that never landed) is caught even when its checksum holds.
 //!
 //! Values, by key kind:
-//! - inode (kind 1): type (1: volume, 2: metadata object), flags, name length, 5 reserved,
-//!   size (8), generation of last change (8), creation generation (8), extent root (8),
-//!   extent root's highest generation (8), generation that wrote the extent root (8), origin
-//!   snapshot id (8), origin object id (8), UUID (16), name: 88 + N bytes.
-//! - object chunk (kind 2): generation (8), then up to [`CHUNK`] bytes.
+//! - inode (kind 1): type (1: volume, 2: metadata object, 3: directory, 4: regular file,
+//!   5: symlink), flags, name length N (volumes and objects only), 5 reserved, size (8),
+//!   generation of last change (8), creation generation (8), extent root (8), extent root's
+//!   highest generation (8), generation that wrote the extent root (8), origin snapshot id
+//!   (8), origin object id (8), UUID (16), permission bits (4), uid (4), gid (4), link count
+//!   (4), atime, mtime, ctime (8 each, signed nanoseconds since the Unix epoch), the highest
+//!   generation in a directory's subtree (8), name: 136 + N bytes. The root directory is
+//!   object 1.
+//! - object chunk (kind 2): generation (8), then up to [`CHUNK`] bytes: a metadata object's
+//!   data, or a symlink's target.
 //! - extent (kind 3, offset = cluster index in the volume): cluster (8, 0 for a hole, which an
 //!   unmap leaves so that a diff sees it), birth generation (8).
 //! - snapshot (kind 4, object id = snapshot id): generation (8), creation time in Unix seconds
 //!   (8), object root (8), its highest generation (8), generation that wrote it (8), origin
 //!   volume object id (8, 0 for a store-wide snapshot), UUID (16), name length (1), name.
-//! - kind 5 is kept for directory entries.
+//! - directory entries (kind 5, object id = directory, offset = 64-bit FNV-1a hash of the
+//!   name): generation of the last change to them or below them (8), count (1), then per
+//!   entry: inode (8), its type (1), name length (1), name (1 to 255 bytes).
+//! - links (kind 6, object id = inode, offset = parent directory): generation (8), count (2),
+//!   then per name: length (1), name. The way up from an inode to the root.
+//! - extended attributes (kind 7, object id = inode, offset = hash of the name): generation
+//!   (8), count (1), then per attribute: name length (1), value length (2), name, value.
+//!
+//! Entry, link and attribute values are at most [`MAX_VALUE`] bytes.
 //!
 //! ## What the media must do
 //!
@@ -108,7 +121,7 @@ use super::{Error, Result};
 
 /// Metadata block size: superblocks, reference-count pages and nodes.
 pub const BLOCK: usize = 4096;
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const SB_MAGIC: &[u8; 8] = b"TNDMSTOR";
 const RC_MAGIC: &[u8; 4] = b"TRCP";
 const NODE_MAGIC: &[u8; 4] = b"TNOD";
@@ -133,6 +146,13 @@ pub const KIND_INODE: u8 = 1;
 pub const KIND_CHUNK: u8 = 2;
 pub const KIND_EXTENT: u8 = 3;
 pub const KIND_SNAP: u8 = 4;
+pub const KIND_DIRENT: u8 = 5;
+pub const KIND_LINK: u8 = 6;
+pub const KIND_XATTR: u8 = 7;
+
+/// The largest directory-entry, link or extended-attribute value: small enough that a leaf
+/// always holds two, so that splitting an over-full leaf always works.
+pub const MAX_VALUE: usize = 1600;
 
 /// Which tree a node belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +175,10 @@ impl TreeKind {
     /// The key kinds a tree holds.
     pub fn allows(self, kind: u8) -> bool {
         match self {
-            TreeKind::Object => matches!(kind, KIND_INODE | KIND_CHUNK),
+            TreeKind::Object => matches!(
+                kind,
+                KIND_INODE | KIND_CHUNK | KIND_DIRENT | KIND_LINK | KIND_XATTR
+            ),
             TreeKind::Extent => kind == KIND_EXTENT,
             TreeKind::Snapshot => kind == KIND_SNAP,
         }
@@ -204,7 +227,7 @@ pub fn le32(b: &[u8]) -> u32 {
     u32::from_le_bytes(b[..4].try_into().expect("4 bytes"))
 }
 
-fn le16(b: &[u8]) -> u16 {
+pub fn le16(b: &[u8]) -> u16 {
     u16::from_le_bytes(b[..2].try_into().expect("2 bytes"))
 }
 

@@ -7,6 +7,8 @@
 //! | [`tree`] | the copy-on-write B+tree in memory: shared nodes, generations, space accounting |
 //! | [`alloc`] | the reference-count table (the free-space map) and metadata node slots |
 //! | [`core`] | every change, without I/O: volumes, snapshots, clones, diffs, objects, commit freeze, load |
+//! | [`namespace`] | directories, files, symlinks, hard links, attributes, file data and clones |
+//! | [`subtree_diff`] | what changed below a directory between two images, and applying it |
 //! | [`check`] | the full consistency check |
 //! | [`owner`] | a store at run time: the owner reactor, group commit, first-write preparation |
 //! | [`volume`] | a volume as a bdev: the lock-free data path |
@@ -27,7 +29,9 @@ pub mod file;
 pub mod format;
 pub mod io;
 pub mod map;
+pub mod namespace;
 pub mod owner;
+pub mod subtree_diff;
 pub mod tree;
 mod volume;
 
@@ -52,6 +56,10 @@ pub enum Error {
     Io(String),
     #[error("the store takes no more changes until it is loaded again: {0}")]
     Failed(String),
+    /// A namespace operation refused as POSIX would refuse it (ENOTDIR, EISDIR, ENOTEMPTY,
+    /// EBUSY, ENAMETOOLONG, E2BIG, EMLINK, ENODATA), with the errno a caller sees.
+    #[error("{what}")]
+    Posix { errno: i32, what: String },
     #[error(transparent)]
     Bdev(#[from] crate::bdev::Error),
 }
@@ -66,6 +74,7 @@ impl Error {
             Error::NotFound(_) => libc::ENOENT,
             Error::Exists(_) => libc::EEXIST,
             Error::Io(_) | Error::Failed(_) => libc::EIO,
+            Error::Posix { errno, .. } => *errno,
             Error::Bdev(e) => -e.errno(),
         }
     }
@@ -73,11 +82,21 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// A [`Error::Posix`] refusal.
+pub(crate) fn posix<T>(errno: i32, what: impl Into<String>) -> Result<T> {
+    Err(Error::Posix {
+        errno,
+        what: what.into(),
+    })
+}
+
 /// Reads metadata blocks by address, several at a time, in the order asked.
 pub type ReadBlocks<'a> = dyn FnMut(&[u64]) -> Result<Vec<Vec<u8>>> + 'a;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod namespace_tests;
 #[cfg(test)]
 pub(crate) mod runtime_tests;
 #[cfg(test)]

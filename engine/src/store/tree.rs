@@ -19,10 +19,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::format::le64;
+use super::format::{le16, le32, le64};
 use super::format::{
     leaf_entry_len, Key, RawChild, RawEntries, RawNode, TreeKind, CHUNK, INTERNAL_ENTRY,
-    KIND_CHUNK, KIND_EXTENT, KIND_INODE, KIND_SNAP, MAX_NAME, NODE_PAYLOAD,
+    KIND_CHUNK, KIND_DIRENT, KIND_EXTENT, KIND_INODE, KIND_LINK, KIND_SNAP, KIND_XATTR, MAX_NAME,
+    MAX_VALUE, NODE_PAYLOAD,
 };
 use super::{Error, Result};
 
@@ -97,32 +98,82 @@ impl Tree {
     }
 }
 
-/// What an inode is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an inode is. A volume is a file of the namespace that is also a block device; a
+/// metadata object lives outside the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum InodeType {
     Volume = 1,
     Object = 2,
+    Dir = 3,
+    File = 4,
+    Symlink = 5,
+}
+
+impl InodeType {
+    pub fn from_u8(v: u8) -> Option<InodeType> {
+        Some(match v {
+            1 => InodeType::Volume,
+            2 => InodeType::Object,
+            3 => InodeType::Dir,
+            4 => InodeType::File,
+            5 => InodeType::Symlink,
+            _ => return None,
+        })
+    }
+
+    /// Whether its data lives in clusters, mapped by an extent tree.
+    pub fn has_extents(self) -> bool {
+        matches!(self, InodeType::Volume | InodeType::File)
+    }
+}
+
+/// The attributes a user sets: permission bits (the low 12 bits of `st_mode`), owner and times
+/// in nanoseconds since the Unix epoch. The change time is the store's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attrs {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: i64,
+    pub mtime: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inode {
     pub typ: InodeType,
     pub flags: u8,
+    /// A volume's or an object's name; empty for the namespace's own inodes, which are named
+    /// by their directory entries.
     pub name: String,
     /// Bytes.
     pub size: u64,
-    /// Generation of the last change to the inode or its extents.
+    /// Generation of the last change to the inode, its extents, its entries (a directory), its
+    /// extended attributes or its links.
     pub gen: u64,
     pub created: u64,
     pub extents: Tree,
+    /// A clone's origin: the snapshot (0 for a file clone) and the object it was cloned from.
     pub origin_snap: u64,
     pub origin_obj: u64,
     pub uuid: u128,
+    pub attrs: Attrs,
+    pub ctime: i64,
+    pub nlink: u32,
+    /// A directory: the highest generation of any change in its subtree, itself included.
+    pub subtree_gen: u64,
 }
 
 /// Bytes of an inode value before its name; of a snapshot value before its name.
-const INODE_LEN: usize = 88;
+const INODE_LEN: usize = 136;
 const SNAP_LEN: usize = 65;
+
+/// One name in a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirent {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub typ: InodeType,
+}
 
 /// Inode flag: a thick volume, whose clusters are reserved at creation.
 pub const INODE_THICK: u8 = 1;
@@ -150,24 +201,54 @@ pub enum Val {
         data: Vec<u8>,
     },
     Snap(SnapRec),
+    /// The entries of a directory whose names hash to one key (almost always one entry).
+    /// `gen`: the last change to these entries or anywhere below them, so that a diff finds a
+    /// changed file by its entry without reading the rest of a large directory.
+    Dirents {
+        gen: u64,
+        entries: Vec<Dirent>,
+    },
+    /// The names under which an inode is linked from one parent directory.
+    Links {
+        gen: u64,
+        names: Vec<Vec<u8>>,
+    },
+    /// Extended attributes whose names hash to one key: (name, value).
+    Xattrs {
+        gen: u64,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 impl Val {
     pub fn gen(&self) -> u64 {
         match self {
             Val::Extent { birth, .. } => *birth,
-            Val::Inode(i) => i.gen,
-            Val::Chunk { gen, .. } => *gen,
+            Val::Inode(i) => i.gen.max(i.subtree_gen),
+            Val::Chunk { gen, .. }
+            | Val::Dirents { gen, .. }
+            | Val::Links { gen, .. }
+            | Val::Xattrs { gen, .. } => *gen,
             Val::Snap(s) => s.gen,
         }
     }
 
-    fn encoded_len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         match self {
             Val::Extent { .. } => 16,
             Val::Inode(i) => INODE_LEN + i.name.len(),
             Val::Chunk { data, .. } => 8 + data.len(),
             Val::Snap(s) => SNAP_LEN + s.name.len(),
+            Val::Dirents { entries, .. } => {
+                9 + entries.iter().map(|e| 10 + e.name.len()).sum::<usize>()
+            }
+            Val::Links { names, .. } => 10 + names.iter().map(|n| 1 + n.len()).sum::<usize>(),
+            Val::Xattrs { entries, .. } => {
+                9 + entries
+                    .iter()
+                    .map(|(n, v)| 3 + n.len() + v.len())
+                    .sum::<usize>()
+            }
         }
     }
 
@@ -213,6 +294,22 @@ impl Val {
                     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
                 }
                 b[72..88].copy_from_slice(&i.uuid.to_le_bytes());
+                for (at, v) in [
+                    (88, i.attrs.mode),
+                    (92, i.attrs.uid),
+                    (96, i.attrs.gid),
+                    (100, i.nlink),
+                ] {
+                    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                }
+                for (at, v) in [
+                    (104, i.attrs.atime as u64),
+                    (112, i.attrs.mtime as u64),
+                    (120, i.ctime as u64),
+                    (128, i.subtree_gen),
+                ] {
+                    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+                }
                 b[INODE_LEN..].copy_from_slice(i.name.as_bytes());
             }
             Val::Chunk { gen, data } => {
@@ -233,6 +330,40 @@ impl Val {
                 b[48..64].copy_from_slice(&s.uuid.to_le_bytes());
                 b[64] = s.name.len() as u8;
                 b[SNAP_LEN..].copy_from_slice(s.name.as_bytes());
+            }
+            Val::Dirents { gen, entries } => {
+                b[0..8].copy_from_slice(&gen.to_le_bytes());
+                b[8] = entries.len() as u8;
+                let mut at = 9;
+                for e in entries {
+                    b[at..at + 8].copy_from_slice(&e.ino.to_le_bytes());
+                    b[at + 8] = e.typ as u8;
+                    b[at + 9] = e.name.len() as u8;
+                    b[at + 10..at + 10 + e.name.len()].copy_from_slice(&e.name);
+                    at += 10 + e.name.len();
+                }
+            }
+            Val::Links { gen, names } => {
+                b[0..8].copy_from_slice(&gen.to_le_bytes());
+                b[8..10].copy_from_slice(&(names.len() as u16).to_le_bytes());
+                let mut at = 10;
+                for n in names {
+                    b[at] = n.len() as u8;
+                    b[at + 1..at + 1 + n.len()].copy_from_slice(n);
+                    at += 1 + n.len();
+                }
+            }
+            Val::Xattrs { gen, entries } => {
+                b[0..8].copy_from_slice(&gen.to_le_bytes());
+                b[8] = entries.len() as u8;
+                let mut at = 9;
+                for (n, v) in entries {
+                    b[at] = n.len() as u8;
+                    b[at + 1..at + 3].copy_from_slice(&(v.len() as u16).to_le_bytes());
+                    b[at + 3..at + 3 + n.len()].copy_from_slice(n);
+                    b[at + 3 + n.len()..at + 3 + n.len() + v.len()].copy_from_slice(v);
+                    at += 3 + n.len() + v.len();
+                }
             }
         }
         b
@@ -257,17 +388,24 @@ impl Val {
                 None,
             )),
             KIND_INODE if b.len() >= INODE_LEN && b.len() == INODE_LEN + b[2] as usize => {
-                let typ = match b[0] {
-                    1 => InodeType::Volume,
-                    2 => InodeType::Object,
-                    t => return Err(format!("inode type {t}")),
+                let typ = InodeType::from_u8(b[0]).ok_or_else(|| format!("inode type {}", b[0]))?;
+                let named = matches!(typ, InodeType::Volume | InodeType::Object);
+                let inode_name = if named {
+                    name(&b[INODE_LEN..])?
+                } else if b[2] == 0 {
+                    String::new()
+                } else {
+                    return Err(format!("a name on a {typ:?} inode"));
                 };
                 let sub = (le64(&b[32..]), le64(&b[48..]));
+                if sub.0 != 0 && !typ.has_extents() {
+                    return Err(format!("extents on a {typ:?} inode"));
+                }
                 Ok((
                     Val::Inode(Inode {
                         typ,
                         flags: b[1],
-                        name: name(&b[INODE_LEN..])?,
+                        name: inode_name,
                         size: le64(&b[8..]),
                         gen: le64(&b[16..]),
                         created: le64(&b[24..]),
@@ -275,8 +413,99 @@ impl Val {
                         origin_snap: le64(&b[56..]),
                         origin_obj: le64(&b[64..]),
                         uuid: u128::from_le_bytes(b[72..88].try_into().expect("16 bytes")),
+                        attrs: Attrs {
+                            mode: le32(&b[88..]),
+                            uid: le32(&b[92..]),
+                            gid: le32(&b[96..]),
+                            atime: le64(&b[104..]) as i64,
+                            mtime: le64(&b[112..]) as i64,
+                        },
+                        nlink: le32(&b[100..]),
+                        ctime: le64(&b[120..]) as i64,
+                        subtree_gen: le64(&b[128..]),
                     }),
                     (sub.0 != 0).then_some(sub),
+                ))
+            }
+            KIND_DIRENT | KIND_LINK | KIND_XATTR if b.len() > MAX_VALUE => {
+                Err(format!("a {}-byte value under key kind {kind}", b.len()))
+            }
+            KIND_DIRENT if b.len() >= 9 => {
+                let mut entries = Vec::new();
+                let mut at = 9;
+                for _ in 0..b[8] {
+                    let head = b.get(at..at + 10).ok_or("a cut directory entry")?;
+                    let len = head[9] as usize;
+                    let typ = InodeType::from_u8(head[8])
+                        .filter(|t| *t != InodeType::Object)
+                        .ok_or_else(|| format!("a directory entry of type {}", head[8]))?;
+                    let n = b
+                        .get(at + 10..at + 10 + len)
+                        .ok_or("a cut directory entry")?;
+                    entries.push(Dirent {
+                        name: valid_file_name(n)?,
+                        ino: le64(head),
+                        typ,
+                    });
+                    at += 10 + len;
+                }
+                if at != b.len() || entries.is_empty() {
+                    return Err("directory entries that do not fill their value".into());
+                }
+                Ok((
+                    Val::Dirents {
+                        gen: le64(b),
+                        entries,
+                    },
+                    None,
+                ))
+            }
+            KIND_LINK if b.len() >= 10 => {
+                let mut names = Vec::new();
+                let mut at = 10;
+                for _ in 0..le16(&b[8..]) {
+                    let len = *b.get(at).ok_or("a cut link")? as usize;
+                    names.push(valid_file_name(
+                        b.get(at + 1..at + 1 + len).ok_or("a cut link")?,
+                    )?);
+                    at += 1 + len;
+                }
+                if at != b.len() || names.is_empty() {
+                    return Err("links that do not fill their value".into());
+                }
+                Ok((
+                    Val::Links {
+                        gen: le64(b),
+                        names,
+                    },
+                    None,
+                ))
+            }
+            KIND_XATTR if b.len() >= 9 => {
+                let mut entries = Vec::new();
+                let mut at = 9;
+                for _ in 0..b[8] {
+                    let head = b.get(at..at + 3).ok_or("a cut extended attribute")?;
+                    let (nl, vl) = (head[0] as usize, le16(&head[1..]) as usize);
+                    let n = b
+                        .get(at + 3..at + 3 + nl)
+                        .filter(|n| !n.is_empty())
+                        .ok_or("a cut or empty extended attribute name")?;
+                    let v = b
+                        .get(at + 3 + nl..at + 3 + nl + vl)
+                        .ok_or("a cut extended attribute")?;
+                    entries.push((n.to_vec(), v.to_vec()));
+                    at += 3 + nl + vl;
+                }
+                if at != b.len() || entries.is_empty() {
+                    return Err("extended attributes that do not fill their value".into());
+                }
+                Ok((
+                    Val::Xattrs {
+                        gen: le64(b),
+                        entries,
+                    },
+                    None,
                 ))
             }
             KIND_CHUNK if b.len() >= 8 && b.len() <= 8 + CHUNK => Ok((
@@ -303,6 +532,23 @@ impl Val {
             _ => Err(format!("a {}-byte value under key kind {kind}", b.len())),
         }
     }
+}
+
+/// A file name as the namespace keeps it: 1 to 255 bytes, neither `/` nor NUL, not `.` or `..`.
+pub fn valid_file_name(n: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    if n.is_empty()
+        || n.len() > 255
+        || n.contains(&b'/')
+        || n.contains(&0)
+        || n == b"."
+        || n == b".."
+    {
+        return Err(format!(
+            "{:?}: a name is 1 to 255 bytes without '/' or NUL, and not . or ..",
+            String::from_utf8_lossy(n)
+        ));
+    }
+    Ok(n.to_vec())
 }
 
 impl Node {
@@ -424,6 +670,18 @@ pub fn get<'a>(tree: &'a Tree, key: &Key) -> Option<&'a Val> {
             Entries::Internal(cs) => node = &cs[child_index(cs, key)].node,
         }
     }
+}
+
+/// The block of the leaf that holds (or would hold) `key`, for naming it in a problem; 0 when
+/// that leaf is not written yet.
+pub fn leaf_addr(tree: &Tree, key: &Key) -> u64 {
+    let Some(mut node) = tree.0.as_ref() else {
+        return 0;
+    };
+    while let Entries::Internal(cs) = &node.entries {
+        node = &cs[child_index(cs, key)].node;
+    }
+    node.addr()
 }
 
 /// Insert or replace; the replaced value comes back for the caller to release.
@@ -657,6 +915,163 @@ pub fn changed_since(tree: &Tree, since: u64, lo: &Key, hi: &Key, f: &mut dyn Fn
     if let Some(root) = &tree.0 {
         if root.max_gen() > since {
             walk(root, since, lo, hi, f);
+        }
+    }
+}
+
+/// A position in a pre-order walk of a tree: the slot of the node on top of the stack.
+struct Cursor<'a> {
+    stack: Vec<(&'a Node, usize)>,
+    lo: Key,
+}
+
+/// What a cursor is at: a child pointer (level above 0) or a leaf entry.
+struct Item<'a> {
+    level: u8,
+    key: Key,
+    child: Option<&'a Arc<Node>>,
+    val: Option<&'a Val>,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(tree: &'a Tree, lo: Key) -> Cursor<'a> {
+        let mut c = Cursor {
+            stack: Vec::new(),
+            lo,
+        };
+        if let Some(root) = &tree.0 {
+            c.push(root);
+        }
+        c
+    }
+
+    fn push(&mut self, node: &'a Node) {
+        let start = match &node.entries {
+            Entries::Leaf(es) => es.partition_point(|e| e.0 < self.lo),
+            Entries::Internal(cs) => child_index(cs, &self.lo),
+        };
+        self.stack.push((node, start));
+        self.settle();
+    }
+
+    /// Pop finished nodes, moving their parents on.
+    fn settle(&mut self) {
+        while let Some(&(n, i)) = self.stack.last() {
+            if i < n.len() {
+                return;
+            }
+            self.stack.pop();
+            if let Some(top) = self.stack.last_mut() {
+                top.1 += 1;
+            }
+        }
+    }
+
+    /// Where the cursor is, or `None` at the end or at `hi`.
+    fn item(&self, hi: &Key) -> Option<Item<'a>> {
+        let &(n, i) = self.stack.last()?;
+        let item = match &n.entries {
+            Entries::Leaf(es) => Item {
+                level: 0,
+                key: es[i].0,
+                child: None,
+                val: Some(&es[i].1),
+            },
+            Entries::Internal(cs) => Item {
+                level: n.level,
+                key: cs[i].key,
+                child: Some(&cs[i].node),
+                val: None,
+            },
+        };
+        (item.key < *hi).then_some(item)
+    }
+
+    /// Past the current slot without entering it.
+    fn next(&mut self) {
+        if let Some(top) = self.stack.last_mut() {
+            top.1 += 1;
+        }
+        self.settle();
+    }
+
+    /// Into the child at the current slot.
+    fn descend(&mut self) {
+        let &(n, i) = self.stack.last().expect("at a slot");
+        if let Entries::Internal(cs) = &n.entries {
+            self.push(&cs[i].node);
+        }
+    }
+}
+
+/// Told each key whose value differs: the value in the first tree and in the second.
+pub type Differ<'a> = dyn FnMut(&Key, Option<&Val>, Option<&Val>) + 'a;
+
+/// Visit, in key order, the keys in `[lo, hi)` whose values differ between trees `a` and `b`
+/// (present in one only, or unequal), skipping every subtree the two share: the work follows
+/// the difference, whatever the size of the trees. Both trees must come from one store, where
+/// a shared subtree is one node.
+pub fn compare(
+    a: &Tree,
+    b: &Tree,
+    lo: &Key,
+    hi: &Key,
+    f: &mut Differ<'_>,
+) {
+    let (mut ca, mut cb) = (Cursor::new(a, *lo), Cursor::new(b, *lo));
+    loop {
+        match (ca.item(hi), cb.item(hi)) {
+            (None, None) => return,
+            (Some(x), None) => match x.val {
+                None => ca.descend(),
+                Some(v) => {
+                    f(&x.key, Some(v), None);
+                    ca.next();
+                }
+            },
+            (None, Some(y)) => match y.val {
+                None => cb.descend(),
+                Some(v) => {
+                    f(&y.key, None, Some(v));
+                    cb.next();
+                }
+            },
+            (Some(x), Some(y)) if x.level > y.level => ca.descend(),
+            (Some(x), Some(y)) if y.level > x.level => cb.descend(),
+            (Some(x), Some(y)) => match (x.val, y.val) {
+                (Some(va), Some(vb)) => match x.key.cmp(&y.key) {
+                    std::cmp::Ordering::Less => {
+                        f(&x.key, Some(va), None);
+                        ca.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        f(&y.key, None, Some(vb));
+                        cb.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if va != vb {
+                            f(&x.key, Some(va), Some(vb));
+                        }
+                        ca.next();
+                        cb.next();
+                    }
+                },
+                _ => {
+                    let same =
+                        matches!((x.child, y.child), (Some(p), Some(q)) if Arc::ptr_eq(p, q));
+                    if same && x.key == y.key {
+                        ca.next();
+                        cb.next();
+                    } else if x.key < y.key {
+                        ca.descend();
+                    } else if y.key < x.key {
+                        cb.descend();
+                    } else {
+                        ca.descend();
+                        cb.descend();
+                    }
+                }
+            },
         }
     }
 }
