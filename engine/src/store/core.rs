@@ -116,6 +116,9 @@ pub struct Core {
     pub next_object: u64,
     pub next_snapshot: u64,
     pub snap_epoch: u64,
+    /// The last generation that shared clusters (a snapshot, a file or range clone; at load,
+    /// the loaded one): an extent born after it belongs to its volume or file alone.
+    share_gen: u64,
     pub alloc: Alloc,
     /// Metadata objects by name (volumes are found by their entries in the root directory).
     objects_by_name: HashMap<String, u64>,
@@ -189,6 +192,7 @@ impl Core {
             next_object: 1,
             next_snapshot: 1,
             snap_epoch: 0,
+            share_gen: 0,
             alloc: Alloc::new(layout),
             objects_by_name: HashMap::new(),
             snap_names: HashMap::new(),
@@ -355,6 +359,7 @@ impl Core {
             next_object: sb.next_object,
             next_snapshot: sb.next_snapshot,
             snap_epoch: sb.snap_epoch,
+            share_gen: sb.generation,
             alloc,
             objects_by_name: HashMap::new(),
             snap_names: HashMap::new(),
@@ -388,6 +393,11 @@ impl Core {
 
     pub(super) fn mark_changed(&mut self) {
         self.changed = true;
+    }
+
+    /// Clusters were shared in this transaction (see `share_gen`).
+    pub(super) fn mark_shared(&mut self) {
+        self.share_gen = self.gen;
     }
 
     /// The root directory was made at format: it links nowhere, and its own link count is 2.
@@ -695,6 +705,13 @@ impl Core {
         let thick = inode.flags & INODE_THICK != 0;
         let gen = self.gen;
         let key = extent_key(idx);
+        if let Some(Val::Extent { cluster, birth }) = get(&inode.extents, &key) {
+            if *cluster != 0 && *birth > self.share_gen {
+                // Written since anything was last shared: already this inode's own, and any
+                // diff sees it. (Two writers racing for one new cluster meet here.)
+                return Ok(Prep::Ready { cluster: *cluster });
+            }
+        }
         self.change_extents(obj, |i, alloc| {
             let current = match get(&i.extents, &key) {
                 Some(Val::Extent { cluster, .. }) => *cluster,
@@ -816,6 +833,7 @@ impl Core {
         );
         debug_assert!(old.is_none());
         self.snap_names.insert(name.to_owned(), id);
+        self.share_gen = self.gen;
         self.gen += 1;
         self.snap_epoch += 1;
         self.changed = true;
@@ -884,6 +902,7 @@ impl Core {
     pub fn clone_volume(&mut self, snap: u64, obj: u64, name: &str, uuid: u128) -> Result<u64> {
         let origin = self.inode_in(&self.snapshot_root(snap)?, obj)?;
         let new = self.new_inode(InodeType::Volume, name, origin.size, 0, uuid)?;
+        self.mark_shared();
         let gen = self.gen;
         update(
             &mut self.objects,

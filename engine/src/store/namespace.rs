@@ -985,6 +985,7 @@ impl Core {
             )));
         }
         let (extents, size) = (s.extents.clone(), s.size);
+        self.mark_shared();
         let old = self.change_inode(dst, |i| {
             i.size = size;
             i.origin_obj = src;
@@ -1046,6 +1047,7 @@ impl Core {
             self.set_size(dst, end)?;
         }
         let gen = self.gen;
+        self.mark_shared();
         self.change_extents(dst, |i, alloc| {
             for (k, c) in clusters.into_iter().enumerate() {
                 let key = super::core::extent_key(first_d + k as u64);
