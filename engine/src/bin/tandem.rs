@@ -103,16 +103,62 @@ enum StoreCommand {
         file: std::path::PathBuf,
         name: String,
     },
-    /// Print the clusters of a volume that differ between two snapshots (or a snapshot and
-    /// the live volume), as JSON.
+    /// What changed between two snapshots (or a snapshot and the live store). With a volume:
+    /// its changed clusters, as JSON. Otherwise what changed below --path, one line per name
+    /// (+ created, - deleted, R renamed, L new hard link, M data, A attributes, X extended
+    /// attributes), or with --changes the ordered changes that rebuild it, as JSON lines.
     Diff {
         file: std::path::PathBuf,
-        volume: String,
+        volume: Option<String>,
         #[arg(long)]
         from: String,
-        /// Default: the live volume.
+        /// Default: the live store.
         #[arg(long)]
         to: Option<String>,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long)]
+        changes: bool,
+    },
+    /// List a directory of the namespace, as `ls -l` does.
+    Ls {
+        file: std::path::PathBuf,
+        #[arg(default_value = "/")]
+        path: String,
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
+    /// An inode's attributes, extended attributes and links, as JSON.
+    Stat {
+        file: std::path::PathBuf,
+        path: String,
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
+    /// A file's bytes (or a symlink's target) to standard output.
+    Cat {
+        file: std::path::PathBuf,
+        path: String,
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
+    /// Copy a host directory tree into a directory of the store, keeping modes, owners,
+    /// times, symlinks, hard links, extended attributes and holes.
+    Import {
+        file: std::path::PathBuf,
+        host_dir: std::path::PathBuf,
+        /// The store directory to copy into.
+        #[arg(long, default_value = "/")]
+        to: String,
+    },
+    /// Copy a directory of the store (live or in a snapshot) out to a host directory.
+    Export {
+        file: std::path::PathBuf,
+        host_dir: std::path::PathBuf,
+        #[arg(long, default_value = "/")]
+        from: String,
+        #[arg(long)]
+        snapshot: Option<String>,
     },
 }
 
@@ -232,6 +278,7 @@ fn main() -> ExitCode {
 
 fn store(cmd: StoreCommand) -> ExitCode {
     use tandem::store::file::FileStore;
+    use tandem::store::namespace as ns;
     let fail = |what: &str, e: &dyn std::fmt::Display, code: u8| {
         eprintln!("tandem store {what}: {e}");
         ExitCode::from(code)
@@ -337,9 +384,10 @@ fn store(cmd: StoreCommand) -> ExitCode {
         }
         StoreCommand::Diff {
             file,
-            volume,
+            volume: Some(volume),
             from,
             to,
+            ..
         } => {
             let diff = FileStore::open(&file, false, true).and_then(|s| {
                 let from = s.core.snapshot_named(&from)?;
@@ -353,6 +401,168 @@ fn store(cmd: StoreCommand) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail("diff", &e, 1),
+            }
+        }
+        StoreCommand::Diff {
+            file,
+            volume: None,
+            from,
+            to,
+            path,
+            changes,
+        } => {
+            let diff = FileStore::open(&file, false, true).and_then(|s| {
+                let (a, b) = (s.image(Some(&from))?, s.image(to.as_deref())?);
+                let d = tandem::store::subtree_diff::subtree_diff(
+                    &a,
+                    &b,
+                    path.as_bytes(),
+                    s.core.cluster_size(),
+                )?;
+                Ok(if changes {
+                    d.changes.iter().map(|c| format!("{c:?}")).collect()
+                } else {
+                    d.summary(&a, &b)
+                })
+            });
+            match diff {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("diff", &e, 1),
+            }
+        }
+        StoreCommand::Ls {
+            file,
+            path,
+            snapshot,
+        } => {
+            let listed = FileStore::open(&file, false, true).and_then(|s| {
+                let root = s.image(snapshot.as_deref())?;
+                let dir = ns::resolve_in(&root, path.as_bytes())?;
+                let mut lines = Vec::new();
+                for e in ns::readdir_in(&root, dir)? {
+                    let st = ns::stat_in(&root, e.ino)?;
+                    let kind = match st.typ {
+                        tandem::store::tree::InodeType::Dir => 'd',
+                        tandem::store::tree::InodeType::Symlink => 'l',
+                        tandem::store::tree::InodeType::Volume => 'v',
+                        _ => '-',
+                    };
+                    let mut name = String::from_utf8_lossy(&e.name).into_owned();
+                    if kind == 'l' {
+                        let t = ns::readlink_in(&root, e.ino)?;
+                        name = format!("{name} -> {}", String::from_utf8_lossy(&t));
+                    }
+                    lines.push(format!(
+                        "{kind}{:04o} {:>3} {:>5} {:>5} {:>12} {:>20} {name}",
+                        st.attrs.mode,
+                        st.nlink,
+                        st.attrs.uid,
+                        st.attrs.gid,
+                        st.size,
+                        st.attrs.mtime
+                    ));
+                }
+                Ok(lines)
+            });
+            match listed {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("ls", &e, 1),
+            }
+        }
+        StoreCommand::Stat {
+            file,
+            path,
+            snapshot,
+        } => {
+            let got = FileStore::open(&file, false, true).and_then(|s| {
+                let root = s.image(snapshot.as_deref())?;
+                let ino = ns::resolve_in(&root, path.as_bytes())?;
+                let mut j = ns::stat_in(&root, ino)?.to_json();
+                j["xattrs"] = ns::xattrs_in(&root, ino)
+                    .into_iter()
+                    .map(|(n, v)| {
+                        serde_json::json!({"name": String::from_utf8_lossy(&n), "value": String::from_utf8_lossy(&v)})
+                    })
+                    .collect();
+                Ok(j)
+            });
+            match got {
+                Ok(j) => {
+                    println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("stat", &e, 1),
+            }
+        }
+        StoreCommand::Cat {
+            file,
+            path,
+            snapshot,
+        } => {
+            use std::io::Write;
+            let got = FileStore::open(&file, false, true).and_then(|mut s| {
+                let root = s.image(snapshot.as_deref())?;
+                let ino = ns::resolve_in(&root, path.as_bytes())?;
+                let st = ns::stat_in(&root, ino)?;
+                if st.typ == tandem::store::tree::InodeType::Symlink {
+                    return ns::readlink_in(&root, ino);
+                }
+                let cs = s.core.cluster_size();
+                let (_, f) = s.parts();
+                ns::read_in(&root, cs, f, ino, 0, st.size)
+            });
+            match got {
+                Ok(bytes) => match std::io::stdout().write_all(&bytes) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail("cat", &e, 1),
+                },
+                Err(e) => fail("cat", &e, 1),
+            }
+        }
+        StoreCommand::Import { file, host_dir, to } => {
+            let done = FileStore::open(&file, true, true).and_then(|mut s| {
+                let dir = s.core.resolve(to.as_bytes())?;
+                let (core, f) = s.parts();
+                let done = tandem::store::hostfs::import(core, f, &host_dir, dir)?;
+                s.commit().map(|()| done)
+            });
+            match done {
+                Ok(d) => {
+                    println!("imported {}: {d:?}", host_dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("import", &e, 1),
+            }
+        }
+        StoreCommand::Export {
+            file,
+            host_dir,
+            from,
+            snapshot,
+        } => {
+            let done = FileStore::open(&file, false, true).and_then(|mut s| {
+                let root = s.image(snapshot.as_deref())?;
+                let dir = ns::resolve_in(&root, from.as_bytes())?;
+                let cs = s.core.cluster_size();
+                let (_, f) = s.parts();
+                tandem::store::hostfs::export(&root, cs, f, dir, &host_dir)
+            });
+            match done {
+                Ok(d) => {
+                    println!("exported to {}: {d:?}", host_dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("export", &e, 1),
             }
         }
     }

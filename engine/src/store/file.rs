@@ -46,7 +46,33 @@ pub fn write_frozen(
     flush()
 }
 
+/// The file's bytes, for the namespace's data.
+impl super::namespace::Data for File {
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_exact_at(buf, offset)
+            .map_err(|e| io_err(&format!("read at {offset}"), e))
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_all_at(data, offset)
+            .map_err(|e| io_err(&format!("write at {offset}"), e))
+    }
+}
+
 impl FileStore {
+    /// The core and the file's bytes, both borrowed for a namespace operation.
+    pub fn parts(&mut self) -> (&mut Core, &mut File) {
+        (&mut self.core, &mut self.file)
+    }
+
+    /// The root of the live image, or of snapshot `name`.
+    pub fn image(&self, snapshot: Option<&str>) -> Result<super::tree::Tree> {
+        match snapshot {
+            None => Ok(self.core.objects.clone()),
+            Some(n) => self.core.snapshot_root(self.core.snapshot_named(n)?),
+        }
+    }
+
     /// Format the whole file as a new store.
     pub fn format(path: &Path, cluster_size: u32, name: &str) -> Result<FileStore> {
         let file = OpenOptions::new()

@@ -15,6 +15,7 @@
 //! | [`map`] | a volume's flat cluster map |
 //! | [`io`] | batches of the store's own I/O on its base bdev |
 //! | [`file`] | the store on a plain file, for the offline CLI |
+//! | [`hostfs`] | copying host directory trees in and out of the namespace |
 //!
 //! **Metadata is resident.** Loading reads every reachable node once and keeps the trees in
 //! memory, shared as they are on disk; a change copies the path it touches, a commit writes the
@@ -27,6 +28,7 @@ pub mod check;
 pub mod core;
 pub mod file;
 pub mod format;
+pub mod hostfs;
 pub mod io;
 pub mod map;
 pub mod namespace;

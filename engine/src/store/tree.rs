@@ -1011,13 +1011,7 @@ pub type Differ<'a> = dyn FnMut(&Key, Option<&Val>, Option<&Val>) + 'a;
 /// (present in one only, or unequal), skipping every subtree the two share: the work follows
 /// the difference, whatever the size of the trees. Both trees must come from one store, where
 /// a shared subtree is one node.
-pub fn compare(
-    a: &Tree,
-    b: &Tree,
-    lo: &Key,
-    hi: &Key,
-    f: &mut Differ<'_>,
-) {
+pub fn compare(a: &Tree, b: &Tree, lo: &Key, hi: &Key, f: &mut Differ<'_>) {
     let (mut ca, mut cb) = (Cursor::new(a, *lo), Cursor::new(b, *lo));
     loop {
         match (ca.item(hi), cb.item(hi)) {

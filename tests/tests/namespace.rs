@@ -1,0 +1,276 @@
+//! The namespace through the offline CLI on a store file: a host tree with nested
+//! directories, files of several sizes, a sparse file, hard links, symlinks, extended
+//! attributes, owners and nanosecond times is imported, snapshotted and exported again, and
+//! the copy must equal the original in everything `cp -a` keeps; `ls`, `stat` and `cat` read
+//! it; a second tree imported beside it shows in `diff` as exactly its own names; the check is
+//! clean throughout.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tandem_tests::bin;
+
+fn store(args: &[&str]) -> String {
+    let out = Command::new(bin("tandem"))
+        .arg("store")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tandem store {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let (c, n) = (
+        CString::new(p.as_os_str().as_bytes()).unwrap(),
+        CString::new(name).unwrap(),
+    );
+    // SAFETY: both strings are NUL-terminated and `value` is a buffer of the length given.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 4096];
+    // SAFETY: `c` is NUL-terminated and `names` a buffer of the length given.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(n >= 0);
+    let mut out = Vec::new();
+    for name in names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+    {
+        let cn = CString::new(name).unwrap();
+        let mut v = vec![0u8; 4096];
+        // SAFETY: as above.
+        let len =
+            unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        assert!(len >= 0);
+        v.truncate(len as usize);
+        out.push((name.to_vec(), v));
+    }
+    out.sort();
+    out
+}
+
+fn set_times(p: &Path, atime_ns: i64, mtime_ns: i64) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let ts = |ns: i64| libc::timespec {
+        tv_sec: ns / 1_000_000_000,
+        tv_nsec: ns % 1_000_000_000,
+    };
+    let t = [ts(atime_ns), ts(mtime_ns)];
+    // SAFETY: `c` is NUL-terminated and `t` two timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(r, 0);
+}
+
+/// Everything `cp -a` keeps, per relative path; hard links as the first path of their inode.
+fn walk(top: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut first: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    let mut todo = vec![top.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(top).unwrap().display().to_string();
+        let what = if m.is_dir() {
+            let mut es: Vec<PathBuf> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            es.sort();
+            todo.extend(es);
+            "dir".to_owned()
+        } else if m.file_type().is_symlink() {
+            format!("-> {}", std::fs::read_link(&p).unwrap().display())
+        } else {
+            let link = first
+                .entry((m.dev(), m.ino()))
+                .or_insert_with(|| rel.clone())
+                .clone();
+            let data = std::fs::read(&p).unwrap();
+            format!(
+                "file {} bytes crc {:x} link {link} blocks<={}",
+                data.len(),
+                data.iter().fold(0u32, |h, &b| h.rotate_left(5) ^ b as u32),
+                // Holes stay holes: allocated blocks bounded by the non-zero data.
+                (data
+                    .chunks(4096)
+                    .filter(|c| c.iter().any(|&b| b != 0))
+                    .count()
+                    * 8)
+                .max(8)
+            )
+        };
+        let mtime = if m.is_dir() {
+            0
+        } else {
+            m.mtime() * 1_000_000_000 + m.mtime_nsec()
+        };
+        if !m.is_dir() && !m.file_type().is_symlink() {
+            assert!(
+                m.blocks() as usize
+                    <= (std::fs::read(&p)
+                        .unwrap()
+                        .chunks(4096)
+                        .filter(|c| c.iter().any(|&b| b != 0))
+                        .count()
+                        * 8)
+                    .max(8),
+                "{rel}: not sparse"
+            );
+        }
+        out.insert(
+            rel,
+            format!(
+                "{what} mode {:o} owner {}:{} mtime {mtime} xattrs {:?}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid(),
+                xattrs(&p)
+            ),
+        );
+    }
+    out
+}
+
+fn make_tree(top: &Path, seed: u32) {
+    std::fs::create_dir_all(top.join("etc/conf.d")).unwrap();
+    std::fs::create_dir_all(top.join("usr/share/doc")).unwrap();
+    for i in 0..40u32 {
+        let dir = if i % 3 == 0 {
+            "etc/conf.d"
+        } else {
+            "usr/share/doc"
+        };
+        let len = (i * 977 + seed * 13) as usize % 20000;
+        let data: Vec<u8> = (0..len)
+            .map(|k| (k as u32 * 7 + i + seed) as u8 | 1)
+            .collect();
+        let p = top.join(dir).join(format!("f{i}"));
+        std::fs::write(&p, data).unwrap();
+        set_times(
+            &p,
+            1_600_000_000_123_456_789 + i as i64,
+            1_500_000_000_987_654_321 + i as i64,
+        );
+    }
+    let sparse = top.join("sparse.img");
+    let f = std::fs::File::create(&sparse).unwrap();
+    f.set_len(8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"middle", 4 << 20).unwrap();
+    std::fs::hard_link(top.join("etc/conf.d/f0"), top.join("usr/hard0")).unwrap();
+    std::fs::hard_link(top.join("etc/conf.d/f0"), top.join("hard0b")).unwrap();
+    std::os::unix::fs::symlink("etc/conf.d/f3", top.join("link3")).unwrap();
+    std::os::unix::fs::symlink("/nowhere/at/all", top.join("usr/dangling")).unwrap();
+    set_xattr(&top.join("etc/conf.d/f3"), "user.mime_type", b"text/plain");
+    set_xattr(&top.join("usr/share"), "user.origin", &[0, 1, 2, 255]);
+    std::fs::set_permissions(
+        top.join("etc"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    let owned = CString::new(top.join("usr/share/doc/f1").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path. The tests run as root (the set-up needs it).
+    assert_eq!(unsafe { libc::lchown(owned.as_ptr(), 1234, 5678) }, 0);
+}
+
+#[test]
+fn a_host_tree_goes_in_and_out_whole_and_diffs_show_exactly_what_was_added() {
+    let dir = std::env::temp_dir().join(format!("tandem-ns-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, src2, out) = (dir.join("src"), dir.join("src2"), dir.join("out"));
+    make_tree(&src, 1);
+    make_tree(&src2.join("b"), 2);
+    let img = dir.join("store.img");
+    let img_s = img.to_str().unwrap();
+    store(&["format", img_s, "-s", "256M", "-c", "4096"]);
+    store(&["import", img_s, src.to_str().unwrap()]);
+    store(&["snapshot", img_s, "s1"]);
+    store(&["export", img_s, out.to_str().unwrap(), "--snapshot", "s1"]);
+    assert_eq!(walk(&out), walk(&src), "exported == imported");
+
+    let ls = store(&["ls", img_s, "/etc"]);
+    assert!(ls.starts_with("d0755") && ls.contains(" conf.d"), "{ls}");
+    let ls = store(&["ls", img_s, "/"]);
+    assert!(
+        ls.contains("l0777") && ls.contains("link3 -> etc/conf.d/f3"),
+        "{ls}"
+    );
+    assert_eq!(
+        store(&["cat", img_s, "/usr/hard0"]).as_bytes(),
+        std::fs::read(src.join("etc/conf.d/f0")).unwrap()
+    );
+    let st: serde_json::Value = serde_json::from_str(&store(&["stat", img_s, "/hard0b"])).unwrap();
+    assert_eq!(st["nlink"], 3);
+    let st: serde_json::Value =
+        serde_json::from_str(&store(&["stat", img_s, "/usr/share/doc/f1"])).unwrap();
+    assert_eq!(
+        (st["uid"].as_u64(), st["gid"].as_u64()),
+        (Some(1234), Some(5678))
+    );
+
+    // A second tree beside the first: the diff names exactly its paths, each once, the extra
+    // names of a hard-linked file as links.
+    store(&["import", img_s, src2.to_str().unwrap()]);
+    let diff = store(&["diff", img_s, "--from", "s1"]);
+    let mut got: Vec<String> = diff.lines().map(|l| l[2..].to_owned()).collect();
+    got.sort();
+    let want: Vec<String> = walk(&src2).into_keys().filter(|p| !p.is_empty()).collect();
+    assert_eq!(got, want, "{diff}");
+    assert_eq!(
+        diff.lines().filter(|l| l.starts_with("L ")).count(),
+        2,
+        "{diff}"
+    );
+    assert_eq!(
+        diff.lines().filter(|l| l.starts_with("+ ")).count(),
+        want.len() - 2,
+        "{diff}"
+    );
+    assert!(store(&["diff", img_s, "--from", "s1", "--path", "/etc"]).is_empty());
+    let check = store(&["check", img_s]);
+    assert!(check.trim_end().ends_with("clean"), "{check}");
+    let err = Command::new(bin("tandem"))
+        .args(["store", "import", img_s, src2.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !err.status.success(),
+        "importing over existing names is refused"
+    );
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
