@@ -414,13 +414,14 @@ fn namespace(root: &Tree, image: &str, out: &mut Vec<Problem>) {
             children.entry(k.obj).or_default().push(e.ino);
         }
     }
+    let named_at: HashSet<(u64, &[u8], u64)> = entries
+        .iter()
+        .flat_map(|(dk, _, es)| es.iter().map(move |e| (dk.obj, e.name.as_slice(), e.ino)))
+        .collect();
     for ((ino, parent), names) in &links {
         let k = Key::new(*ino, KIND_LINK, *parent);
         for n in names {
-            let found = entries.iter().any(|(dk, _, es)| {
-                dk.obj == *parent && es.iter().any(|e| e.name == *n && e.ino == *ino)
-            });
-            if !found {
+            if !named_at.contains(&(*parent, n.as_slice(), *ino)) {
                 bad(
                     &k,
                     format!(

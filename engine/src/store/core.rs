@@ -144,10 +144,17 @@ const EXTENTS_END: Key = Key {
     off: 0,
 };
 
+/// A store's, volume's or snapshot's name: it becomes part of a bdev name and, for a volume,
+/// an entry of the root directory.
 pub fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > MAX_NAME || name.contains('/') {
+    if name.is_empty()
+        || name.len() > MAX_NAME
+        || name.contains(['/', '\0'])
+        || name == "."
+        || name == ".."
+    {
         return Err(Error::Invalid(format!(
-            "{name:?}: a name is 1 to {MAX_NAME} bytes without '/'"
+            "{name:?}: a name is 1 to {MAX_NAME} bytes without '/' or NUL, and not . or .."
         )));
     }
     Ok(())
@@ -506,13 +513,14 @@ impl Core {
         self.volume(obj).map(|i| info(obj, i))
     }
 
+    /// The volumes of an image: the volume entries of its root directory.
     fn volumes_in(&self, root: &Tree) -> Vec<VolumeInfo> {
-        let mut out = Vec::new();
-        tree::each(root, &mut |k, v| match v {
-            Val::Inode(i) if i.typ == InodeType::Volume => out.push(info(k.obj, i)),
-            _ => {}
-        });
-        out
+        namespace::readdir_in(root, ROOT)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.typ == InodeType::Volume)
+            .filter_map(|e| namespace::inode_in(root, e.ino).map(|i| info(e.ino, i)))
+            .collect()
     }
 
     pub fn volumes(&self) -> Vec<VolumeInfo> {
@@ -578,7 +586,12 @@ impl Core {
         debug_assert!(old.is_none());
         self.changed = true;
         match typ {
-            InodeType::Volume => self.add_entry(ROOT, name.as_bytes(), obj)?,
+            InodeType::Volume => {
+                if let Err(e) = self.add_entry(ROOT, name.as_bytes(), obj) {
+                    self.drop_if_unlinked(obj)?;
+                    return Err(e);
+                }
+            }
             _ => {
                 self.objects_by_name.insert(name.to_owned(), obj);
             }

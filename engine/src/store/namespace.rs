@@ -495,30 +495,32 @@ impl Core {
         ino
     }
 
-    /// Add entry `name` in `dir` for `ino`, with its link and link counts.
-    pub(super) fn add_entry(&mut self, dir: u64, name: &[u8], ino: u64) -> Result<()> {
-        name_ok(name)?;
-        must_dir(&self.objects, dir)?;
-        if self.lookup(dir, name).is_some() {
-            return Err(Error::Exists(show(name)));
-        }
-        let typ = must_inode(&self.objects, ino)?.typ;
+    /// The entry and link values naming `ino` as `dir/name`, once the entries `gone` are
+    /// removed; EMLINK when either would not fit in a value.
+    fn entry_values(
+        &self,
+        dir: u64,
+        name: &[u8],
+        ino: u64,
+        typ: InodeType,
+        gone: &[(u64, &[u8])],
+    ) -> Result<(Val, Val)> {
         let gen = self.gen;
-        let dkey = dirent_key(dir, name);
-        let mut entries = match get(&self.objects, &dkey) {
+        let mut entries = match get(&self.objects, &dirent_key(dir, name)) {
             Some(Val::Dirents { entries, .. }) => entries.clone(),
             _ => Vec::new(),
         };
+        entries.retain(|e| !gone.contains(&(dir, e.name.as_slice())));
         entries.push(Dirent {
             name: name.to_vec(),
             ino,
             typ,
         });
-        let lkey = link_key(ino, dir);
-        let mut names = match get(&self.objects, &lkey) {
+        let mut names = match get(&self.objects, &link_key(ino, dir)) {
             Some(Val::Links { names, .. }) => names.clone(),
             _ => Vec::new(),
         };
+        names.retain(|n| !gone.contains(&(dir, n.as_slice())));
         names.push(name.to_vec());
         let dval = Val::Dirents { gen, entries };
         let lval = Val::Links { gen, names };
@@ -528,6 +530,19 @@ impl Core {
                 format!("{:?}: too many names in one place", show(name)),
             );
         }
+        Ok((dval, lval))
+    }
+
+    /// Add entry `name` in `dir` for `ino`, with its link and link counts.
+    pub(super) fn add_entry(&mut self, dir: u64, name: &[u8], ino: u64) -> Result<()> {
+        name_ok(name)?;
+        must_dir(&self.objects, dir)?;
+        if self.lookup(dir, name).is_some() {
+            return Err(Error::Exists(show(name)));
+        }
+        let typ = must_inode(&self.objects, ino)?.typ;
+        let (dkey, lkey) = (dirent_key(dir, name), link_key(ino, dir));
+        let (dval, lval) = self.entry_values(dir, name, ino, typ, &[])?;
         if typ == InodeType::Dir && !links_in(&self.objects, ino).is_empty() {
             return posix(libc::EMLINK, "a directory has one parent");
         }
@@ -631,6 +646,11 @@ impl Core {
         attrs: Attrs,
         target: &[u8],
     ) -> Result<u64> {
+        if attrs.mode & !0o7777 != 0 {
+            return Err(Error::Invalid(
+                "mode: permission bits only (0 to 0o7777)".into(),
+            ));
+        }
         if typ == InodeType::Symlink
             && (target.is_empty() || target.len() > MAX_TARGET || target.contains(&0))
         {
@@ -664,7 +684,10 @@ impl Core {
             return Err(Error::Exists(show(name)));
         }
         let ino = self.new_unlinked(typ, attrs, target)?;
-        self.add_entry(dir, name, ino)?;
+        if let Err(e) = self.add_entry(dir, name, ino) {
+            self.drop_if_unlinked(ino)?;
+            return Err(e);
+        }
         Ok(ino)
     }
 
@@ -737,10 +760,19 @@ impl Core {
                 show(sname)
             )));
         }
-        if let Some(dst) = self.lookup(ddir, dname) {
-            if dst.ino == src.ino {
-                return Ok(());
-            }
+        let dst = self.lookup(ddir, dname);
+        if dst.as_ref().is_some_and(|d| d.ino == src.ino) {
+            return Ok(());
+        }
+        // Refuse now what adding the new name would refuse later, before anything changes.
+        self.entry_values(
+            ddir,
+            dname,
+            src.ino,
+            src.typ,
+            &[(ddir, dname), (sdir, sname)],
+        )?;
+        if let Some(dst) = dst {
             self.refuse_volume(&dst)?;
             match (src.typ == InodeType::Dir, dst.typ == InodeType::Dir) {
                 (true, false) => {
@@ -892,11 +924,16 @@ impl Core {
         if end > MAX_FILE {
             return posix(libc::EFBIG, "past the largest file");
         }
+        if bytes.is_empty() {
+            return Ok(());
+        }
         if end > size {
             self.set_size(ino, end)?;
         }
-        self.put_bytes(data, ino, off, bytes)?;
-        self.touch(ino, true)
+        // Even a write cut short (no space) changed the file: the generation goes up first.
+        let put = self.put_bytes(data, ino, off, bytes);
+        self.touch(ino, true)?;
+        put
     }
 
     fn put_bytes(&mut self, data: &mut dyn Data, ino: u64, off: u64, bytes: &[u8]) -> Result<()> {
@@ -912,21 +949,39 @@ impl Core {
         Ok(())
     }
 
+    /// The mapped clusters of a file in `[first, end)`: (index, cluster). The work follows
+    /// what is mapped, not the length of the range.
+    fn mapped(&self, ino: u64, first: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if let Some(i) = inode_in(&self.objects, ino) {
+            range(
+                &i.extents,
+                &super::core::extent_key(first),
+                &super::core::extent_key(end),
+                &mut |k, v| {
+                    if let Val::Extent { cluster, .. } = v {
+                        if *cluster != 0 {
+                            out.push((k.off, *cluster));
+                        }
+                    }
+                    true
+                },
+            );
+        }
+        out
+    }
+
     /// Zero `[off, off + len)` of a file: whole clusters are unmapped, the edges written.
     fn zero_range(&mut self, data: &mut dyn Data, ino: u64, off: u64, len: u64) -> Result<()> {
         let cs = self.cluster_size();
         let end = off + len;
-        let mut at = off;
-        while at < end {
-            let idx = at / cs;
-            let within = at % cs;
-            let n = (cs - within).min(end - at);
-            if n == cs {
+        for (idx, _) in self.mapped(ino, off / cs, end.div_ceil(cs)) {
+            let (a, b) = ((idx * cs).max(off), ((idx + 1) * cs).min(end));
+            if b - a == cs {
                 self.unmap_cluster(ino, idx)?;
-            } else if self.extent(ino, idx).is_some() {
-                self.write_cluster(data, ino, idx, within, &vec![0u8; n as usize])?;
+            } else {
+                self.write_cluster(data, ino, idx, a - idx * cs, &vec![0u8; (b - a) as usize])?;
             }
-            at += n;
         }
         Ok(())
     }
@@ -942,7 +997,7 @@ impl Core {
             let cs = self.cluster_size();
             let tail_end = old.min(size.div_ceil(cs) * cs);
             self.zero_range(data, ino, size, tail_end - size)?;
-            for idx in size.div_ceil(cs)..old.div_ceil(cs) {
+            for (idx, _) in self.mapped(ino, size.div_ceil(cs), old.div_ceil(cs)) {
                 self.unmap_cluster(ino, idx)?;
             }
         }
@@ -1007,7 +1062,13 @@ impl Core {
         len: u64,
     ) -> Result<()> {
         let cs = self.cluster_size();
-        let ssize = must_inode(&self.objects, src)?.size;
+        let s = must_inode(&self.objects, src)?;
+        if !s.typ.has_extents() {
+            return Err(Error::Invalid(format!(
+                "inode {src} holds no data to clone"
+            )));
+        }
+        let ssize = s.size;
         let dsize = self.file_for_write(dst)?;
         let to_end = src_off.saturating_add(len) == ssize;
         if src_off % cs != 0 || dst_off % cs != 0 || (len % cs != 0 && !to_end) {
@@ -1032,15 +1093,15 @@ impl Core {
         }
         let n = len.div_ceil(cs);
         let (first_s, first_d) = (src_off / cs, dst_off / cs);
-        let mut clusters = Vec::with_capacity(n as usize);
-        let s = must_inode(&self.objects, src)?;
-        for k in 0..n {
-            clusters.push(
-                match get(&s.extents, &super::core::extent_key(first_s + k)) {
-                    Some(Val::Extent { cluster, .. }) => *cluster,
-                    _ => 0,
-                },
-            );
+        // What the destination range maps becomes a hole unless the source maps it there;
+        // the work follows what is mapped on either side, not the length.
+        let mut clusters: std::collections::BTreeMap<u64, u64> = self
+            .mapped(dst, first_d, first_d + n)
+            .into_iter()
+            .map(|(idx, _)| (idx - first_d, 0))
+            .collect();
+        for (idx, c) in self.mapped(src, first_s, first_s + n) {
+            clusters.insert(idx - first_s, c);
         }
         let end = dsize.max(dst_off + len);
         if end > dsize {
@@ -1049,11 +1110,8 @@ impl Core {
         let gen = self.gen;
         self.mark_shared();
         self.change_extents(dst, |i, alloc| {
-            for (k, c) in clusters.into_iter().enumerate() {
-                let key = super::core::extent_key(first_d + k as u64);
-                if c == 0 && get(&i.extents, &key).is_none() {
-                    continue;
-                }
+            for (k, c) in clusters {
+                let key = super::core::extent_key(first_d + k);
                 if c != 0 {
                     super::tree::Space::cluster_ref(alloc, c);
                 }

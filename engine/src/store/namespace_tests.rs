@@ -868,6 +868,37 @@ fn posix_refusals_carry_their_errno() {
             .collect::<Vec<_>>(),
         vec![b"d".to_vec(), b"vol".to_vec()]
     );
+    // A name the root directory cannot hold leaves no volume behind.
+    assert_eq!(
+        e(c.create_volume(".", 1 << 20, false, 6).map(|_| ())),
+        -libc::EINVAL
+    );
+    assert_eq!(c.volumes().len(), 1);
+    // A rename the new name cannot take changes nothing, not even the file it would replace.
+    let long = |i: u8| [vec![b'a' + i; 250], vec![b'z'; 5]].concat();
+    let g = c.create(d, &long(9), a).unwrap();
+    for i in 0..6 {
+        c.link(f, d, &long(i)).unwrap();
+    }
+    assert_eq!(e(c.rename(d, b"f", d, &long(9))), -libc::EMLINK);
+    assert_eq!(c.lookup(d, &long(9)).map(|x| x.ino), Some(g));
+    assert_eq!(c.lookup(d, b"f").map(|x| x.ino), Some(f));
+    // Sizes far past what is mapped cost what is mapped.
+    c.write(&mut rig.ram, g, 5, b"abc").unwrap();
+    let t = std::time::Instant::now();
+    c.truncate(&mut rig.ram, g, namespace::MAX_FILE).unwrap();
+    c.punch(&mut rig.ram, g, 4096, namespace::MAX_FILE).unwrap();
+    c.clone_range(g, 0, f, 0, namespace::MAX_FILE).unwrap();
+    c.truncate(&mut rig.ram, g, 0).unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        namespace::read_in(&c.objects.clone(), CS as u64, &mut rig.ram, f, 0, 9).unwrap(),
+        b"\0\0\0\0\0abc\0".to_vec()
+    );
     rig.ram.commit(&mut rig.core);
     assert_eq!(check(&rig.core), vec![]);
 }

@@ -9,6 +9,9 @@
 //! A file's changed clusters come from comparing its two extent trees the same way. The cost
 //! follows the change, not the tree.
 //!
+//! Volumes are left out: they travel by block replication, and their entries are the
+//! volume calls' to make.
+//!
 //! Inodes are named by their number in the source store; a receiver keeps a map from those to
 //! its own. The order makes every step valid on the receiver:
 //! 1. `Create`: new inodes, linked nowhere yet; `CloneFile`: a new file's data shared from a
@@ -111,6 +114,8 @@ struct Walk<'a> {
     in_base: HashMap<u64, bool>,
     in_newer: HashMap<u64, bool>,
     walked: HashSet<u64>,
+    /// Directories in both images waiting to be compared.
+    dirs: Vec<u64>,
     created: Vec<u64>,
     created_set: HashSet<u64>,
     removals: Vec<Change>,
@@ -145,6 +150,15 @@ impl Walk<'_> {
             .or_insert_with(|| inode_in(t, ino).is_some() && is_within(t, ino, top))
     }
 
+    /// Compare every directory that is in the subtree in both images and changed below,
+    /// starting at `top`: an explicit stack, so that no depth of tree overflows ours.
+    fn run(&mut self) {
+        self.dirs.push(self.top);
+        while let Some(d) = self.dirs.pop() {
+            self.walk(d);
+        }
+    }
+
     /// A directory in the subtree in both images: compare its entries.
     fn walk(&mut self, d: u64) {
         if !self.walked.insert(d) {
@@ -164,6 +178,15 @@ impl Walk<'_> {
             &mut |_, a, b| changed.push((entries_of(a).to_vec(), entries_of(b).to_vec())),
         );
         for (old, new) in changed {
+            // Volumes travel by block replication, not in namespace diffs.
+            let old: Vec<Dirent> = old
+                .into_iter()
+                .filter(|e| e.typ != InodeType::Volume)
+                .collect();
+            let new: Vec<Dirent> = new
+                .into_iter()
+                .filter(|e| e.typ != InodeType::Volume)
+                .collect();
             for ea in &old {
                 match new.iter().find(|eb| eb.name == ea.name) {
                     Some(eb) if eb.ino == ea.ino => self.same_place(eb),
@@ -181,41 +204,81 @@ impl Walk<'_> {
     /// Named the same in both images, changed below.
     fn same_place(&mut self, e: &Dirent) {
         if e.typ == InodeType::Dir {
-            self.walk(e.ino);
+            self.dirs.push(e.ino);
         } else {
             self.touched.insert(e.ino);
         }
     }
 
+    /// Entry `e` of `d` is gone: detach what lives on in the subtree; unlink the rest, a
+    /// directory after everything in it (post-order, with an explicit stack).
     fn removal(&mut self, d: u64, e: &Dirent) {
-        let (dir, name, ino) = (d, e.name.clone(), e.ino);
-        if self.in_newer(ino) {
-            self.removals.push(Change::Detach { dir, name, ino });
-            self.same_place(e);
-            return;
+        struct Frame {
+            parent: u64,
+            entry: Dirent,
+            children: Vec<Dirent>,
+            next: usize,
         }
-        if e.typ == InodeType::Dir && self.walked.insert(ino) {
-            for c in readdir_in(self.base, ino).unwrap_or_default() {
-                self.removal(ino, &c);
+        let mut stack: Vec<Frame> = Vec::new();
+        let visit = |w: &mut Self, stack: &mut Vec<Frame>, parent: u64, e: Dirent| {
+            let (dir, name, ino) = (parent, e.name.clone(), e.ino);
+            if e.typ == InodeType::Volume {
+                return;
+            }
+            if w.in_newer(ino) {
+                w.removals.push(Change::Detach { dir, name, ino });
+                w.same_place(&e);
+            } else if e.typ == InodeType::Dir && w.walked.insert(ino) {
+                let children = readdir_in(w.base, ino).unwrap_or_default();
+                stack.push(Frame {
+                    parent,
+                    entry: e,
+                    children,
+                    next: 0,
+                });
+            } else {
+                w.removals.push(Change::Unlink { dir, name, ino });
+            }
+        };
+        visit(self, &mut stack, d, e.clone());
+        while let Some(top) = stack.last_mut() {
+            if top.next < top.children.len() {
+                let (dir, c) = (top.entry.ino, top.children[top.next].clone());
+                top.next += 1;
+                visit(self, &mut stack, dir, c);
+            } else {
+                let f = stack.pop().expect("a frame");
+                self.removals.push(Change::Unlink {
+                    dir: f.parent,
+                    name: f.entry.name,
+                    ino: f.entry.ino,
+                });
             }
         }
-        self.removals.push(Change::Unlink { dir, name, ino });
     }
 
+    /// Entry `e` of `d` is new: link it; a new inode is created, and a new directory's
+    /// entries follow it (pre-order, with an explicit stack).
     fn addition(&mut self, d: u64, e: &Dirent) {
-        self.links.push(Change::Link {
-            dir: d,
-            name: e.name.clone(),
-            ino: e.ino,
-        });
-        if self.in_base(e.ino) {
-            return self.same_place(e);
-        }
-        if self.created_set.insert(e.ino) {
-            self.created.push(e.ino);
-            if e.typ == InodeType::Dir {
-                for c in readdir_in(self.newer, e.ino).unwrap_or_default() {
-                    self.addition(e.ino, &c);
+        let mut todo = vec![(d, e.clone())];
+        while let Some((d, e)) = todo.pop() {
+            if e.typ == InodeType::Volume {
+                continue;
+            }
+            self.links.push(Change::Link {
+                dir: d,
+                name: e.name.clone(),
+                ino: e.ino,
+            });
+            if self.in_base(e.ino) {
+                self.same_place(&e);
+                continue;
+            }
+            if self.created_set.insert(e.ino) {
+                self.created.push(e.ino);
+                if e.typ == InodeType::Dir {
+                    let children = readdir_in(self.newer, e.ino).unwrap_or_default();
+                    todo.extend(children.into_iter().rev().map(|c| (e.ino, c)));
                 }
             }
         }
@@ -315,6 +378,7 @@ pub fn subtree_diff(
         in_base: HashMap::new(),
         in_newer: HashMap::new(),
         walked: HashSet::new(),
+        dirs: Vec::new(),
         created: Vec::new(),
         created_set: HashSet::new(),
         removals: Vec::new(),
@@ -322,13 +386,16 @@ pub fn subtree_diff(
         touched: BTreeSet::new(),
         dirs_visited: 0,
     };
-    w.walk(top);
+    w.run();
     let mut changes = Vec::new();
     let mut contents = Vec::new();
     let mut attrs = Vec::new();
     let empty = Tree(None);
     for ino in w.created.clone() {
-        let i = inode_in(newer, ino).expect("a created inode is in the newer image");
+        let i = inode_in(newer, ino).ok_or_else(|| Error::Corrupt {
+            block: 0,
+            what: format!("an entry names inode {ino}, which the newer image lacks"),
+        })?;
         let typ = if i.typ == InodeType::Volume {
             InodeType::File
         } else {
@@ -399,7 +466,8 @@ pub fn subtree_diff(
 pub fn path_of(root: &Tree, top: u64, dir: u64, name: &[u8]) -> String {
     let mut parts = vec![String::from_utf8_lossy(name).into_owned()];
     let mut d = dir;
-    while d != top {
+    let mut seen = HashSet::new();
+    while d != top && seen.insert(d) {
         match links_in(root, d).into_iter().next() {
             Some((p, n)) => {
                 parts.push(String::from_utf8_lossy(&n).into_owned());
@@ -463,7 +531,10 @@ impl SubtreeDiff {
         for (_, froms) in detached {
             out.extend(froms.into_iter().map(|p| format!("- {p}")));
         }
-        let name_of = |ino: u64| match links_in(newer, ino).into_iter().next() {
+        let name_of = |ino: u64| match links_in(newer, ino)
+            .into_iter()
+            .find(|(d, _)| is_within(newer, *d, self.top))
+        {
             Some((d, n)) => path_of(newer, self.top, d, &n),
             None => format!("inode {ino}"),
         };
