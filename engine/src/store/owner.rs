@@ -11,6 +11,12 @@
 //! commit is in flight, changes gather for the next one, which then writes them all with one
 //! superblock write: nodes and table pages, flush, superblock, flush.
 //!
+//! **Data before the extent that names it.** A first write's new cluster is in the tree from
+//! the moment it is allocated, but is zeroed or copied afterwards. A commit does not start
+//! while any such cluster's I/O is in flight ([`begin_unready`]); new preparations wait behind
+//! a commit that waits, so it cannot starve. So no durable extent ever names a cluster that
+//! still holds a freed cluster's old bytes.
+//!
 //! **Snapshots and in-flight writes.** A volume writes in place only into clusters stamped with
 //! the current snapshot epoch. Each write counts itself in per-reactor counters for the epoch it
 //! saw; a snapshot moves the epoch and waits until the old epoch's counters drain. So a
@@ -136,6 +142,11 @@ struct CommitState {
     waiters: Vec<Waiter>,
     running: bool,
     commits: u64,
+    /// Clusters in the tree whose zeroing or copy is in flight.
+    unready: usize,
+    /// A commit waits for `unready` to reach 0; preparations wait in `gated` meanwhile.
+    held: bool,
+    gated: Vec<Box<dyn FnOnce()>>,
 }
 
 /// A cluster being prepared for a write; later requests for it wait here.
@@ -794,9 +805,48 @@ fn commit(o: &Rc<Owner>, then: Waiter) {
     }
 }
 
+/// A cluster is about to enter the tree before its data is written; `false` when a commit is
+/// waiting for those already in flight, and the caller must wait in [`gate`] instead.
+fn begin_unready(o: &Rc<Owner>) -> bool {
+    let mut st = o.commit.borrow_mut();
+    if st.held {
+        return false;
+    }
+    st.unready += 1;
+    true
+}
+
+/// Run `f` once the commit that waits for unready clusters has started.
+fn gate(o: &Rc<Owner>, f: Box<dyn FnOnce()>) {
+    o.commit.borrow_mut().gated.push(f);
+}
+
+/// The data of a cluster begun with [`begin_unready`] has landed (or failed).
+fn end_unready(o: &Rc<Owner>) {
+    let (start, gated) = {
+        let mut st = o.commit.borrow_mut();
+        st.unready -= 1;
+        if st.unready > 0 || !st.held {
+            return;
+        }
+        st.held = false;
+        (!st.running, std::mem::take(&mut st.gated))
+    };
+    if start {
+        start_commit(o);
+    }
+    for f in gated {
+        f();
+    }
+}
+
 fn start_commit(o: &Rc<Owner>) {
     let waiters = {
         let mut st = o.commit.borrow_mut();
+        if st.unready > 0 {
+            st.held = true;
+            return;
+        }
         st.running = true;
         std::mem::take(&mut st.waiters)
     };
@@ -985,10 +1035,17 @@ fn prepare_one(o: &Rc<Owner>, obj: u64, idx: u64, done: Box<dyn FnOnce(Result<u6
         }
         return;
     }
+    if !begin_unready(o) {
+        let o2 = Rc::clone(o);
+        return gate(o, Box::new(move || prepare_one(&o2, obj, idx, done)));
+    }
     let planned = o.core.borrow_mut().prepare_write(obj, idx);
     let prep = match planned {
         Ok(p) => p,
-        Err(e) => return done(Err(e)),
+        Err(e) => {
+            end_unready(o);
+            return done(Err(e));
+        }
     };
     if let Prep::Copy { from, .. } = prep {
         *o.copying.borrow_mut().entry(from).or_default() += 1;
@@ -1015,6 +1072,7 @@ fn prepare_one(o: &Rc<Owner>, obj: u64, idx: u64, done: Box<dyn FnOnce(Result<u6
             // changes, and loading it again finds the last commit, without that extent.
             let waiters = std::mem::take(&mut *entry.waiters.borrow_mut());
             fail(&o2, Vec::new(), e.clone());
+            end_unready(&o2);
             o2.preparing.borrow_mut().remove(&(obj, idx));
             for w in waiters {
                 w(Err(e.clone()));
@@ -1041,6 +1099,9 @@ fn prepare_one(o: &Rc<Owner>, obj: u64, idx: u64, done: Box<dyn FnOnce(Result<u6
                 }
             }),
         );
+        // The cluster's data has landed: a commit that waited for it may start, with this
+        // extent in it.
+        end_unready(&o2);
     };
     match prep {
         Prep::Ready { .. } => finish(Ok(())),

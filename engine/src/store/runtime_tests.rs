@@ -472,3 +472,72 @@ fn a_clone_of_a_deleted_snapshot_stays_apart_from_its_parent_across_a_reload() {
     store.destroy().unwrap();
     bdev::delete(&base).unwrap();
 }
+
+#[test]
+fn no_commit_makes_an_extent_durable_before_its_cluster_is_zeroed() {
+    use crate::bdev::error::{self as ebdev, Action, Fault, IoTypes, When};
+    let rig = Rig::new(2);
+    let base = unique("st_gate");
+    ram(&base, 8);
+    // Every data cluster starts out holding someone's old bytes.
+    for mib in 0..8u64 {
+        rig.write(0, &base, mib * 256, vec![0xAA; 1 << 20]).unwrap();
+    }
+    ebdev::create(ebdev::ErrorOpts {
+        name: None,
+        base: base.clone(),
+        uuid: 0,
+    })
+    .unwrap();
+    let ee = format!("EE_{base}");
+    let store = rig.new_store(&ee, 65536);
+    let v = store
+        .create_volume("v", 4 << 20, false)
+        .unwrap()
+        .name()
+        .to_owned();
+    // The first write's zeroing is held by the device for a while.
+    ebdev::set_fault(
+        &ee,
+        Fault {
+            when: When::Nth(1),
+            ..Fault::every(
+                Action::Delay(Duration::from_millis(400)),
+                IoTypes::of(&[IoType::WriteZeroes]),
+            )
+        },
+    )
+    .unwrap();
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| rig.write(1, &v, 0, vec![0x55; 4096]));
+        std::thread::sleep(Duration::from_millis(100));
+        // Another change commits meanwhile: once it is durable, what is on the disk must not
+        // map a cluster that still holds the old bytes.
+        store.put_object("tick", vec![1]).unwrap();
+        let bytes = rig.read(0, &base, 0, 8 * 256);
+        let on_disk = super::Core::load(bytes.len() as u64, &mut |bs| {
+            Ok(bs
+                .iter()
+                .map(|b| bytes[(*b as usize) * 4096..][..4096].to_vec())
+                .collect())
+        })
+        .expect("the durable store loads");
+        let obj = on_disk.volume_named("v").unwrap();
+        for (_, cluster, _) in on_disk.extent_births(None, obj).unwrap() {
+            let at = (cluster * 65536) as usize;
+            assert!(
+                !bytes[at..at + 65536].contains(&0xAA),
+                "a durable extent names cluster {cluster}, which still holds old bytes"
+            );
+        }
+        writer.join().unwrap().unwrap();
+    });
+    assert_eq!(
+        rig.read(0, &v, 0, 2),
+        [vec![0x55; 4096], vec![0; 4096]].concat()
+    );
+    assert_eq!(store.check().unwrap(), vec![]);
+    store.destroy().unwrap();
+    bdev::delete(&ee).unwrap();
+    bdev::delete(&base).unwrap();
+}
