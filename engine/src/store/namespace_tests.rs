@@ -503,7 +503,7 @@ impl Rig {
                 let Some(f) = pick(&files, file) else { return };
                 let data = bytes(seed, len as usize);
                 let r = core.write(ram, f, off as u64, &data);
-                if r.is_ok() {
+                if r.is_ok() && len > 0 {
                     let d = &mut self.model.nodes.get_mut(&f).unwrap().data;
                     let end = off as usize + len as usize;
                     if d.len() < end {
@@ -820,7 +820,7 @@ fn path_to(root: &Tree, ino: u64) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 2000, ..ProptestConfig::default() })]
     #[test]
     fn namespace_matches_the_model(ops in proptest::collection::vec(op(), 1..70)) {
         let mut rig = Rig::new();
