@@ -1,4 +1,6 @@
-//! The namespace through the offline CLI on a store file: a host tree with nested
+//! The namespace through RPC on a real tandemd (files, links, attributes, data, clones,
+//! snapshots and diffs, refusals with their errno, and all of it again after SIGKILL and a
+//! start from the saved config), and through the offline CLI on a store file: a host tree with nested
 //! directories, files of several sizes, a sparse file, hard links, symlinks, extended
 //! attributes, owners and nanosecond times is imported, snapshotted and exported again, and
 //! the copy must equal the original in everything `cp -a` keeps; `ls`, `stat` and `cat` read
@@ -12,7 +14,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tandem_tests::bin;
+use serde_json::json;
+use tandem_tests::{bin, rpc, spdk_rpc, start_bare};
 
 fn store(args: &[&str]) -> String {
     let out = Command::new(bin("tandem"))
@@ -273,4 +276,250 @@ fn a_host_tree_goes_in_and_out_whole_and_diffs_show_exactly_what_was_added() {
     let err = String::from_utf8_lossy(&err.stderr);
     assert!(err.contains("already exists"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn b64(data: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                A[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn the_namespace_over_rpc_survives_sigkill() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let file = dir.join(format!("ns-{}.img", std::process::id()));
+    let config = dir.join(format!("ns-{}.json", std::process::id()));
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    let s = format!("/tmp/tandem-ns-{}-a.sock", std::process::id());
+    let mut d = start_bare(&s, &[]);
+    let ok = |method: &str, params: serde_json::Value| {
+        rpc(&s, method, params.clone()).unwrap_or_else(|e| panic!("{method} {params}: {e:?}"))
+    };
+    let (ok_uring, out, err) = spdk_rpc(
+        &s,
+        &[
+            "bdev_uring_create",
+            file.to_str().unwrap(),
+            "uring0",
+            "4096",
+        ],
+    );
+    assert!(ok_uring, "{out}{err}");
+    let (made, out, err) = spdk_rpc(
+        &s,
+        &["bdev_lvol_create_lvstore", "uring0", "lvs0", "-c", "4096"],
+    );
+    assert!(made, "{out}{err}");
+    let l = |v: serde_json::Value| {
+        let mut v = v;
+        v["lvs_name"] = json!("lvs0");
+        v
+    };
+    ok("store_mkdir", l(json!({"path": "/vms"})));
+    ok(
+        "store_mkdir",
+        l(json!({"path": "/vms/vm1", "mode": "750", "uid": 107, "gid": 107})),
+    );
+    ok("store_create", l(json!({"path": "/vms/vm1/disk0"})));
+    let data: Vec<u8> = (0..70000u32).map(|i| (i % 251) as u8 + 1).collect();
+    ok(
+        "store_write",
+        l(json!({"path": "/vms/vm1/disk0", "offset": 1_000_000, "data": b64(&data)})),
+    );
+    ok(
+        "store_write",
+        l(json!({"path": "/vms/vm1/disk0", "offset": 3, "data": b64(b"head")})),
+    );
+    ok(
+        "store_symlink",
+        l(json!({"path": "/vms/current", "target": "vm1"})),
+    );
+    ok(
+        "store_link",
+        l(json!({"path": "/vms/vm1/disk0", "new_path": "/vms/disk0.link"})),
+    );
+    ok(
+        "store_set_xattr",
+        l(json!({"path": "/vms/vm1/disk0", "name": "user.policy", "value": b64(b"sync")})),
+    );
+    let st = ok("store_stat", l(json!({"path": "/vms/vm1/disk0"})));
+    assert_eq!(
+        (st["size"].as_u64(), st["nlink"].as_u64()),
+        (Some(1_070_000), Some(2)),
+        "{st}"
+    );
+    assert_eq!(st["xattrs"][0]["value"], b64(b"sync"));
+    let st = ok("store_stat", l(json!({"path": "/vms/vm1"})));
+    assert_eq!(
+        (st["mode"].as_str(), st["uid"].as_u64()),
+        (Some("750"), Some(107))
+    );
+    let names: Vec<String> = ok("store_readdir", l(json!({"path": "/vms"})))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["current", "disk0.link", "vm1"]);
+    let read = |path: &str, off: u64, len: u64, snap: Option<&str>| {
+        let mut p = l(json!({"path": path, "offset": off, "length": len}));
+        if let Some(sn) = snap {
+            p["snapshot"] = json!(sn);
+        }
+        ok("store_read", p)["data"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(read("/vms/vm1/disk0", 1_000_000, 70000, None), b64(&data));
+    assert_eq!(read("/vms/vm1/disk0", 0, 8, None), b64(b"\0\0\0head\0"));
+    assert_eq!(
+        read("/vms/vm1/disk0", 500_000, 4, None),
+        b64(&[0; 4]),
+        "a hole reads zeros"
+    );
+
+    ok(
+        "store_snapshot_create",
+        json!({"lvs_name": "lvs0", "snapshot_name": "s1"}),
+    );
+    ok(
+        "store_rename",
+        l(json!({"path": "/vms/vm1", "new_path": "/vms/vm2"})),
+    );
+    ok(
+        "store_write",
+        l(json!({"path": "/vms/vm2/disk0", "offset": 1_000_000, "data": b64(b"CHANGED")})),
+    );
+    ok(
+        "store_clone_file",
+        l(json!({"path": "/vms/vm2/disk0", "new_path": "/vms/vm2/disk1"})),
+    );
+    ok("store_unlink", l(json!({"path": "/vms/disk0.link"})));
+    ok(
+        "store_truncate",
+        l(json!({"path": "/vms/vm2/disk1", "size": 10})),
+    );
+    ok(
+        "store_punch",
+        l(json!({"path": "/vms/vm2/disk0", "offset": 0, "length": 4096})),
+    );
+    assert_eq!(read("/vms/vm2/disk0", 0, 8, None), b64(&[0; 8]), "punched");
+    assert_eq!(
+        read("/vms/vm2/disk1", 0, 100, None),
+        b64(b"\0\0\0head\0\0\0"),
+        "the clone, cut"
+    );
+    assert_eq!(
+        read("/vms/vm1/disk0", 1_000_000, 7, Some("s1")),
+        b64(&data[..7]),
+        "the snapshot"
+    );
+    let diff = ok(
+        "store_diff",
+        l(json!({"from": "s1", "path": "/vms", "changes": true})),
+    );
+    let mut lines: Vec<&str> = diff["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["+ vm2/disk1", "- disk0.link", "M vm2/disk0", "R vm1 -> vm2"],
+        "{diff}"
+    );
+    assert!(
+        diff["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["op"] == "clone_file"),
+        "{diff}"
+    );
+
+    // Refusals with their errno; nothing changes.
+    for (method, params, code) in [
+        ("store_rmdir", json!({"path": "/vms"}), -libc::ENOTEMPTY),
+        ("store_mkdir", json!({"path": "/vms"}), -libc::EEXIST),
+        ("store_unlink", json!({"path": "/vms/vm2"}), -libc::EISDIR),
+        (
+            "store_create",
+            json!({"path": "/vms/vm2/disk0/x"}),
+            -libc::ENOTDIR,
+        ),
+        ("store_stat", json!({"path": "/nowhere"}), -libc::ENOENT),
+        (
+            "store_rename",
+            json!({"path": "/vms", "new_path": "/vms/vm2/in"}),
+            -32602,
+        ),
+        (
+            "store_write",
+            json!({"path": "/vms/vm2/disk0", "offset": 0, "data": "not base64!"}),
+            -32602,
+        ),
+    ] {
+        let got = rpc(&s, method, l(params.clone()));
+        assert_eq!(
+            got.as_ref().map_err(|e| e.0),
+            Err(code as i64),
+            "{method} {params}: {got:?}"
+        );
+    }
+    assert_eq!(
+        ok("store_check", json!({"lvs_name": "lvs0"}))["clean"],
+        true
+    );
+    let (saved, cfg, err) = spdk_rpc(&s, &["save_config"]);
+    assert!(saved, "{err}");
+    std::fs::write(&config, cfg).unwrap();
+
+    // Every acknowledged change is on the file after SIGKILL.
+    d.signal(libc::SIGKILL);
+    d.wait_exit(std::time::Duration::from_secs(10));
+    let s2 = format!("/tmp/tandem-ns-{}-b.sock", std::process::id());
+    let _d2 = start_bare(&s2, &["--config", config.to_str().unwrap()]);
+    let read2 = |path: &str, off: u64, len: u64| {
+        rpc(
+            &s2,
+            "store_read",
+            json!({"lvs_name": "lvs0", "path": path, "offset": off, "length": len}),
+        )
+        .unwrap()["data"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        read2("/vms/vm2/disk0", 1_000_000, 10),
+        b64(&[b"CHANGED".as_slice(), &data[7..10]].concat())
+    );
+    assert_eq!(read2("/vms/vm2/disk1", 0, 100), b64(b"\0\0\0head\0\0\0"));
+    let diff = rpc(
+        &s2,
+        "store_diff",
+        json!({"lvs_name": "lvs0", "from": "s1", "path": "/vms"}),
+    )
+    .unwrap();
+    assert_eq!(diff["lines"].as_array().unwrap().len(), 4, "{diff}");
+    assert_eq!(
+        rpc(&s2, "store_check", json!({"lvs_name": "lvs0"})).unwrap()["clean"],
+        true
+    );
+    let _ = std::fs::remove_file(&file);
 }

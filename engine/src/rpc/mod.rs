@@ -11,11 +11,13 @@
 //! invalid request, -32601 unknown method, -32602 invalid params) and a negative errno for a
 //! refused operation, as SPDK answers, with a message that names the problem.
 
+mod base64;
 mod bdev_methods;
 mod nvmf_methods;
 mod params;
 mod server;
 mod store_methods;
+mod store_ns_methods;
 
 use serde_json::{json, Value};
 
@@ -114,6 +116,25 @@ const METHODS: &[(&str, Method)] = &[
     ("store_clone", store_methods::clone_volume),
     ("store_block_diff", store_methods::block_diff),
     ("store_check", store_methods::check),
+    ("store_mkdir", store_ns_methods::mkdir),
+    ("store_create", store_ns_methods::create),
+    ("store_symlink", store_ns_methods::symlink),
+    ("store_link", store_ns_methods::link),
+    ("store_unlink", store_ns_methods::unlink),
+    ("store_rmdir", store_ns_methods::rmdir),
+    ("store_rename", store_ns_methods::rename),
+    ("store_stat", store_ns_methods::stat),
+    ("store_readdir", store_ns_methods::readdir),
+    ("store_setattr", store_ns_methods::setattr),
+    ("store_set_xattr", store_ns_methods::set_xattr),
+    ("store_remove_xattr", store_ns_methods::remove_xattr),
+    ("store_write", store_ns_methods::write),
+    ("store_read", store_ns_methods::read),
+    ("store_truncate", store_ns_methods::truncate),
+    ("store_punch", store_ns_methods::punch),
+    ("store_clone_file", store_ns_methods::clone_file),
+    ("store_clone_range", store_ns_methods::clone_range),
+    ("store_diff", store_ns_methods::diff),
     ("nvmf_create_transport", nvmf_methods::create_transport),
     ("nvmf_get_transports", nvmf_methods::get_transports),
     ("nvmf_create_subsystem", nvmf_methods::create_subsystem),

@@ -8,6 +8,7 @@
 //! | [`alloc`] | the reference-count table (the free-space map) and metadata node slots |
 //! | [`core`] | every change, without I/O: volumes, snapshots, clones, diffs, objects, commit freeze, load |
 //! | [`namespace`] | directories, files, symlinks, hard links, attributes, file data and clones |
+//! | [`ns_owner`] | the namespace of a loaded store, on its owner reactor (RPC, C ABI) |
 //! | [`subtree_diff`] | what changed below a directory between two images, and applying it |
 //! | [`check`] | the full consistency check |
 //! | [`owner`] | a store at run time: the owner reactor, group commit, first-write preparation |
@@ -32,6 +33,7 @@ pub mod hostfs;
 pub mod io;
 pub mod map;
 pub mod namespace;
+pub mod ns_owner;
 pub mod owner;
 pub mod subtree_diff;
 pub mod tree;

@@ -118,7 +118,7 @@ static OWNERS: ReactorLocal<RefCell<HashMap<u128, Rc<Owner>>>> =
 pub(crate) struct Owner {
     pub shared: Arc<Shared>,
     pub core: RefCell<Core>,
-    ch: Channel,
+    pub(super) ch: Channel,
     commit: RefCell<CommitState>,
     preparing: RefCell<HashMap<(u64, u64), Rc<Preparing>>>,
     /// Volume bdevs by object id; snapshot bdevs by (snapshot, object).
@@ -129,9 +129,13 @@ pub(crate) struct Owner {
     /// Waiting for the next grace period to drain ([`quiesce`]), and whether one is draining.
     grace_waiters: RefCell<Vec<Box<dyn FnOnce()>>>,
     grace_running: std::cell::Cell<bool>,
+    /// Namespace operations take turns ([`super::ns_owner`]): whether one is under way, and
+    /// those waiting.
+    pub(super) ns_busy: std::cell::Cell<bool>,
+    pub(super) ns_queue: RefCell<std::collections::VecDeque<Box<dyn FnOnce()>>>,
 }
 
-type Waiter = Box<dyn FnOnce(Result<()>)>;
+pub(super) type Waiter = Box<dyn FnOnce(Result<()>)>;
 /// Hears which cluster a write may go to.
 type ClusterWaiter = Box<dyn FnOnce(Result<u64>)>;
 /// Hears where each prepared cluster is: (cluster index, cluster).
@@ -161,7 +165,7 @@ pub struct CreateOpts {
     pub cluster_size: u32,
 }
 
-fn owner_of(uuid: u128) -> Result<Rc<Owner>> {
+pub(super) fn owner_of(uuid: u128) -> Result<Rc<Owner>> {
     OWNERS
         .with(|m| m.borrow().get(&uuid).cloned())
         .map_err(|_| Error::Invalid("not on a reactor".into()))?
@@ -685,6 +689,8 @@ fn install(
                 copying: Default::default(),
                 grace_waiters: Default::default(),
                 grace_running: Default::default(),
+                ns_busy: Default::default(),
+                ns_queue: Default::default(),
             });
             for obj in vols {
                 o.add_volume_bdev(obj)?;
@@ -789,7 +795,7 @@ fn wait_drained(o: Rc<Owner>, old: u64, batch: Vec<Box<dyn FnOnce()>>) {
 }
 
 /// Answer `then` once everything changed so far is durable.
-fn commit(o: &Rc<Owner>, then: Waiter) {
+pub(super) fn commit(o: &Rc<Owner>, then: Waiter) {
     if o.shared.failed.load(Ordering::Acquire) {
         return then(Err(Error::Failed("an earlier commit failed".into())));
     }
@@ -807,7 +813,7 @@ fn commit(o: &Rc<Owner>, then: Waiter) {
 
 /// A cluster is about to enter the tree before its data is written; `false` when a commit is
 /// waiting for those already in flight, and the caller must wait in [`gate`] instead.
-fn begin_unready(o: &Rc<Owner>) -> bool {
+pub(super) fn begin_unready(o: &Rc<Owner>) -> bool {
     let mut st = o.commit.borrow_mut();
     if st.held {
         return false;
@@ -817,12 +823,12 @@ fn begin_unready(o: &Rc<Owner>) -> bool {
 }
 
 /// Run `f` once the commit that waits for unready clusters has started.
-fn gate(o: &Rc<Owner>, f: Box<dyn FnOnce()>) {
+pub(super) fn gate(o: &Rc<Owner>, f: Box<dyn FnOnce()>) {
     o.commit.borrow_mut().gated.push(f);
 }
 
 /// The data of a cluster begun with [`begin_unready`] has landed (or failed).
-fn end_unready(o: &Rc<Owner>) {
+pub(super) fn end_unready(o: &Rc<Owner>) {
     let (start, gated) = {
         let mut st = o.commit.borrow_mut();
         st.unready -= 1;
@@ -889,7 +895,7 @@ fn start_commit(o: &Rc<Owner>) {
 
 /// A commit failed: what it held is not known to be durable, so the store takes no more
 /// changes until it is loaded again (which finds the last durable commit).
-fn fail(o: &Rc<Owner>, waiters: Vec<Waiter>, e: Error) {
+pub(super) fn fail(o: &Rc<Owner>, waiters: Vec<Waiter>, e: Error) {
     tracing::error!(
         store = o.shared.name,
         "commit failed, the store stops taking changes: {e}"

@@ -95,6 +95,54 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// As RPC answers it: names and values that are not UTF-8 are shown lossily; `op` names
+    /// the change.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let attrs = |a: &Attrs| {
+            json!({"mode": format!("{:o}", a.mode), "uid": a.uid, "gid": a.gid,
+                   "atime_ns": a.atime, "mtime_ns": a.mtime})
+        };
+        match self {
+            Change::Create {
+                ino,
+                typ,
+                attrs: a,
+                target,
+            } => json!({"op": "create", "ino": ino,
+                "type": format!("{typ:?}").to_lowercase(), "attrs": attrs(a), "target": text(target)}),
+            Change::CloneFile { ino, src } => json!({"op": "clone_file", "ino": ino, "src": src}),
+            Change::Detach { dir, name, ino } => {
+                json!({"op": "detach", "dir": dir, "name": text(name), "ino": ino})
+            }
+            Change::Unlink { dir, name, ino } => {
+                json!({"op": "unlink", "dir": dir, "name": text(name), "ino": ino})
+            }
+            Change::Link { dir, name, ino } => {
+                json!({"op": "link", "dir": dir, "name": text(name), "ino": ino})
+            }
+            Change::Truncate { ino, size } => json!({"op": "truncate", "ino": ino, "size": size}),
+            Change::Write { ino, off, len } => {
+                json!({"op": "write", "ino": ino, "offset": off, "length": len})
+            }
+            Change::Punch { ino, off, len } => {
+                json!({"op": "punch", "ino": ino, "offset": off, "length": len})
+            }
+            Change::SetXattr { ino, name, value } => {
+                json!({"op": "set_xattr", "ino": ino, "name": text(name), "value_bytes": value.len()})
+            }
+            Change::RemoveXattr { ino, name } => {
+                json!({"op": "remove_xattr", "ino": ino, "name": text(name)})
+            }
+            Change::SetAttr { ino, attrs: a } => {
+                json!({"op": "setattr", "ino": ino, "attrs": attrs(a)})
+            }
+        }
+    }
+}
+
 /// A subtree diff: the changes in order, and counts of what the walk looked at.
 #[derive(Debug, Clone, Default)]
 pub struct SubtreeDiff {
