@@ -71,8 +71,13 @@ impl Data for Staged {
     }
 }
 
-/// Run `f` in the store's next namespace turn; it calls `done` when its turn ends.
-fn take_turn(o: &Rc<Owner>, f: Box<dyn FnOnce(Box<dyn FnOnce()>)>) {
+/// Ends a namespace turn.
+type TurnDone = Box<dyn FnOnce()>;
+/// Work done in a turn; it calls the [`TurnDone`] it is given when the turn ends.
+type Turn = Box<dyn FnOnce(TurnDone)>;
+
+/// Run `f` in the store's next namespace turn.
+fn take_turn(o: &Rc<Owner>, f: Turn) {
     if o.ns_busy.replace(true) {
         let o2 = Rc::clone(o);
         o.ns_queue
@@ -83,7 +88,7 @@ fn take_turn(o: &Rc<Owner>, f: Box<dyn FnOnce(Box<dyn FnOnce()>)>) {
     take_turn_now(o, f);
 }
 
-fn take_turn_now(o: &Rc<Owner>, f: Box<dyn FnOnce(Box<dyn FnOnce()>)>) {
+fn take_turn_now(o: &Rc<Owner>, f: Turn) {
     o.ns_busy.set(true);
     let o2 = Rc::clone(o);
     f(Box::new(move || {
@@ -287,7 +292,7 @@ fn change_file(
     o: Rc<Owner>,
     path: String,
     change: FileChange,
-    done: Box<dyn FnOnce()>,
+    done: TurnDone,
     reply: Box<dyn FnOnce(Result<()>)>,
 ) {
     let found = (|| {
@@ -328,7 +333,7 @@ fn staged_change(
     change: FileChange,
     read: HashMap<u64, Vec<u8>>,
     grace: (crate::reactor::ReactorId, u64),
-    done: Box<dyn FnOnce()>,
+    done: TurnDone,
     reply: Box<dyn FnOnce(Result<()>)>,
 ) {
     if !owner::begin_unready(&o) {
