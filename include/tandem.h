@@ -46,6 +46,15 @@ typedef enum tandem_log_level {
   TANDEM_LOG_TRACE = 4,
 } tandem_log_level;
 
+// What a namespace entry is.
+typedef enum tandem_file_type {
+  TANDEM_FILE_DIR = 1,
+  TANDEM_FILE_REGULAR = 2,
+  TANDEM_FILE_SYMLINK = 3,
+  // A volume: a file of the root directory that is also a bdev.
+  TANDEM_FILE_VOLUME = 4,
+} tandem_file_type;
+
 // A descriptor's I/O channel on one engine thread.
 typedef struct tandem_channel tandem_channel;
 
@@ -54,6 +63,9 @@ typedef struct tandem_desc tandem_desc;
 
 // A registered poller.
 typedef struct tandem_poller tandem_poller;
+
+// A loaded store.
+typedef struct tandem_store tandem_store;
 
 // A bring-your-own thread: a reactor that the caller's own loop polls.
 typedef struct tandem_thread tandem_thread;
@@ -150,6 +162,32 @@ typedef void (*tandem_log_fn)(void *cb_arg,
                               enum tandem_log_level level,
                               const char *module,
                               const char *msg);
+
+// What `tandem_store_stat` tells. Times are nanoseconds since the Unix epoch.
+typedef struct tandem_stat {
+  uint64_t ino;
+  enum tandem_file_type type_;
+  // Permission bits (the low 12 bits of `st_mode`).
+  uint32_t mode;
+  uint32_t uid;
+  uint32_t gid;
+  uint32_t nlink;
+  uint64_t size;
+  int64_t atime_ns;
+  int64_t mtime_ns;
+  int64_t ctime_ns;
+  // The generation of the inode's last change.
+  uint64_t generation;
+} tandem_stat;
+
+// Hears one directory entry; return nonzero to stop.
+typedef int (*tandem_dirent_fn)(void *arg,
+                                const char *name,
+                                uint64_t ino,
+                                enum tandem_file_type type_);
+
+// Hears one line of a diff; return nonzero to stop.
+typedef int (*tandem_line_fn)(void *arg, const char *line);
 
 #ifdef __cplusplus
 extern "C" {
@@ -345,6 +383,87 @@ int tandem_log_set_callback(tandem_log_fn cb, void *cb_arg);
 
 // Log only lines at `level` or more severe. Any thread.
 int tandem_log_set_level(int level);
+
+// Format bdev `bdev` as a new store named `name` with clusters of `cluster_size` bytes (a
+// power of two, 4 KiB to 1 MiB), load it, and write its handle to `*out`. The engine must
+// be running. Any thread but a reactor.
+int tandem_store_create(const char *bdev,
+                        const char *name,
+                        uint32_t cluster_size,
+                        struct tandem_store **out);
+
+// Load the store on bdev `bdev` and write its handle to `*out`. Any thread but a reactor.
+int tandem_store_load(const char *bdev, struct tandem_store **out);
+
+// Stop serving the store (it stays on its bdev); the handle is stale afterwards. Any thread
+// but a reactor.
+int tandem_store_unload(struct tandem_store *st);
+
+// Make directory `path` with permission bits `mode`. Any thread but a reactor.
+int tandem_store_mkdir(const struct tandem_store *st, const char *path, uint32_t mode);
+
+// Make an empty regular file `path` with permission bits `mode`. Any thread but a reactor.
+int tandem_store_create_file(const struct tandem_store *st, const char *path, uint32_t mode);
+
+// Write `len` bytes from `buf` at byte `offset` of file `path`, durably. Any thread but a
+// reactor.
+int tandem_store_write(const struct tandem_store *st,
+                       const char *path,
+                       uint64_t offset,
+                       const void *buf,
+                       size_t len);
+
+// Read up to `len` bytes at byte `offset` of file `path` into `buf`; the count read (short
+// at the end of the file) goes to `*out_read`. `snapshot` NULL reads the live store. Any
+// thread but a reactor.
+int tandem_store_read(const struct tandem_store *st,
+                      const char *snapshot,
+                      const char *path,
+                      uint64_t offset,
+                      void *buf,
+                      size_t len,
+                      size_t *out_read);
+
+// Set file `path`'s size. Any thread but a reactor.
+int tandem_store_truncate(const struct tandem_store *st, const char *path, uint64_t size);
+
+// The attributes of `path` (live; symlinks are not followed). Any thread but a reactor.
+int tandem_store_stat(const struct tandem_store *st, const char *path, struct tandem_stat *out);
+
+// Call `cb` for each entry of directory `path`, in name order, until it returns nonzero.
+// The names are valid during the call only. Any thread but a reactor.
+int tandem_store_readdir(const struct tandem_store *st,
+                         const char *path,
+                         tandem_dirent_fn cb,
+                         void *arg);
+
+// Rename `from` to `to`, replacing what `to` names as POSIX rename does. Any thread but a
+// reactor.
+int tandem_store_rename(const struct tandem_store *st, const char *from, const char *to);
+
+// Remove file or symlink `path` (`-EISDIR` for a directory). Any thread but a reactor.
+int tandem_store_unlink(const struct tandem_store *st, const char *path);
+
+// Remove empty directory `path`. Any thread but a reactor.
+int tandem_store_rmdir(const struct tandem_store *st, const char *path);
+
+// Snapshot the whole store as `name`. Any thread but a reactor.
+int tandem_store_snapshot(const struct tandem_store *st, const char *name);
+
+// Make file `dst` a clone of file `src`, sharing every cluster (a reflink). Any thread but a
+// reactor.
+int tandem_store_clone_file(const struct tandem_store *st, const char *src, const char *dst);
+
+// What changed below directory `path` from snapshot `from` to snapshot `to` (NULL: the live
+// store): `cb` hears one line per changed name (`+` created, `-` deleted, `R old -> new`,
+// `L` new hard link, `M` data, `A` attributes, `X` extended attributes), until it returns
+// nonzero. Any thread but a reactor.
+int tandem_store_diff(const struct tandem_store *st,
+                      const char *from,
+                      const char *to,
+                      const char *path,
+                      tandem_line_fn cb,
+                      void *arg);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -49,7 +49,7 @@ pub extern "C" fn tandem_env_opts_init(opts: *mut tandem_env_opts, opts_size: us
 /// The one engine of the process, and a messenger copied out of it for lock-free sends.
 static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
 
-fn messenger() -> Result<Messenger, c_int> {
+pub(crate) fn messenger() -> Result<Messenger, c_int> {
     ENGINE
         .lock()
         .unwrap_or_else(|e| e.into_inner())

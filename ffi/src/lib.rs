@@ -25,6 +25,7 @@ mod env;
 #[doc(hidden)]
 pub mod handle;
 mod log;
+mod store;
 
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -32,6 +33,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub use bdev::*;
 pub use env::*;
 pub use log::*;
+pub use store::*;
 
 /// Run an export's body, turning a panic into `-ENOTRECOVERABLE`.
 pub(crate) fn guard(f: impl FnOnce() -> c_int) -> c_int {
