@@ -1,4 +1,6 @@
-//! Power cuts. A random workload runs on a store whose base is an `error` bdev; at a random
+//! Power cuts. A random workload (volumes, snapshots, clones, objects, and the namespace:
+//! directories, files written in tagged blocks, renames, hard links, unlinks) runs on a store
+//! whose base is an `error` bdev; at a random
 //! write or flush the power goes: that write is lost or torn in half, and, with the volatile write cache
 //! on, every write not yet flushed is lost too, or a random subset of them survives. The store is then loaded from what is left on
 //! the RAM disk beneath: the check must be clean, every acknowledged change must be there, and
@@ -42,6 +44,12 @@ impl Vol {
 #[derive(Default)]
 struct Model {
     vols: BTreeMap<String, Vol>,
+    /// Namespace files by id, their paths (hard links share an id), directories, and paths an
+    /// acknowledged change removed.
+    files: BTreeMap<usize, Vol>,
+    paths: BTreeMap<String, usize>,
+    dirs: Vec<String>,
+    gone: HashSet<String>,
     /// Snapshots taken for a volume: name → (volume name, its blocks then).
     snaps: BTreeMap<String, Vol>,
     objects: BTreeMap<String, Vec<u8>>,
@@ -54,6 +62,7 @@ impl Model {
     /// before it is durable.
     fn settle(&mut self) {
         self.vols.values_mut().for_each(Vol::settle);
+        self.files.values_mut().for_each(Vol::settle);
     }
 
     /// The change to `name` was acknowledged (settle, then `then`) or not (`name` is unsure).
@@ -112,14 +121,19 @@ fn one_run(rig: &Rig, seed: u64) -> bool {
         },
     )
     .unwrap();
-    let mut m = Model::default();
+    let mut m = Model {
+        dirs: vec![String::new()],
+        ..Model::default()
+    };
     let mut next_tag = 1u32;
     let cpb = cluster as usize / BS;
     for step in 0..40 {
-        let pick = rng.below(100);
+        let pick = rng.below(135);
         let vnames: Vec<String> = m.vols.keys().cloned().collect();
         let any_vol = |rng: &mut SimRng| vnames.get(rng.below(vnames.len().max(1))).cloned();
-        let ok = if pick < 12 || vnames.is_empty() {
+        let ok = if pick >= 100 {
+            namespace_step(&store, &mut m, &mut rng, step, &mut next_tag)
+        } else if pick < 12 || vnames.is_empty() {
             let name = format!("v{step}");
             let blocks = cpb * (1 + rng.below(6));
             let r = store.create_volume(&name, (blocks * BS) as u64, rng.below(3) == 0);
@@ -255,6 +269,41 @@ fn one_run(rig: &Rig, seed: u64) -> bool {
             "seed {seed}: object {name}"
         );
     }
+    for (path, id) in m.paths.iter().filter(|(p, _)| !m.unsure.contains(*p)) {
+        let file = &m.files[id];
+        let len = (file.blocks.len() * BS) as u64;
+        let mut data = store
+            .read_file(None, path, 0, len)
+            .unwrap_or_else(|e| panic!("seed {seed}: file {path} was acknowledged: {e}"));
+        data.resize(len as usize, 0);
+        for (i, (b, got)) in file.blocks.iter().zip(data.chunks(BS)).enumerate() {
+            let t = tag_of(got);
+            assert!(
+                t == Some(b.durable) || t.is_some_and(|t| b.since.contains(&t)),
+                "seed {seed}: file {path} block {i} holds {t:?}; durable {} or one of {:?}",
+                b.durable,
+                b.since
+            );
+        }
+    }
+    for dir in m.dirs.iter().filter(|d| !m.unsure.contains(*d)) {
+        let d = dir.clone();
+        store
+            .ns_read(move |c| c.resolve(d.as_bytes()))
+            .unwrap_or_else(|e| panic!("seed {seed}: directory {dir:?} was acknowledged: {e}"));
+    }
+    for path in m
+        .gone
+        .iter()
+        .filter(|p| !m.unsure.contains(*p) && !m.paths.contains_key(*p))
+    {
+        let p = path.clone();
+        let found = store.ns_read(move |c| c.resolve(p.as_bytes()));
+        assert!(
+            found.is_err(),
+            "seed {seed}: {path} was removed and is back"
+        );
+    }
     // The store takes changes again.
     store.create_volume("after", cluster as u64, false).unwrap();
     rig.write(0, &format!("{lvs}/after"), 0, vec![7; BS])
@@ -285,4 +334,107 @@ fn power_cuts_lose_nothing_acknowledged() {
         }
     }
     eprintln!("{cuts} power cuts in {runs} runs");
+}
+
+/// One namespace change, as the model expects it.
+fn namespace_step(
+    store: &Store,
+    m: &mut Model,
+    rng: &mut SimRng,
+    step: usize,
+    next_tag: &mut u32,
+) -> bool {
+    use super::namespace::split_parent;
+    use super::ns_owner::FileChange;
+    use super::tree::Attrs;
+    let attrs = Attrs {
+        mode: 0o644,
+        ..Attrs::default()
+    };
+    let dir = m.dirs[rng.below(m.dirs.len())].clone();
+    let paths: Vec<(String, usize)> = m.paths.iter().map(|(p, i)| (p.clone(), *i)).collect();
+    let any_path = |rng: &mut SimRng| paths.get(rng.below(paths.len().max(1))).cloned();
+    match (rng.below(7), any_path(rng)) {
+        (0, _) => {
+            let path = format!("{dir}/d{step}");
+            let p = path.clone();
+            let r = store.ns_change(move |c| {
+                let (d, n) = split_parent(&c.objects, p.as_bytes())?;
+                c.mkdir(d, &n, attrs)
+            });
+            m.answered(r.is_ok(), &path, |m| m.dirs.push(path.clone()))
+        }
+        (1, _) | (_, None) => {
+            let path = format!("{dir}/f{step}");
+            let p = path.clone();
+            let r = store.ns_change(move |c| {
+                let (d, n) = split_parent(&c.objects, p.as_bytes())?;
+                c.create(d, &n, attrs)
+            });
+            m.answered(r.is_ok(), &path, |m| {
+                let id = step;
+                m.files.insert(id, Vol { blocks: Vec::new() });
+                m.paths.insert(path.clone(), id);
+            })
+        }
+        (2 | 3, Some((path, id))) => {
+            let first = rng.below(8);
+            let n = 1 + rng.below(3);
+            let tag = *next_tag;
+            *next_tag += 1;
+            let file = m.files.get_mut(&id).expect("a file");
+            if file.blocks.len() < first + n {
+                file.blocks.resize(first + n, Block::default());
+            }
+            for b in &mut file.blocks[first..first + n] {
+                b.since.push(tag);
+            }
+            let data: Vec<u8> = std::iter::repeat_n(tag.to_le_bytes(), n * BS / 4)
+                .flatten()
+                .collect();
+            let off = (first * BS) as u64;
+            let r = store.change_file(&path, FileChange::Write { off, data });
+            m.answered(r.is_ok(), &path, |_| {})
+        }
+        (4, Some((path, id))) => {
+            let to = format!("{dir}/r{step}");
+            let (p, t) = (path.clone(), to.clone());
+            let r = store.ns_change(move |c| {
+                let (sd, sn) = split_parent(&c.objects, p.as_bytes())?;
+                let (dd, dn) = split_parent(&c.objects, t.as_bytes())?;
+                c.rename(sd, &sn, dd, &dn)
+            });
+            if r.is_err() {
+                m.unsure.insert(to.clone());
+            }
+            m.answered(r.is_ok(), &path, |m| {
+                m.paths.remove(&path);
+                m.paths.insert(to.clone(), id);
+                m.gone.insert(path.clone());
+            })
+        }
+        (5, Some((path, id))) => {
+            let to = format!("{dir}/l{step}");
+            let (p, t) = (path.clone(), to.clone());
+            let r = store.ns_change(move |c| {
+                let ino = c.resolve(p.as_bytes())?;
+                let (d, n) = split_parent(&c.objects, t.as_bytes())?;
+                c.link(ino, d, &n)
+            });
+            m.answered(r.is_ok(), &to, |m| {
+                m.paths.insert(to.clone(), id);
+            })
+        }
+        (_, Some((path, _))) => {
+            let p = path.clone();
+            let r = store.ns_change(move |c| {
+                let (d, n) = split_parent(&c.objects, p.as_bytes())?;
+                c.unlink(d, &n)
+            });
+            m.answered(r.is_ok(), &path, |m| {
+                m.paths.remove(&path);
+                m.gone.insert(path.clone());
+            })
+        }
+    }
 }
