@@ -523,3 +523,254 @@ fn the_namespace_over_rpc_survives_sigkill() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// A tiny deterministic generator for picking what to change.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+/// Per inode of an image: where it is linked ((parent, name)) and what it holds (type,
+/// permission bits, owner, size, data checksum, target, xattrs; a file's times too).
+fn inventory(
+    s: &mut tandem::store::file::FileStore,
+    root: &tandem::store::tree::Tree,
+) -> BTreeMap<u64, (Vec<(u64, Vec<u8>)>, String)> {
+    use tandem::store::namespace as ns;
+    use tandem::store::tree::InodeType;
+    let cs = s.core.cluster_size();
+    let mut out: BTreeMap<u64, (Vec<(u64, Vec<u8>)>, String)> = BTreeMap::new();
+    let mut todo = vec![ns::ROOT];
+    out.insert(ns::ROOT, (Vec::new(), String::new()));
+    while let Some(d) = todo.pop() {
+        for e in ns::readdir_in(root, d).unwrap() {
+            let first = !out.contains_key(&e.ino);
+            out.entry(e.ino).or_default().0.push((d, e.name.clone()));
+            if !first {
+                continue;
+            }
+            let st = ns::stat_in(root, e.ino).unwrap();
+            let (_, f) = s.parts();
+            let what = match st.typ {
+                InodeType::Dir => {
+                    todo.push(e.ino);
+                    String::new()
+                }
+                InodeType::Symlink => {
+                    String::from_utf8_lossy(&ns::readlink_in(root, e.ino).unwrap()).into_owned()
+                }
+                _ => {
+                    let data = ns::read_in(root, cs, f, e.ino, 0, st.size).unwrap();
+                    format!(
+                        "{} {:x} {:?}",
+                        st.size,
+                        crc(&data),
+                        (st.attrs.atime, st.attrs.mtime)
+                    )
+                }
+            };
+            out.get_mut(&e.ino).unwrap().1 = format!(
+                "{:?} {:o} {}:{} {what} {:?}",
+                st.typ,
+                st.attrs.mode,
+                st.attrs.uid,
+                st.attrs.gid,
+                ns::xattrs_in(root, e.ino)
+            );
+        }
+    }
+    for v in out.values_mut() {
+        v.0.sort();
+    }
+    out
+}
+
+fn crc(data: &[u8]) -> u32 {
+    data.iter().fold(0u32, |h, &b| h.rotate_left(5) ^ b as u32)
+}
+
+/// /usr/share (tens of thousands of names) goes into a store; a few hundred changes land all
+/// over it (edits, truncations, renames of files and of directories, deletes of files and of
+/// a subtree, new directories with files, hard links, symlinks, modes, xattrs); the subtree
+/// diff of the root must name exactly the inodes whose links or contents differ between full
+/// walks of the two snapshots, and it must visit only a small share of the directories.
+#[test]
+fn a_diff_of_usr_share_is_exactly_the_change() {
+    use tandem::store::file::FileStore;
+    use tandem::store::namespace::{self as ns, SetAttrs, ROOT};
+    use tandem::store::subtree_diff::{subtree_diff, Change};
+    use tandem::store::tree::{Attrs, InodeType};
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let img = dir.join(format!("share-{}.img", std::process::id()));
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let mut s = FileStore::format(&img, 4096, "share").unwrap();
+    let (core, f) = s.parts();
+    let copied = tandem::store::hostfs::import(core, f, Path::new("/usr/share"), ROOT).unwrap();
+    assert!(
+        copied.files + copied.dirs + copied.symlinks > 20_000,
+        "{copied:?}"
+    );
+    s.core.snapshot("a", 0, 1).unwrap();
+    s.commit().unwrap();
+
+    // Everything there, by kind.
+    let a = s.image(Some("a")).unwrap();
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    let mut todo = vec![ROOT];
+    while let Some(d) = todo.pop() {
+        for e in ns::readdir_in(&a, d).unwrap() {
+            match e.typ {
+                InodeType::Dir => {
+                    dirs.push((d, e.name.clone(), e.ino));
+                    todo.push(e.ino);
+                }
+                InodeType::File => files.push((d, e.name.clone(), e.ino)),
+                _ => {}
+            }
+        }
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let attrs = Attrs {
+        mode: 0o640,
+        uid: 7,
+        gid: 7,
+        atime: 1,
+        mtime: 2,
+    };
+    let mut changes = 0;
+    let (core, f) = s.parts();
+    let mut gone = std::collections::HashSet::new();
+    let mut pick_file = |rng: &mut Rng, gone: &std::collections::HashSet<u64>| loop {
+        let x = files[rng.below(files.len())].clone();
+        if !gone.contains(&x.2) {
+            return x;
+        }
+    };
+    for i in 0..300 {
+        let (d, name, ino) = pick_file(&mut rng, &gone);
+        let ok = match i % 10 {
+            0..=2 => core.write(
+                f,
+                ino,
+                rng.below(20000) as u64,
+                format!("edit {i}").as_bytes(),
+            ),
+            3 => core.truncate(f, ino, rng.below(3000) as u64),
+            4 => {
+                let (_, _, to) = dirs[rng.below(dirs.len())].clone();
+                core.rename(d, &name, to, format!("moved{i}").as_bytes())
+            }
+            5 => {
+                gone.insert(ino);
+                core.unlink(d, &name)
+            }
+            6 => {
+                let (_, _, to) = dirs[rng.below(dirs.len())].clone();
+                let nd = core.mkdir(to, format!("new{i}").as_bytes(), attrs).unwrap();
+                let nf = core.create(nd, b"file", attrs).unwrap();
+                core.write(f, nf, 0, &vec![i as u8 + 1; 9000])
+            }
+            7 => core.link(ino, ROOT, format!("link{i}").as_bytes()),
+            8 => core.setattr(
+                ino,
+                SetAttrs {
+                    mode: Some(0o600),
+                    ..SetAttrs::default()
+                },
+            ),
+            _ => core.set_xattr(ino, b"user.tag", format!("{i}").as_bytes()),
+        };
+        ok.unwrap_or_else(|e| panic!("change {i}: {e}"));
+        changes += 1;
+    }
+    // Whole directories: two renamed, one subtree of files deleted.
+    for k in 0..2 {
+        let (d, name, _) = dirs[rng.below(dirs.len())].clone();
+        if core
+            .rename(d, &name, ROOT, format!("dirmoved{k}").as_bytes())
+            .is_ok()
+        {
+            changes += 1;
+        }
+    }
+    core.symlink(ROOT, b"newlink", b"/usr/share/doc", attrs)
+        .unwrap();
+    s.core.snapshot("b", 0, 2).unwrap();
+    s.commit().unwrap();
+
+    let (a, b) = (s.image(Some("a")).unwrap(), s.image(Some("b")).unwrap());
+    let t = std::time::Instant::now();
+    let d = subtree_diff(&a, &b, b"/", 4096).unwrap();
+    let diff_time = t.elapsed();
+    let t = std::time::Instant::now();
+    let (ia, ib) = (inventory(&mut s, &a), inventory(&mut s, &b));
+    let walk_time = t.elapsed();
+    // What the walks say changed: an inode whose links or contents differ (a directory's
+    // times move with its entries, so they are not counted for directories).
+    let mut want = std::collections::BTreeSet::new();
+    for ino in ia.keys().chain(ib.keys()) {
+        if ia.get(ino) != ib.get(ino) {
+            want.insert(*ino);
+        }
+    }
+    // What the diff says changed.
+    let mut got = std::collections::BTreeSet::new();
+    for c in &d.changes {
+        match c {
+            Change::Create { ino, .. }
+            | Change::CloneFile { ino, .. }
+            | Change::Detach { ino, .. }
+            | Change::Unlink { ino, .. }
+            | Change::Link { ino, .. }
+            | Change::Truncate { ino, .. }
+            | Change::Write { ino, .. }
+            | Change::Punch { ino, .. }
+            | Change::SetXattr { ino, .. }
+            | Change::RemoveXattr { ino, .. } => {
+                got.insert(*ino);
+            }
+            Change::SetAttr { ino, attrs } => {
+                let before = ns::stat_in(&a, *ino).ok();
+                let dir = before.as_ref().is_some_and(|s| s.typ == InodeType::Dir);
+                let same = before.is_some_and(|s| {
+                    let o = s.attrs;
+                    (o.mode, o.uid, o.gid) == (attrs.mode, attrs.uid, attrs.gid)
+                        && (dir || (o.atime, o.mtime) == (attrs.atime, attrs.mtime))
+                });
+                if !same {
+                    got.insert(*ino);
+                }
+            }
+        }
+    }
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    let total_dirs = dirs.len() as u64 + 1;
+    eprintln!(
+        "{} names, {changes} changes: {} inodes changed; the diff took {diff_time:?} and compared {} of {total_dirs} directories; two full walks took {walk_time:?}",
+        ia.len(),
+        want.len(),
+        d.dirs_visited
+    );
+    assert!(
+        d.dirs_visited * 4 < total_dirs,
+        "{} of {total_dirs} directories visited",
+        d.dirs_visited
+    );
+    assert!(tandem::store::check::check(&s.core).is_empty());
+    let _ = std::fs::remove_file(&img);
+}
