@@ -9,8 +9,8 @@ SUDO=""
 
 # Debian packages, by name: the C toolchain (and binutils' nm and readelf) for the C examples
 # and -sys crates, pkg-config for the examples' Makefile, fio (the uring bdev's benchmark
-# baseline).
-APT_PACKAGES=(build-essential pkg-config fio)
+# baseline), rsync (the subtree diff's benchmark baseline).
+APT_PACKAGES=(build-essential pkg-config fio rsync)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -192,7 +192,7 @@ pub fn export(
     let mut done = Copied::default();
     let mut first: HashMap<u64, std::path::PathBuf> = HashMap::new();
     if !dst.exists() {
-        std::fs::create_dir(dst).map_err(|e| io(dst, e))?;
+        std::fs::create_dir_all(dst).map_err(|e| io(dst, e))?;
     }
     // SAFETY: geteuid has no preconditions.
     let root_user = unsafe { libc::geteuid() } == 0;
