@@ -187,6 +187,11 @@ fn main() {
         .map(|(x, y)| (x.as_str(), y.as_str()))
         .collect();
     tandem_bench::print_ratios("subtree diff of 100 changes against rsync --dry-run", &refs);
+    for (x, y) in &pairs {
+        if let (Some(d), Some(r)) = (tandem_bench::estimate_ns(x), tandem_bench::estimate_ns(y)) {
+            println!("{x}: rsync takes {:.0} times as long", r / d);
+        }
+    }
     println!("\n== what each walked ==");
     for (n, dirs, changes, items) in &visited {
         println!("{n:>9} entries: the diff compared {dirs} directories and made {changes} changes; rsync itemized {items} lines");

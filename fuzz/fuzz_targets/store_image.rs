@@ -1,6 +1,8 @@
 //! A whole store image, damaged: bytes of the input patch a valid image (volumes, a snapshot, a
-//! clone, an object), some with their checksums made good again. Loading must succeed or fail with an error; a store that loads must pass
-//! its check, take changes, commit, and load again.
+//! clone, an object, and a namespace: directories, files with data, a reflink, a hard link, a
+//! symlink, extended attributes), some with their checksums made good again. Loading must
+//! succeed or fail with an error; a store that loads must pass its check, diff its namespace
+//! against its snapshot, take changes, commit, and load again.
 #![no_main]
 
 use std::collections::HashMap;
@@ -8,6 +10,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tandem::store::check::check;
+use tandem::store::namespace::{Data, ROOT};
+use tandem::store::tree::Attrs;
 use tandem::store::file::write_frozen;
 use tandem::store::format::BLOCK;
 use tandem::store::{Core, Result};
@@ -31,6 +35,27 @@ fn commit(core: &mut Core, img: &mut Image) -> Result<()> {
     Ok(())
 }
 
+/// File data goes into the image too (whole blocks).
+struct ImgData<'a>(&'a mut Image);
+
+impl Data for ImgData<'_> {
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let at = offset as usize + i;
+            *b = self.0.get(&((at / BLOCK) as u64)).map_or(0, |blk| blk[at % BLOCK]);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        for (i, &b) in data.iter().enumerate() {
+            let at = offset as usize + i;
+            self.0.entry((at / BLOCK) as u64).or_insert_with(|| vec![0; BLOCK])[at % BLOCK] = b;
+        }
+        Ok(())
+    }
+}
+
 fn load(img: &Image) -> Result<Core> {
     Core::load(DEVICE, &mut |bs| {
         Ok(bs.iter().map(|b| img.get(b).cloned().unwrap_or_else(|| vec![0; BLOCK])).collect())
@@ -48,9 +73,18 @@ fn image() -> &'static Image {
         for i in 0..40 {
             core.prepare_write(v, i).unwrap();
         }
+        let a = Attrs { mode: 0o640, uid: 1, gid: 2, atime: 3, mtime: 4 };
+        let d = core.mkdir(ROOT, b"dir", a).unwrap();
+        let f = core.create(d, b"file", a).unwrap();
+        core.write(&mut ImgData(&mut img), f, 5000, &[9; 3000]).unwrap();
+        core.symlink(d, b"link", b"file", a).unwrap();
+        core.set_xattr(f, b"user.x", b"value").unwrap();
         let s = core.snapshot("s", v, 3).unwrap();
         core.clone_volume(s, v, "c", 4).unwrap();
         core.put_object("o", &[7; 2000]).unwrap();
+        core.clone_file(f, ROOT, b"reflink").unwrap();
+        core.link(f, ROOT, b"hard").unwrap();
+        core.rename(d, b"link", ROOT, b"moved").unwrap();
         commit(&mut core, &mut img).unwrap();
         for i in 0..10 {
             core.prepare_write(v, i * 3).unwrap();
@@ -83,6 +117,20 @@ fuzz_target!(|data: &[u8]| {
     }
     let Ok(mut core) = load(&img) else { return };
     assert!(check(&core).is_empty());
+    // Its namespace diffs against its snapshots and takes changes.
+    let live = core.objects.clone();
+    for s in core.snapshots() {
+        let root = core.snapshot_root(s.id).unwrap();
+        let _ = tandem::store::subtree_diff::subtree_diff(&root, &live, b"/", CS as u64);
+    }
+    drop(live);
+    let a = Attrs::default();
+    if let Ok(d) = core.mkdir(ROOT, b"fuzzdir", a) {
+        if let Ok(f) = core.create(d, b"f", a) {
+            let _ = core.write(&mut ImgData(&mut img), f, 0, &[1; 100]);
+        }
+    }
+    let _ = core.unlink(ROOT, b"hard");
     // A store that loads takes changes like any other.
     for v in core.volumes() {
         let clusters = v.size.div_ceil(CS as u64);

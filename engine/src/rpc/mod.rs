@@ -11,7 +11,7 @@
 //! invalid request, -32601 unknown method, -32602 invalid params) and a negative errno for a
 //! refused operation, as SPDK answers, with a message that names the problem.
 
-mod base64;
+pub mod base64;
 mod bdev_methods;
 mod nvmf_methods;
 mod params;
