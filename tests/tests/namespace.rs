@@ -536,16 +536,19 @@ impl Rng {
     }
 }
 
-/// Per inode of an image: where it is linked ((parent, name)) and what it holds (type,
-/// permission bits, owner, size, data checksum, target, xattrs; a file's times too).
+/// Per inode: its links ((parent, name)) and what it holds, as text.
+type Inventory = BTreeMap<u64, (Vec<(u64, Vec<u8>)>, String)>;
+
+/// Per inode of an image: where it is linked and what it holds (type, permission bits, owner,
+/// size, data checksum, target, xattrs; a file's times too).
 fn inventory(
     s: &mut tandem::store::file::FileStore,
     root: &tandem::store::tree::Tree,
-) -> BTreeMap<u64, (Vec<(u64, Vec<u8>)>, String)> {
+) -> Inventory {
     use tandem::store::namespace as ns;
     use tandem::store::tree::InodeType;
     let cs = s.core.cluster_size();
-    let mut out: BTreeMap<u64, (Vec<(u64, Vec<u8>)>, String)> = BTreeMap::new();
+    let mut out = Inventory::new();
     let mut todo = vec![ns::ROOT];
     out.insert(ns::ROOT, (Vec::new(), String::new()));
     while let Some(d) = todo.pop() {
@@ -650,7 +653,7 @@ fn a_diff_of_usr_share_is_exactly_the_change() {
     let mut changes = 0;
     let (core, f) = s.parts();
     let mut gone = std::collections::HashSet::new();
-    let mut pick_file = |rng: &mut Rng, gone: &std::collections::HashSet<u64>| loop {
+    let pick_file = |rng: &mut Rng, gone: &std::collections::HashSet<u64>| loop {
         let x = files[rng.below(files.len())].clone();
         if !gone.contains(&x.2) {
             return x;
@@ -729,6 +732,7 @@ fn a_diff_of_usr_share_is_exactly_the_change() {
         match c {
             Change::Create { ino, .. }
             | Change::CloneFile { ino, .. }
+            | Change::CloneRange { ino, .. }
             | Change::Detach { ino, .. }
             | Change::Unlink { ino, .. }
             | Change::Link { ino, .. }

@@ -201,9 +201,11 @@ impl Walk<'_> {
         let shape_ok = match v {
             Val::Extent { .. } => k.obj == 0,
             Val::Inode(_) | Val::Snap(_) => k.obj != 0 && k.off == 0,
-            Val::Chunk { .. } | Val::Dirents { .. } | Val::Links { .. } | Val::Xattrs { .. } => {
-                k.obj != 0 && !extents
-            }
+            Val::Chunk { .. }
+            | Val::Dirents { .. }
+            | Val::Links { .. }
+            | Val::Xattrs { .. }
+            | Val::Clones { .. } => k.obj != 0 && !extents,
         };
         if !shape_ok {
             self.problem(at, format!("key {k:?} does not fit its value"));
@@ -303,6 +305,12 @@ fn namespace(root: &Tree, image: &str, out: &mut Vec<Problem>) {
             }
             other.push((*k, 1));
         }
+        Val::Clones { gen, .. } => {
+            if *gen != k.off {
+                other.push((*k, 2));
+            }
+            other.push((*k, 1));
+        }
         Val::Chunk { data, .. } => {
             *chunk_bytes.entry(k.obj).or_default() += data.len() as u64;
         }
@@ -327,10 +335,18 @@ fn namespace(root: &Tree, image: &str, out: &mut Vec<Problem>) {
                 &k,
                 format!("inode {}: an attribute under another name's hash", k.obj),
             );
+        } else if kind == 2 {
+            bad(
+                &k,
+                format!("inode {}: clone records under another generation", k.obj),
+            );
         } else if !inodes.contains_key(&k.obj) {
             bad(
                 &k,
-                format!("attributes of inode {}, which does not exist", k.obj),
+                format!(
+                    "attributes or clone records of inode {}, which does not exist",
+                    k.obj
+                ),
             );
         }
     }

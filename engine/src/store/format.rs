@@ -109,7 +109,12 @@
 //! - extended attributes (kind 7, object id = inode, offset = hash of the name): generation
 //!   (8), count (1), then per attribute: name length (1), value length (2), name, value.
 //!
-//! Entry, link and attribute values are at most [`MAX_VALUE`] bytes.
+//! - range clones (kind 8, object id = the destination file, offset = the generation that
+//!   made them): generation (8), count (2), then per clone: source inode (8), first source
+//!   cluster index (8), first destination cluster index (8), clusters (8). A diff uses them to
+//!   send a cloned range as a clone; records no snapshot can need are dropped.
+//!
+//! Entry, link, attribute and clone values are at most [`MAX_VALUE`] bytes.
 //!
 //! ## What the media must do
 //!
@@ -149,6 +154,7 @@ pub const KIND_SNAP: u8 = 4;
 pub const KIND_DIRENT: u8 = 5;
 pub const KIND_LINK: u8 = 6;
 pub const KIND_XATTR: u8 = 7;
+pub const KIND_CLONES: u8 = 8;
 
 /// The largest directory-entry, link or extended-attribute value: small enough that a leaf
 /// always holds two, so that splitting an over-full leaf always works.
@@ -177,7 +183,7 @@ impl TreeKind {
         match self {
             TreeKind::Object => matches!(
                 kind,
-                KIND_INODE | KIND_CHUNK | KIND_DIRENT | KIND_LINK | KIND_XATTR
+                KIND_INODE | KIND_CHUNK | KIND_DIRENT | KIND_LINK | KIND_XATTR | KIND_CLONES
             ),
             TreeKind::Extent => kind == KIND_EXTENT,
             TreeKind::Snapshot => kind == KIND_SNAP,

@@ -21,10 +21,12 @@
 //! Paths are resolved without following symlinks.
 
 use super::core::Core;
-use super::format::{Key, KIND_CHUNK, KIND_DIRENT, KIND_INODE, KIND_LINK, KIND_XATTR, MAX_VALUE};
+use super::format::{
+    Key, KIND_CHUNK, KIND_CLONES, KIND_DIRENT, KIND_INODE, KIND_LINK, KIND_XATTR, MAX_VALUE,
+};
 use super::tree::{
-    self, get, insert, range, release_val, remove, update, valid_file_name, Attrs, Dirent, Inode,
-    InodeType, Tree, Val,
+    self, get, insert, range, release_val, remove, update, valid_file_name, Attrs, CloneRec,
+    Dirent, Inode, InodeType, Tree, Val,
 };
 use super::{posix, Error, Result};
 
@@ -608,7 +610,7 @@ impl Core {
             return posix(libc::ENOTEMPTY, format!("directory {ino} is not empty"));
         }
         let mut keys = vec![inode_key(ino)];
-        for kind in [KIND_CHUNK, KIND_XATTR] {
+        for kind in [KIND_CHUNK, KIND_XATTR, KIND_CLONES] {
             range(
                 &self.objects,
                 &Key::new(ino, kind, 0),
@@ -1125,7 +1127,54 @@ impl Core {
             }
             Ok(())
         })?;
+        self.record_clone(
+            dst,
+            CloneRec {
+                src,
+                src_idx: first_s,
+                dst_idx: first_d,
+                n,
+            },
+        );
         self.touch(dst, true)
+    }
+
+    /// Keep a range clone for diffs (see the format), dropping the records of `dst` that no
+    /// snapshot can need: those not after the oldest snapshot (or, without one, before now).
+    /// A generation's record that is full keeps what it has: the range then travels as data.
+    fn record_clone(&mut self, dst: u64, rec: CloneRec) {
+        let gen = self.gen;
+        let oldest = self
+            .snapshots()
+            .iter()
+            .map(|s| s.gen)
+            .min()
+            .unwrap_or(gen.saturating_sub(1));
+        let mut stale = Vec::new();
+        range(
+            &self.objects,
+            &Key::new(dst, KIND_CLONES, 0),
+            &Key::new(dst, KIND_CLONES, oldest.saturating_add(1)),
+            &mut |k, _| {
+                stale.push(*k);
+                true
+            },
+        );
+        for k in stale {
+            if let Some(v) = remove(&mut self.objects, &k, &mut self.alloc) {
+                release_val(v, &mut self.alloc);
+            }
+        }
+        let key = Key::new(dst, KIND_CLONES, gen);
+        let mut entries = match get(&self.objects, &key) {
+            Some(Val::Clones { entries, .. }) => entries.clone(),
+            _ => Vec::new(),
+        };
+        entries.push(rec);
+        let v = Val::Clones { gen, entries };
+        if v.encoded_len() <= MAX_VALUE {
+            let _ = insert(&mut self.objects, key, v, &mut self.alloc);
+        }
     }
 
     /// Keep `data` in chunks under `obj`, replacing what was there.

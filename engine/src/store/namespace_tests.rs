@@ -902,3 +902,62 @@ fn posix_refusals_carry_their_errno() {
     rig.ram.commit(&mut rig.core);
     assert_eq!(check(&rig.core), vec![]);
 }
+
+#[test]
+fn range_clones_travel_as_clones_and_whole_file_clones_as_one() {
+    use super::subtree_diff::Change;
+    let mut rig = Rig::new();
+    let c = &mut rig.core;
+    let a = attrs(2);
+    let cs = CS as u64;
+    let src = c.create(ROOT, b"src", a).unwrap();
+    let dst = c.create(ROOT, b"dst", a).unwrap();
+    c.write(&mut rig.ram, src, 0, &bytes(5, 3 * CS as usize))
+        .unwrap();
+    c.write(&mut rig.ram, dst, 0, &bytes(6, 4 * CS as usize))
+        .unwrap();
+    let base = c.snapshot("a", 0, 1).unwrap();
+    c.clone_range(src, 0, dst, cs, 2 * cs).unwrap();
+    c.write(&mut rig.ram, dst, 3 * cs + 1, b"x").unwrap();
+    c.clone_file(src, ROOT, b"copy").unwrap();
+    let (old, new) = (c.snapshot_root(base).unwrap(), c.objects.clone());
+    let d = subtree_diff(&old, &new, b"/", cs).unwrap();
+    let ranges: Vec<&Change> = d
+        .changes
+        .iter()
+        .filter(|x| matches!(x, Change::CloneRange { .. }))
+        .collect();
+    assert_eq!(
+        ranges,
+        [&Change::CloneRange {
+            ino: dst,
+            off: cs,
+            src,
+            src_off: 0,
+            len: 2 * cs
+        }],
+        "{:?}",
+        d.changes
+    );
+    let writes: Vec<(u64, u64)> = d
+        .changes
+        .iter()
+        .filter_map(|x| match x {
+            Change::Write { ino, off, .. } => Some((*ino, *off)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        writes,
+        [(dst, 3 * cs)],
+        "only the cluster written after the clones: {:?}",
+        d.changes
+    );
+    assert!(d
+        .changes
+        .iter()
+        .any(|x| matches!(x, Change::CloneFile { src: s, .. } if *s == src)));
+    drop((old, new));
+    rig.ram.commit(&mut rig.core);
+    assert_eq!(check(&rig.core), vec![]);
+}

@@ -15,7 +15,9 @@
 //! Inodes are named by their number in the source store; a receiver keeps a map from those to
 //! its own. The order makes every step valid on the receiver:
 //! 1. `Create`: new inodes, linked nowhere yet; `CloneFile`: a new file's data shared from a
-//!    file the older image has (a reflink), while that file is still as it was;
+//!    file the older image has (a reflink), and `CloneRange`: clusters a range clone shares
+//!    with such a file (found by the file's clone records), while those files are still as
+//!    they were;
 //! 2. removals, children before their directories: `Detach` takes an entry away from an inode
 //!    that is linked again below (a rename, a move, one of several hard links), `Unlink` from
 //!    one leaving the subtree, which goes with its last entry;
@@ -25,14 +27,22 @@
 //!    `Punch`; extended attributes;
 //! 5. `SetAttr` last, so that the times the steps above moved end as they are in the newer image.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::core::{extent_key, Core};
-use super::format::{Key, KIND_DIRENT, KIND_EXTENT, KIND_XATTR};
+use super::format::{Key, KIND_CLONES, KIND_DIRENT, KIND_EXTENT, KIND_XATTR};
 use super::namespace::{
     inode_in, is_within, links_in, readdir_in, readlink_in, resolve_in, Data, SetAttrs,
 };
-use super::tree::{self, Attrs, Dirent, Inode, InodeType, Tree, Val};
+use super::tree::{self, range, Attrs, Dirent, Inode, InodeType, Tree, Val};
+
+/// The cluster a file maps at index `idx` (0: a hole).
+fn extent_of(i: &Inode, idx: u64) -> u64 {
+    match tree::get(&i.extents, &extent_key(idx)) {
+        Some(Val::Extent { cluster, .. }) => *cluster,
+        _ => 0,
+    }
+}
 use super::{Error, Result};
 
 /// One step of a subtree diff. Inode and directory numbers are the source store's.
@@ -49,6 +59,15 @@ pub enum Change {
     CloneFile {
         ino: u64,
         src: u64,
+    },
+    /// `[off, off + len)` of file `ino` shares `[src_off, ..)` of file `src` as the older image
+    /// has it (whole clusters).
+    CloneRange {
+        ino: u64,
+        off: u64,
+        src: u64,
+        src_off: u64,
+        len: u64,
     },
     Detach {
         dir: u64,
@@ -114,6 +133,14 @@ impl Change {
             } => json!({"op": "create", "ino": ino,
                 "type": format!("{typ:?}").to_lowercase(), "attrs": attrs(a), "target": text(target)}),
             Change::CloneFile { ino, src } => json!({"op": "clone_file", "ino": ino, "src": src}),
+            Change::CloneRange {
+                ino,
+                off,
+                src,
+                src_off,
+                len,
+            } => json!({"op": "clone_range",
+                "ino": ino, "offset": off, "src": src, "src_offset": src_off, "length": len}),
             Change::Detach { dir, name, ino } => {
                 json!({"op": "detach", "dir": dir, "name": text(name), "ino": ino})
             }
@@ -332,8 +359,80 @@ impl Walk<'_> {
         }
     }
 
-    /// Truncate, writes and punches that turn `old` (a file's data, or nothing) into `new`.
-    fn data(&self, ino: u64, old: Option<&Inode>, new: &Inode, out: &mut Vec<Change>) {
+    /// The clusters of file `ino` (as `new`) that range clones made since the older image and
+    /// that still share a cluster of a file the older image has in the subtree: destination
+    /// cluster index → (source, source cluster index). Those travel as clones, not data.
+    fn cloned(&mut self, ino: u64, new: &Inode) -> BTreeMap<u64, (u64, u64)> {
+        let mut recs = Vec::new();
+        tree::compare(
+            self.base,
+            self.newer,
+            &Key::new(ino, KIND_CLONES, 0),
+            &Key::new(ino, KIND_CLONES + 1, 0),
+            &mut |_, _, b| {
+                if let Some(Val::Clones { entries, .. }) = b {
+                    recs.extend(entries.iter().copied());
+                }
+            },
+        );
+        let cs = self.cs;
+        let mut out = BTreeMap::new();
+        for r in recs {
+            if !self.in_base(r.src) {
+                continue;
+            }
+            let Some(src) = inode_in(self.base, r.src).filter(|i| i.typ == InodeType::File) else {
+                continue;
+            };
+            let end = r.src_idx.saturating_add(r.n);
+            range(
+                &src.extents,
+                &extent_key(r.src_idx),
+                &extent_key(end),
+                &mut |k, v| {
+                    let d = r.dst_idx + (k.off - r.src_idx);
+                    let whole = (k.off + 1) * cs <= src.size;
+                    if let Val::Extent { cluster, .. } = v {
+                        if *cluster != 0 && whole && extent_of(new, d) == *cluster {
+                            out.insert(d, (r.src, k.off));
+                        }
+                    }
+                    true
+                },
+            );
+        }
+        out
+    }
+
+    /// Truncate, writes and punches that turn `old` (a file's data, or nothing) into `new`;
+    /// the `cloned` clusters come as range clones, into `clones`.
+    fn data(
+        &self,
+        ino: u64,
+        old: Option<&Inode>,
+        new: &Inode,
+        cloned: &BTreeMap<u64, (u64, u64)>,
+        out: &mut Vec<Change>,
+        clones: &mut Vec<Change>,
+    ) {
+        let cs = self.cs;
+        // Runs of consecutive clusters from consecutive source clusters: (first, src, src first, n).
+        let mut runs: Vec<(u64, u64, u64, u64)> = Vec::new();
+        for (&d, &(src, si)) in cloned {
+            match runs.last_mut() {
+                Some((rd, rsrc, rsi, n)) if *rd + *n == d && *rsrc == src && *rsi + *n == si => {
+                    *n += 1
+                }
+                _ => runs.push((d, src, si, 1)),
+            }
+        }
+        clones.extend(runs.into_iter().map(|(d, src, si, n)| Change::CloneRange {
+            ino,
+            off: d * cs,
+            src,
+            src_off: si * cs,
+            len: n * cs,
+        }));
         let (old_size, old_extents) = old.map_or((0, Tree(None)), |i| (i.size, i.extents.clone()));
         if old_size != new.size {
             out.push(Change::Truncate {
@@ -356,7 +455,9 @@ impl Walk<'_> {
                 let len = cs.min(end - off);
                 let mapped = |v: Option<&Val>| matches!(v, Some(Val::Extent { cluster, .. }) if *cluster != 0);
                 if mapped(b) {
-                    out.push(Change::Write { ino, off, len });
+                    if !cloned.contains_key(&k.off) {
+                        out.push(Change::Write { ino, off, len });
+                    }
                 } else if mapped(a) && old_size > off {
                     out.push(Change::Punch { ino, off, len });
                 }
@@ -437,6 +538,7 @@ pub fn subtree_diff(
     w.run();
     let mut changes = Vec::new();
     let mut contents = Vec::new();
+    let mut clones = Vec::new();
     let mut attrs = Vec::new();
     let empty = Tree(None);
     for ino in w.created.clone() {
@@ -470,7 +572,8 @@ pub fn subtree_diff(
                     src: i.origin_obj,
                 });
             }
-            w.data(ino, origin, i, &mut contents);
+            let cloned = w.cloned(ino, i);
+            w.data(ino, origin, i, &cloned, &mut contents, &mut clones);
         }
         w.xattrs(ino, &empty, &mut contents);
         attrs.push(Change::SetAttr {
@@ -488,7 +591,8 @@ pub fn subtree_diff(
         }
         compared += 1;
         if b.typ.has_extents() {
-            w.data(ino, Some(a), b, &mut contents);
+            let cloned = w.cloned(ino, b);
+            w.data(ino, Some(a), b, &cloned, &mut contents, &mut clones);
         }
         w.xattrs(ino, base, &mut contents);
         if a.attrs != b.attrs || b.typ.has_extents() || b.typ == InodeType::Dir {
@@ -498,6 +602,7 @@ pub fn subtree_diff(
             });
         }
     }
+    changes.append(&mut clones);
     changes.append(&mut w.removals);
     changes.append(&mut w.links);
     changes.append(&mut contents);
@@ -564,6 +669,7 @@ impl SubtreeDiff {
                 Change::Truncate { ino, .. }
                 | Change::Write { ino, .. }
                 | Change::Punch { ino, .. }
+                | Change::CloneRange { ino, .. }
                     if !created.contains(ino) =>
                 {
                     data.insert(*ino);
@@ -644,6 +750,16 @@ impl Core {
                 Change::CloneFile { ino, src } => {
                     let (dst, src) = (at(map, *ino)?, at(map, *src)?);
                     self.share_data(src, dst)?;
+                }
+                Change::CloneRange {
+                    ino,
+                    off,
+                    src,
+                    src_off,
+                    len,
+                } => {
+                    let (dst, src) = (at(map, *ino)?, at(map, *src)?);
+                    self.clone_range(src, *src_off, dst, *off, *len)?;
                 }
                 Change::Detach { dir, name, .. } => {
                     self.remove_entry(at(map, *dir)?, name)?;

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use super::format::{le16, le32, le64};
 use super::format::{
     leaf_entry_len, Key, RawChild, RawEntries, RawNode, TreeKind, CHUNK, INTERNAL_ENTRY,
-    KIND_CHUNK, KIND_DIRENT, KIND_EXTENT, KIND_INODE, KIND_LINK, KIND_SNAP, KIND_XATTR, MAX_NAME,
-    MAX_VALUE, NODE_PAYLOAD,
+    KIND_CHUNK, KIND_CLONES, KIND_DIRENT, KIND_EXTENT, KIND_INODE, KIND_LINK, KIND_SNAP,
+    KIND_XATTR, MAX_NAME, MAX_VALUE, NODE_PAYLOAD,
 };
 use super::{Error, Result};
 
@@ -167,6 +167,16 @@ pub struct Inode {
 const INODE_LEN: usize = 136;
 const SNAP_LEN: usize = 65;
 
+/// A range of clusters cloned into a file: `n` clusters from `src_idx` of inode `src` to
+/// `dst_idx` of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloneRec {
+    pub src: u64,
+    pub src_idx: u64,
+    pub dst_idx: u64,
+    pub n: u64,
+}
+
 /// One name in a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dirent {
@@ -218,6 +228,11 @@ pub enum Val {
         gen: u64,
         entries: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    /// The ranges cloned into a file in one generation.
+    Clones {
+        gen: u64,
+        entries: Vec<CloneRec>,
+    },
 }
 
 impl Val {
@@ -228,7 +243,8 @@ impl Val {
             Val::Chunk { gen, .. }
             | Val::Dirents { gen, .. }
             | Val::Links { gen, .. }
-            | Val::Xattrs { gen, .. } => *gen,
+            | Val::Xattrs { gen, .. }
+            | Val::Clones { gen, .. } => *gen,
             Val::Snap(s) => s.gen,
         }
     }
@@ -249,6 +265,7 @@ impl Val {
                     .map(|(n, v)| 3 + n.len() + v.len())
                     .sum::<usize>()
             }
+            Val::Clones { entries, .. } => 10 + 32 * entries.len(),
         }
     }
 
@@ -365,6 +382,16 @@ impl Val {
                     at += 3 + n.len() + v.len();
                 }
             }
+            Val::Clones { gen, entries } => {
+                b[0..8].copy_from_slice(&gen.to_le_bytes());
+                b[8..10].copy_from_slice(&(entries.len() as u16).to_le_bytes());
+                for (i, r) in entries.iter().enumerate() {
+                    let at = 10 + 32 * i;
+                    for (k, v) in [r.src, r.src_idx, r.dst_idx, r.n].into_iter().enumerate() {
+                        b[at + 8 * k..at + 8 * k + 8].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
         }
         b
     }
@@ -427,7 +454,7 @@ impl Val {
                     (sub.0 != 0).then_some(sub),
                 ))
             }
-            KIND_DIRENT | KIND_LINK | KIND_XATTR if b.len() > MAX_VALUE => {
+            KIND_DIRENT | KIND_LINK | KIND_XATTR | KIND_CLONES if b.len() > MAX_VALUE => {
                 Err(format!("a {}-byte value under key kind {kind}", b.len()))
             }
             KIND_DIRENT if b.len() >= 9 => {
@@ -477,6 +504,27 @@ impl Val {
                     Val::Links {
                         gen: le64(b),
                         names,
+                    },
+                    None,
+                ))
+            }
+            KIND_CLONES if b.len() >= 10 && b.len() == 10 + 32 * le16(&b[8..]) as usize => {
+                let entries: Vec<CloneRec> = b[10..]
+                    .chunks_exact(32)
+                    .map(|c| CloneRec {
+                        src: le64(c),
+                        src_idx: le64(&c[8..]),
+                        dst_idx: le64(&c[16..]),
+                        n: le64(&c[24..]),
+                    })
+                    .collect();
+                if entries.is_empty() {
+                    return Err("a clone record without clones".into());
+                }
+                Ok((
+                    Val::Clones {
+                        gen: le64(b),
+                        entries,
                     },
                     None,
                 ))
