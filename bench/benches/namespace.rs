@@ -6,8 +6,9 @@
 //!   (criterion);
 //! - `rsync_dry_run/<n>`: `rsync -a --dry-run --itemize-changes` between the two snapshots
 //!   exported to host directories (criterion, 10 samples): what a tool without the store's
-//!   generations must do to find the same change;
-//! then the ratios, and how the diff's time grows from 10k to 1M entries (it should barely).
+//!   generations must do to find the same change.
+//!
+//! Then the ratios, and how the diff's time grows from 10k to 1M entries (it should barely).
 //!
 //! `cargo bench -p tandem-bench --bench namespace` (needs rsync: scripts/setup.sh installs it).
 //! Without `--bench` (the test command) it runs one small tree once, as a smoke test.
