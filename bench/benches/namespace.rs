@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use criterion::{BenchmarkId, Criterion};
+use tandem::reactor::sim::SimRng;
 use tandem::store::namespace::{Data, SetAttrs, ROOT};
 use tandem::store::subtree_diff::subtree_diff;
 use tandem::store::tree::{Attrs, Tree};
@@ -45,17 +46,6 @@ impl Data for Sparse {
             self.0.entry(at / 4096).or_insert_with(|| vec![0; 4096])[(at % 4096) as usize] = b;
         }
         Ok(())
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n.max(1) as u64) as usize
     }
 }
 
@@ -95,7 +85,7 @@ fn build(n: usize) -> (Core, Sparse, Tree, Tree) {
         c.setattr(d, dir_attrs).unwrap();
     }
     c.snapshot("a", 0, 1).unwrap();
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = SimRng::new(0x2545_f491_4f6c_dd1d);
     for i in 0..100 {
         let d = leaf_dirs[rng.below(leaf_dirs.len())];
         let name = format!("f{}", rng.below(100));

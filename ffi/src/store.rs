@@ -199,6 +199,21 @@ pub extern "C" fn tandem_store_unload(st: *mut tandem_store) -> c_int {
     })
 }
 
+/// Run `op` as a namespace change on the directory and last name of `path`.
+fn at_path(
+    st: *const tandem_store,
+    path: *const c_char,
+    op: impl FnOnce(&mut store::Core, u64, &[u8]) -> store::Result<()> + Send + 'static,
+) -> c_int {
+    with_store(st, |s| {
+        let path = arg!(path_of(path));
+        s.ns_change(move |c| {
+            let (dir, name) = ns::split_parent(&c.objects, path.as_bytes())?;
+            op(c, dir, &name).map(|()| 0)
+        })
+    })
+}
+
 fn now_attrs(mode: u32) -> Attrs {
     let now = ns::now_ns();
     Attrs {
@@ -217,12 +232,8 @@ pub extern "C" fn tandem_store_mkdir(
     path: *const c_char,
     mode: u32,
 ) -> c_int {
-    with_store(st, |s| {
-        let path = arg!(path_of(path));
-        s.ns_change(move |c| {
-            let (dir, name) = ns::split_parent(&c.objects, path.as_bytes())?;
-            c.mkdir(dir, &name, now_attrs(mode)).map(|_| 0)
-        })
+    at_path(st, path, move |c, dir, name| {
+        c.mkdir(dir, name, now_attrs(mode)).map(|_| ())
     })
 }
 
@@ -233,12 +244,8 @@ pub extern "C" fn tandem_store_create_file(
     path: *const c_char,
     mode: u32,
 ) -> c_int {
-    with_store(st, |s| {
-        let path = arg!(path_of(path));
-        s.ns_change(move |c| {
-            let (dir, name) = ns::split_parent(&c.objects, path.as_bytes())?;
-            c.create(dir, &name, now_attrs(mode)).map(|_| 0)
-        })
+    at_path(st, path, move |c, dir, name| {
+        c.create(dir, name, now_attrs(mode)).map(|_| ())
     })
 }
 
@@ -381,25 +388,13 @@ pub extern "C" fn tandem_store_rename(
 /// Remove file or symlink `path` (`-EISDIR` for a directory). Any thread but a reactor.
 #[no_mangle]
 pub extern "C" fn tandem_store_unlink(st: *const tandem_store, path: *const c_char) -> c_int {
-    with_store(st, |s| {
-        let path = arg!(path_of(path));
-        s.ns_change(move |c| {
-            let (dir, name) = ns::split_parent(&c.objects, path.as_bytes())?;
-            c.unlink(dir, &name).map(|()| 0)
-        })
-    })
+    at_path(st, path, |c, dir, name| c.unlink(dir, name))
 }
 
 /// Remove empty directory `path`. Any thread but a reactor.
 #[no_mangle]
 pub extern "C" fn tandem_store_rmdir(st: *const tandem_store, path: *const c_char) -> c_int {
-    with_store(st, |s| {
-        let path = arg!(path_of(path));
-        s.ns_change(move |c| {
-            let (dir, name) = ns::split_parent(&c.objects, path.as_bytes())?;
-            c.rmdir(dir, &name).map(|()| 0)
-        })
-    })
+    at_path(st, path, |c, dir, name| c.rmdir(dir, name))
 }
 
 /// Snapshot the whole store as `name`. Any thread but a reactor.

@@ -524,18 +524,6 @@ fn the_namespace_over_rpc_survives_sigkill() {
     let _ = std::fs::remove_file(&file);
 }
 
-/// A tiny deterministic generator for picking what to change.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n.max(1) as u64) as usize
-    }
-}
-
 /// Per inode: its links ((parent, name)) and what it holds, as text.
 type Inventory = BTreeMap<u64, (Vec<(u64, Vec<u8>)>, String)>;
 
@@ -642,7 +630,7 @@ fn a_diff_of_usr_share_is_exactly_the_change() {
             }
         }
     }
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = tandem::reactor::sim::SimRng::new(0x9e37_79b9_7f4a_7c15);
     let attrs = Attrs {
         mode: 0o640,
         uid: 7,
@@ -653,7 +641,8 @@ fn a_diff_of_usr_share_is_exactly_the_change() {
     let mut changes = 0;
     let (core, f) = s.parts();
     let mut gone = std::collections::HashSet::new();
-    let pick_file = |rng: &mut Rng, gone: &std::collections::HashSet<u64>| loop {
+    let pick_file = |rng: &mut tandem::reactor::sim::SimRng,
+                     gone: &std::collections::HashSet<u64>| loop {
         let x = files[rng.below(files.len())].clone();
         if !gone.contains(&x.2) {
             return x;

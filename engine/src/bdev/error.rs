@@ -75,6 +75,8 @@ pub enum When {
 pub enum Action {
     Fail,
     Delay(Duration),
+    /// Hold the I/O this long, then fail it: a device that times out.
+    FailAfter(Duration),
     Drop,
     /// Write this many leading blocks (fewer than the write has), then fail it.
     Tear {
@@ -221,7 +223,8 @@ struct ErrChan {
     /// Requests passed to the base, waiting for its completion; indexed by slot.
     parked: RefCell<Vec<Option<Parked>>>,
     free: RefCell<Vec<usize>>,
-    delayed: RefCell<VecDeque<(u64, BdevIo, Completions)>>,
+    /// Held I/O: when it is due, and whether it then fails instead of going on.
+    delayed: RefCell<VecDeque<(u64, BdevIo, Completions, bool)>>,
     /// Dropped I/O and the fault generation it was dropped under: released once that changes.
     dropped: RefCell<Vec<(BdevIo, Completions, u64)>>,
     generation: Cell<u64>,
@@ -472,12 +475,16 @@ impl ErrChan {
             let due = {
                 let mut delayed = self.delayed.borrow_mut();
                 match delayed.front() {
-                    Some((at, _, _)) if *at <= now => delayed.pop_front(),
+                    Some((at, _, _, _)) if *at <= now => delayed.pop_front(),
                     _ => None,
                 }
             };
-            let Some((_, io, done)) = due else { break };
-            if let Err((e, io)) = self.forward(io, &done, None) {
+            let Some((_, io, done, fail)) = due else {
+                break;
+            };
+            if fail {
+                done.complete(io, Err(IoError::Injected));
+            } else if let Err((e, io)) = self.forward(io, &done, None) {
                 tracing::warn!("error bdev: delayed I/O refused by its base: {e}");
                 done.complete(io, Err(IoError::Aborted));
             }
@@ -545,10 +552,13 @@ impl BackendChannel for ErrorChannel {
                 chan.arm_ticker();
                 Ok(())
             }
-            Some(Action::Delay(d)) => {
+            Some(action @ (Action::Delay(d) | Action::FailAfter(d))) => {
+                let fail = matches!(action, Action::FailAfter(_));
                 let at = crate::sys::monotonic_ns()
                     .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-                chan.delayed.borrow_mut().push_back((at, io, done.clone()));
+                chan.delayed
+                    .borrow_mut()
+                    .push_back((at, io, done.clone(), fail));
                 chan.arm_ticker();
                 Ok(())
             }

@@ -52,36 +52,35 @@ fn new_attrs(p: &Params, default_mode: u32) -> Result<Attrs, RpcError> {
 
 const NEW: &[&str] = &["lvs_name", "path", "mode", "uid", "gid"];
 
+/// Run `op` as a namespace change on the directory and last name of `path` (a parameter).
+fn at_path<R: Send + 'static>(
+    p: &Params,
+    op: impl FnOnce(&mut crate::store::Core, u64, &[u8]) -> crate::store::Result<R> + Send + 'static,
+) -> Result<R, RpcError> {
+    let path = p.str("path")?.to_owned();
+    Ok(store(p)?.ns_change(move |c| {
+        let (dir, name) = ns::split_parent(&c.objects, path.as_bytes())?;
+        op(c, dir, &name)
+    })?)
+}
+
 pub(super) fn mkdir(p: &Params) -> RpcResult {
     p.only(NEW)?;
-    let (path, a) = (p.str("path")?.to_owned(), new_attrs(p, 0o755)?);
-    let ino = store(p)?.ns_change(move |c| {
-        let (dir, name) = ns::split_parent(&c.objects, path.as_bytes())?;
-        c.mkdir(dir, &name, a)
-    })?;
-    Ok(json!({"ino": ino}))
+    let a = new_attrs(p, 0o755)?;
+    Ok(json!({"ino": at_path(p, move |c, dir, name| c.mkdir(dir, name, a))?}))
 }
 
 pub(super) fn create(p: &Params) -> RpcResult {
     p.only(NEW)?;
-    let (path, a) = (p.str("path")?.to_owned(), new_attrs(p, 0o644)?);
-    let ino = store(p)?.ns_change(move |c| {
-        let (dir, name) = ns::split_parent(&c.objects, path.as_bytes())?;
-        c.create(dir, &name, a)
-    })?;
-    Ok(json!({"ino": ino}))
+    let a = new_attrs(p, 0o644)?;
+    Ok(json!({"ino": at_path(p, move |c, dir, name| c.create(dir, name, a))?}))
 }
 
 pub(super) fn symlink(p: &Params) -> RpcResult {
     p.only(&["lvs_name", "path", "target", "uid", "gid"])?;
-    let (path, target, a) = (
-        p.str("path")?.to_owned(),
-        p.str("target")?.to_owned(),
-        new_attrs(p, 0o777)?,
-    );
-    let ino = store(p)?.ns_change(move |c| {
-        let (dir, name) = ns::split_parent(&c.objects, path.as_bytes())?;
-        c.symlink(dir, &name, target.as_bytes(), a)
+    let (target, a) = (p.str("target")?.to_owned(), new_attrs(p, 0o777)?);
+    let ino = at_path(p, move |c, dir, name| {
+        c.symlink(dir, name, target.as_bytes(), a)
     })?;
     Ok(json!({"ino": ino}))
 }
@@ -97,26 +96,16 @@ pub(super) fn link(p: &Params) -> RpcResult {
     Ok(Value::Bool(true))
 }
 
-fn remove(p: &Params, dir_too: bool) -> RpcResult {
+pub(super) fn unlink(p: &Params) -> RpcResult {
     p.only(&["lvs_name", "path"])?;
-    let path = p.str("path")?.to_owned();
-    store(p)?.ns_change(move |c| {
-        let (dir, name) = ns::split_parent(&c.objects, path.as_bytes())?;
-        if dir_too {
-            c.rmdir(dir, &name)
-        } else {
-            c.unlink(dir, &name)
-        }
-    })?;
+    at_path(p, |c, dir, name| c.unlink(dir, name))?;
     Ok(Value::Bool(true))
 }
 
-pub(super) fn unlink(p: &Params) -> RpcResult {
-    remove(p, false)
-}
-
 pub(super) fn rmdir(p: &Params) -> RpcResult {
-    remove(p, true)
+    p.only(&["lvs_name", "path"])?;
+    at_path(p, |c, dir, name| c.rmdir(dir, name))?;
+    Ok(Value::Bool(true))
 }
 
 pub(super) fn rename(p: &Params) -> RpcResult {

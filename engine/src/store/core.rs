@@ -513,14 +513,17 @@ impl Core {
         self.volume(obj).map(|i| info(obj, i))
     }
 
-    /// The volumes of an image: the volume entries of its root directory.
+    /// The volumes of an image (the volume entries of its root directory), in the order they
+    /// were made.
     fn volumes_in(&self, root: &Tree) -> Vec<VolumeInfo> {
-        namespace::readdir_in(root, ROOT)
+        let mut out: Vec<VolumeInfo> = namespace::readdir_in(root, ROOT)
             .unwrap_or_default()
             .into_iter()
             .filter(|e| e.typ == InodeType::Volume)
             .filter_map(|e| namespace::inode_in(root, e.ino).map(|i| info(e.ino, i)))
-            .collect()
+            .collect();
+        out.sort_by_key(|v| v.obj);
+        out
     }
 
     pub fn volumes(&self) -> Vec<VolumeInfo> {
@@ -1034,21 +1037,7 @@ impl Core {
         let obj = self
             .object_named(name)
             .ok_or_else(|| Error::NotFound(format!("object {name:?}")))?;
-        let mut keys = vec![inode_key(obj)];
-        range(
-            &self.objects,
-            &Key::new(obj, KIND_CHUNK, 0),
-            &Key::new(obj, KIND_CHUNK + 1, 0),
-            &mut |k, _| {
-                keys.push(*k);
-                true
-            },
-        );
-        for k in keys {
-            if let Some(v) = remove(&mut self.objects, &k, &mut self.alloc) {
-                release_val(v, &mut self.alloc);
-            }
-        }
+        self.remove_object_keys(obj, &[KIND_CHUNK]);
         self.objects_by_name.remove(name);
         self.changed = true;
         Ok(())

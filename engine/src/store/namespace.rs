@@ -353,6 +353,22 @@ pub fn is_within(root: &Tree, ino: u64, dir: u64) -> bool {
     false
 }
 
+/// A regular file to clone from. A live volume is refused: its bdev writes in place, so a
+/// clone of it would keep changing (clone a snapshot's volume with the volume calls).
+fn clone_source(root: &Tree, src: u64) -> Result<&Inode> {
+    let s = must_inode(root, src)?;
+    match s.typ {
+        InodeType::File => Ok(s),
+        InodeType::Volume => posix(
+            libc::EBUSY,
+            format!("inode {src} is a live volume: clone a snapshot of it"),
+        ),
+        _ => Err(Error::Invalid(format!(
+            "inode {src} holds no data to clone"
+        ))),
+    }
+}
+
 /// Read `len` bytes at `off` of a file or volume in an image; short at the end of the file.
 pub fn read_in(
     root: &Tree,
@@ -609,12 +625,19 @@ impl Core {
         if typ == InodeType::Dir && !readdir_in(&self.objects, ino)?.is_empty() {
             return posix(libc::ENOTEMPTY, format!("directory {ino} is not empty"));
         }
-        let mut keys = vec![inode_key(ino)];
-        for kind in [KIND_CHUNK, KIND_XATTR, KIND_CLONES] {
+        self.remove_object_keys(ino, &[KIND_CHUNK, KIND_XATTR, KIND_CLONES]);
+        Ok(())
+    }
+
+    /// Remove object `obj`'s inode and every key of the given kinds under it, releasing what
+    /// they hold.
+    pub(super) fn remove_object_keys(&mut self, obj: u64, kinds: &[u8]) {
+        let mut keys = vec![inode_key(obj)];
+        for &kind in kinds {
             range(
                 &self.objects,
-                &Key::new(ino, kind, 0),
-                &Key::new(ino, kind + 1, 0),
+                &Key::new(obj, kind, 0),
+                &Key::new(obj, kind + 1, 0),
                 &mut |k, _| {
                     keys.push(*k);
                     true
@@ -627,7 +650,6 @@ impl Core {
             }
         }
         self.mark_changed();
-        Ok(())
     }
 
     fn refuse_volume(&self, e: &Dirent) -> Result<()> {
@@ -1021,12 +1043,7 @@ impl Core {
     /// A new file `dir/name` sharing every extent of file `src`: O(1), one more reference to
     /// its extent tree.
     pub fn clone_file(&mut self, src: u64, dir: u64, name: &[u8]) -> Result<u64> {
-        let s = must_inode(&self.objects, src)?;
-        if !s.typ.has_extents() {
-            return Err(Error::Invalid(format!(
-                "inode {src} holds no data to clone"
-            )));
-        }
+        let s = clone_source(&self.objects, src)?;
         let attrs = s.attrs;
         let ino = self.make(dir, name, InodeType::File, attrs, &[])?;
         self.share_data(src, ino)?;
@@ -1035,12 +1052,7 @@ impl Core {
 
     /// File `dst` (empty) takes the size and the extent tree of `src`, shared.
     pub(super) fn share_data(&mut self, src: u64, dst: u64) -> Result<()> {
-        let s = must_inode(&self.objects, src)?;
-        if !s.typ.has_extents() {
-            return Err(Error::Invalid(format!(
-                "inode {src} holds no data to clone"
-            )));
-        }
+        let s = clone_source(&self.objects, src)?;
         let (extents, size) = (s.extents.clone(), s.size);
         self.mark_shared();
         let old = self.change_inode(dst, |i| {
@@ -1064,12 +1076,7 @@ impl Core {
         len: u64,
     ) -> Result<()> {
         let cs = self.cluster_size();
-        let s = must_inode(&self.objects, src)?;
-        if !s.typ.has_extents() {
-            return Err(Error::Invalid(format!(
-                "inode {src} holds no data to clone"
-            )));
-        }
+        let s = clone_source(&self.objects, src)?;
         let ssize = s.size;
         let dsize = self.file_for_write(dst)?;
         let to_end = src_off.saturating_add(len) == ssize;

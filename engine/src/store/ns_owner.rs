@@ -77,27 +77,33 @@ type TurnDone = Box<dyn FnOnce()>;
 type Turn = Box<dyn FnOnce(TurnDone)>;
 
 /// Run `f` in the store's next namespace turn.
-fn take_turn(o: &Rc<Owner>, f: Turn) {
-    if o.ns_busy.replace(true) {
-        let o2 = Rc::clone(o);
-        o.ns_queue
-            .borrow_mut()
-            .push_back(Box::new(move || take_turn_now(&o2, f)));
-        return;
-    }
-    take_turn_now(o, f);
+pub(super) fn take_turn(o: &Rc<Owner>, f: Turn) {
+    let o2 = Rc::clone(o);
+    o.ns_queue.borrow_mut().push_back(Box::new(move || {
+        o2.ns_busy.set(true);
+        let o3 = Rc::clone(&o2);
+        f(Box::new(move || {
+            o3.ns_busy.set(false);
+            drain(&o3);
+        }));
+    }));
+    drain(o);
 }
 
-fn take_turn_now(o: &Rc<Owner>, f: Turn) {
-    o.ns_busy.set(true);
-    let o2 = Rc::clone(o);
-    f(Box::new(move || {
-        o2.ns_busy.set(false);
-        let next = o2.ns_queue.borrow_mut().pop_front();
-        if let Some(next) = next {
-            next();
+/// Start queued turns while none is under way. A turn that ends inside this loop only marks
+/// itself done, and the loop starts the next: the stack does not grow with the queue.
+fn drain(o: &Rc<Owner>) {
+    if o.ns_draining.replace(true) {
+        return;
+    }
+    while !o.ns_busy.get() {
+        let next = o.ns_queue.borrow_mut().pop_front();
+        match next {
+            Some(turn) => turn(),
+            None => break,
         }
-    }));
+    }
+    o.ns_draining.set(false);
 }
 
 /// The clusters of file `ino` in `root` that cover `[first, end)` and are mapped: (index,
@@ -119,8 +125,11 @@ fn mapped(root: &Tree, ino: u64, first: u64, end: u64) -> Vec<(u64, u64)> {
 /// The cluster indexes a change may read or partly write.
 fn touched(change: &FileChange, size: u64, cs: u64) -> Vec<u64> {
     match change {
-        FileChange::Write { off, data } if !data.is_empty() => {
-            (off / cs..=(off + data.len() as u64 - 1) / cs).collect()
+        FileChange::Write { off, data } if !data.is_empty() && *off <= namespace::MAX_FILE => {
+            let last = off
+                .saturating_add(data.len() as u64 - 1)
+                .min(namespace::MAX_FILE);
+            (off / cs..=last / cs).collect()
         }
         FileChange::Truncate { size: to } if *to < size && to % cs != 0 => vec![to / cs],
         FileChange::Punch { off, len } => {
@@ -158,14 +167,18 @@ fn read_clusters(
     });
 }
 
+/// Answers a namespace call.
+type Reply<R> = Box<dyn FnOnce(Result<R>) + Send>;
+
 impl Store {
-    /// A namespace change on the owner, in its turn; answered once durable.
-    pub fn ns_change<R: Send + 'static>(
+    /// Wait for `f` to run on the owner in the store's next namespace turn; it answers through
+    /// its [`Reply`] and ends the turn with its [`TurnDone`].
+    fn in_turn<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Core) -> Result<R> + Send + 'static,
+        f: impl FnOnce(Rc<Owner>, TurnDone, Reply<R>) + Send + 'static,
     ) -> Result<R> {
         let uuid = self.0.uuid;
-        blocking(&self.0.messenger, self.0.owner, move |reply| {
+        blocking(&self.0.messenger, self.0.owner, move |reply: Reply<R>| {
             let o = match owner::owner_of(uuid) {
                 Ok(o) => o,
                 Err(e) => return reply(Err(e)),
@@ -174,12 +187,28 @@ impl Store {
             take_turn(
                 &o,
                 Box::new(move |done| {
-                    let r = f(&mut o2.core.borrow_mut());
-                    done();
-                    owner::commit(&o2, Box::new(move |c| reply(c.and(r))));
+                    if o2.closing.get() {
+                        done();
+                        return reply(Err(Error::Failed("the store is being unloaded".into())));
+                    }
+                    f(o2, done, reply)
                 }),
             );
         })?
+    }
+
+    /// A namespace change on the owner, in its turn; answered once durable.
+    pub fn ns_change<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.in_turn(move |o, done, reply| {
+            let r = f(&mut o.core.borrow_mut());
+            // The commit starts before the turn ends, so whatever comes next in turn (an
+            // unload, say) finds it under way.
+            owner::commit(&o, Box::new(move |c| reply(c.and(r))));
+            done();
+        })
     }
 
     /// Read the namespace on the owner, in its turn.
@@ -187,38 +216,17 @@ impl Store {
         &self,
         f: impl FnOnce(&Core) -> Result<R> + Send + 'static,
     ) -> Result<R> {
-        let uuid = self.0.uuid;
-        blocking(&self.0.messenger, self.0.owner, move |reply| {
-            let o = match owner::owner_of(uuid) {
-                Ok(o) => o,
-                Err(e) => return reply(Err(e)),
-            };
-            let o2 = Rc::clone(&o);
-            take_turn(
-                &o,
-                Box::new(move |done| {
-                    let r = f(&o2.core.borrow());
-                    done();
-                    reply(r);
-                }),
-            );
-        })?
+        self.in_turn(move |o, done, reply| {
+            let r = f(&o.core.borrow());
+            done();
+            reply(r);
+        })
     }
 
     /// Change the data of the file at `path` (see the module).
     pub fn change_file(&self, path: &str, change: FileChange) -> Result<()> {
-        let (uuid, path) = (self.0.uuid, path.to_owned());
-        blocking(&self.0.messenger, self.0.owner, move |reply| {
-            let o = match owner::owner_of(uuid) {
-                Ok(o) => o,
-                Err(e) => return reply(Err(e)),
-            };
-            let o2 = Rc::clone(&o);
-            take_turn(
-                &o,
-                Box::new(move |done| change_file(o2, path, change, done, Box::new(reply))),
-            );
-        })?
+        let path = path.to_owned();
+        self.in_turn(move |o, done, reply| change_file(o, path, change, done, reply))
     }
 
     /// Read `len` bytes at `off` of the file at `path`, live or in `snapshot`; short at the
@@ -230,71 +238,63 @@ impl Store {
         off: u64,
         len: u64,
     ) -> Result<Vec<u8>> {
-        let (uuid, path, snapshot) = (self.0.uuid, path.to_owned(), snapshot.map(str::to_owned));
-        blocking(&self.0.messenger, self.0.owner, move |reply| {
-            let o = match owner::owner_of(uuid) {
-                Ok(o) => o,
-                Err(e) => return reply(Err(e)),
+        let (path, snapshot) = (path.to_owned(), snapshot.map(str::to_owned));
+        self.in_turn(move |o2, done, reply| {
+            let found = (|| {
+                let c = o2.core.borrow();
+                let root = match &snapshot {
+                    None => c.objects.clone(),
+                    Some(s) => c.snapshot_root(c.snapshot_named(s)?)?,
+                };
+                let ino = namespace::resolve_in(&root, path.as_bytes())?;
+                let st = namespace::stat_in(&root, ino)?;
+                if snapshot.is_none() && st.typ == super::tree::InodeType::Volume {
+                    // Its bdev writes in place and prepares clusters on its own.
+                    return super::posix(
+                        libc::EBUSY,
+                        "a live volume is read through its bdev (or read a snapshot)",
+                    );
+                }
+                let size = st.size;
+                let cs = c.cluster_size();
+                let end = size.min(off.saturating_add(len));
+                let clusters = if off < end {
+                    mapped(&root, ino, off / cs, end.div_ceil(cs))
+                } else {
+                    Vec::new()
+                };
+                Ok((root, ino, clusters))
+            })();
+            let (root, ino, clusters) = match found {
+                Ok(f) => f,
+                Err(e) => {
+                    done();
+                    return reply(Err(e));
+                }
             };
-            let o2 = Rc::clone(&o);
-            take_turn(
-                &o,
-                Box::new(move |done| {
-                    let found = (|| {
-                        let c = o2.core.borrow();
-                        let root = match &snapshot {
-                            None => c.objects.clone(),
-                            Some(s) => c.snapshot_root(c.snapshot_named(s)?)?,
-                        };
-                        let ino = namespace::resolve_in(&root, path.as_bytes())?;
-                        let size = namespace::stat_in(&root, ino)?.size;
-                        let cs = c.cluster_size();
-                        let end = size.min(off.saturating_add(len));
-                        let clusters = if off < end {
-                            mapped(&root, ino, off / cs, end.div_ceil(cs))
-                        } else {
-                            Vec::new()
-                        };
-                        Ok((root, ino, clusters))
-                    })();
-                    let (root, ino, clusters) = match found {
-                        Ok(f) => f,
-                        Err(e) => {
-                            done();
-                            return reply(Err(e));
-                        }
+            let me = o2.shared.owner;
+            let grace = o2.shared.enter_io(me);
+            let o3 = Rc::clone(&o2);
+            read_clusters(&o2, clusters, move |r| {
+                let cs = o3.shared.cluster_size;
+                let out = r.and_then(|read| {
+                    let mut staged = Staged {
+                        cs,
+                        read,
+                        written: BTreeMap::new(),
                     };
-                    let me = o2.shared.owner;
-                    let grace = o2.shared.enter_io(me);
-                    let o3 = Rc::clone(&o2);
-                    read_clusters(&o2, clusters, move |r| {
-                        let cs = o3.shared.cluster_size;
-                        let out = r.and_then(|read| {
-                            let mut staged = Staged {
-                                cs,
-                                read,
-                                written: BTreeMap::new(),
-                            };
-                            namespace::read_in(&root, cs, &mut staged, ino, off, len)
-                        });
-                        drop(root);
-                        o3.shared.exit_io(me, grace);
-                        done();
-                        reply(out);
-                    });
-                }),
-            );
-        })?
+                    namespace::read_in(&root, cs, &mut staged, ino, off, len)
+                });
+                drop(root);
+                o3.shared.exit_io(me, grace);
+                done();
+                reply(out);
+            });
+        })
     }
 }
 
-fn change_file(
-    o: Rc<Owner>,
-    path: String,
-    change: FileChange,
-    done: TurnDone,
-    reply: Box<dyn FnOnce(Result<()>)>,
-) {
+fn change_file(o: Rc<Owner>, path: String, change: FileChange, done: TurnDone, reply: Reply<()>) {
     let found = (|| {
         let c = o.core.borrow();
         let ino = c.resolve(path.as_bytes())?;
@@ -334,7 +334,7 @@ fn staged_change(
     read: HashMap<u64, Vec<u8>>,
     grace: (crate::reactor::ReactorId, u64),
     done: TurnDone,
-    reply: Box<dyn FnOnce(Result<()>)>,
+    reply: Reply<()>,
 ) {
     if !owner::begin_unready(&o) {
         let o2 = Rc::clone(&o);

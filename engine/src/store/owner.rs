@@ -133,6 +133,11 @@ pub(crate) struct Owner {
     /// those waiting.
     pub(super) ns_busy: std::cell::Cell<bool>,
     pub(super) ns_queue: RefCell<std::collections::VecDeque<Box<dyn FnOnce()>>>,
+    /// Whether a loop is running queued turns (so that a turn ending inside one does not
+    /// start another on top of the stack).
+    pub(super) ns_draining: std::cell::Cell<bool>,
+    /// Set by unload and destroy: turns not yet begun are refused.
+    pub(super) closing: std::cell::Cell<bool>,
 }
 
 pub(super) type Waiter = Box<dyn FnOnce(Result<()>)>;
@@ -578,19 +583,28 @@ impl Store {
             let Ok(o) = owner_of(uuid) else {
                 return reply(Ok(()));
             };
-            for (_, (b, _)) in o.volumes.borrow_mut().drain() {
-                let _ = bdev::delete(b.name());
-            }
-            for (_, b) in o.snap_bdevs.borrow_mut().drain() {
-                let _ = bdev::delete(b.name());
-            }
+            // In a namespace turn: one under way finishes first, and none begins after.
             let o2 = Rc::clone(&o);
-            commit(
+            super::ns_owner::take_turn(
                 &o,
-                Box::new(move |r| {
-                    let _ = OWNERS.with(|m| m.borrow_mut().remove(&uuid));
-                    drop(o2);
-                    reply(r)
+                Box::new(move |turn_done| {
+                    o2.closing.set(true);
+                    for (_, (b, _)) in o2.volumes.borrow_mut().drain() {
+                        let _ = bdev::delete(b.name());
+                    }
+                    for (_, b) in o2.snap_bdevs.borrow_mut().drain() {
+                        let _ = bdev::delete(b.name());
+                    }
+                    let o3 = Rc::clone(&o2);
+                    commit(
+                        &o2,
+                        Box::new(move |r| {
+                            let _ = OWNERS.with(|m| m.borrow_mut().remove(&uuid));
+                            turn_done();
+                            drop(o3);
+                            reply(r)
+                        }),
+                    );
                 }),
             );
         });
@@ -609,20 +623,42 @@ impl Store {
             let Ok(o) = owner_of(uuid) else {
                 return reply(Ok(()));
             };
-            let ops = vec![
-                vec![
-                    Op::Write {
-                        offset: 0,
-                        data: vec![0; format::BLOCK],
-                    },
-                    Op::Write {
-                        offset: format::BLOCK as u64,
-                        data: vec![0; format::BLOCK],
-                    },
-                ],
-                vec![Op::Flush],
-            ];
-            run_phases(o.ch.clone(), ops, Box::new(reply));
+            // In a namespace turn, after every commit begun: nothing writes a superblock once
+            // they are cleared.
+            let o2 = Rc::clone(&o);
+            super::ns_owner::take_turn(
+                &o,
+                Box::new(move |turn_done| {
+                    o2.closing.set(true);
+                    let o3 = Rc::clone(&o2);
+                    commit(
+                        &o2,
+                        Box::new(move |_| {
+                            let ops = vec![
+                                vec![
+                                    Op::Write {
+                                        offset: 0,
+                                        data: vec![0; format::BLOCK],
+                                    },
+                                    Op::Write {
+                                        offset: format::BLOCK as u64,
+                                        data: vec![0; format::BLOCK],
+                                    },
+                                ],
+                                vec![Op::Flush],
+                            ];
+                            run_phases(
+                                o3.ch.clone(),
+                                ops,
+                                Box::new(move |r| {
+                                    turn_done();
+                                    reply(r)
+                                }),
+                            );
+                        }),
+                    );
+                }),
+            );
         });
         // Unload first, whether or not clearing worked, so the bdevs go either way.
         let unloaded = self.unload();
@@ -691,6 +727,8 @@ fn install(
                 grace_running: Default::default(),
                 ns_busy: Default::default(),
                 ns_queue: Default::default(),
+                ns_draining: Default::default(),
+                closing: Default::default(),
             });
             for obj in vols {
                 o.add_volume_bdev(obj)?;
@@ -847,6 +885,18 @@ pub(super) fn end_unready(o: &Rc<Owner>) {
 }
 
 fn start_commit(o: &Rc<Owner>) {
+    if o.shared.failed.load(Ordering::Acquire) {
+        // A commit held for unready clusters whose I/O then failed: nothing more is written.
+        let waiters = {
+            let mut st = o.commit.borrow_mut();
+            st.held = false;
+            std::mem::take(&mut st.waiters)
+        };
+        for w in waiters {
+            w(Err(Error::Failed("an earlier write failed".into())));
+        }
+        return;
+    }
     let waiters = {
         let mut st = o.commit.borrow_mut();
         if st.unready > 0 {

@@ -541,3 +541,65 @@ fn no_commit_makes_an_extent_durable_before_its_cluster_is_zeroed() {
     bdev::delete(&ee).unwrap();
     bdev::delete(&base).unwrap();
 }
+
+#[test]
+fn a_commit_held_for_a_cluster_whose_zeroing_fails_writes_nothing() {
+    use crate::bdev::error::{self as ebdev, Action, Fault, IoTypes, When};
+    let rig = Rig::new(2);
+    let base = unique("st_gatefail");
+    ram(&base, 8);
+    for mib in 0..8u64 {
+        rig.write(0, &base, mib * 256, vec![0xAA; 1 << 20]).unwrap();
+    }
+    ebdev::create(ebdev::ErrorOpts {
+        name: None,
+        base: base.clone(),
+        uuid: 0,
+    })
+    .unwrap();
+    let ee = format!("EE_{base}");
+    let store = rig.new_store(&ee, 65536);
+    let v = store
+        .create_volume("v", 4 << 20, false)
+        .unwrap()
+        .name()
+        .to_owned();
+    // The first write's zeroing is held, then fails.
+    ebdev::set_fault(
+        &ee,
+        Fault {
+            when: When::Nth(1),
+            ..Fault::every(
+                Action::FailAfter(Duration::from_millis(300)),
+                IoTypes::of(&[IoType::WriteZeroes]),
+            )
+        },
+    )
+    .unwrap();
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| rig.write(1, &v, 0, vec![0x55; 4096]));
+        std::thread::sleep(Duration::from_millis(100));
+        // This change's commit waits for the zeroing, which fails: the store stops, and the
+        // commit that waited writes nothing.
+        assert!(store.put_object("tick", vec![1]).is_err());
+        assert!(writer.join().unwrap().is_err());
+    });
+    let bytes = rig.read(0, &base, 0, 8 * 256);
+    let on_disk = super::Core::load(bytes.len() as u64, &mut |bs| {
+        Ok(bs
+            .iter()
+            .map(|b| bytes[(*b as usize) * 4096..][..4096].to_vec())
+            .collect())
+    })
+    .expect("the durable store loads");
+    let obj = on_disk.volume_named("v").unwrap();
+    assert_eq!(
+        on_disk.extent_births(None, obj).unwrap(),
+        vec![],
+        "no durable extent names the cluster whose zeroing failed"
+    );
+    assert_eq!(on_disk.get_object("tick"), None);
+    let _ = store.unload();
+    bdev::delete(&ee).unwrap();
+    bdev::delete(&base).unwrap();
+}

@@ -541,6 +541,22 @@ pub fn subtree_diff(
     let mut clones = Vec::new();
     let mut attrs = Vec::new();
     let empty = Tree(None);
+    // Range clones first, for every file that may have them: a clone is sent only from a
+    // source no other clone of this diff changes (the receiver applies them in turn).
+    let mut cloned: HashMap<u64, BTreeMap<u64, (u64, u64)>> = HashMap::new();
+    for ino in w.created.clone().into_iter().chain(w.touched.clone()) {
+        if let Some(i) = inode_in(newer, ino).filter(|i| i.typ == InodeType::File) {
+            let m = w.cloned(ino, i);
+            if !m.is_empty() {
+                cloned.insert(ino, m);
+            }
+        }
+    }
+    let dests: HashSet<u64> = cloned.keys().copied().collect();
+    for m in cloned.values_mut() {
+        m.retain(|_, (src, _)| !dests.contains(src));
+    }
+    let no_clones = BTreeMap::new();
     for ino in w.created.clone() {
         let i = inode_in(newer, ino).ok_or_else(|| Error::Corrupt {
             block: 0,
@@ -572,8 +588,8 @@ pub fn subtree_diff(
                     src: i.origin_obj,
                 });
             }
-            let cloned = w.cloned(ino, i);
-            w.data(ino, origin, i, &cloned, &mut contents, &mut clones);
+            let c = cloned.get(&ino).unwrap_or(&no_clones);
+            w.data(ino, origin, i, c, &mut contents, &mut clones);
         }
         w.xattrs(ino, &empty, &mut contents);
         attrs.push(Change::SetAttr {
@@ -591,8 +607,8 @@ pub fn subtree_diff(
         }
         compared += 1;
         if b.typ.has_extents() {
-            let cloned = w.cloned(ino, b);
-            w.data(ino, Some(a), b, &cloned, &mut contents, &mut clones);
+            let c = cloned.get(&ino).unwrap_or(&no_clones);
+            w.data(ino, Some(a), b, c, &mut contents, &mut clones);
         }
         w.xattrs(ino, base, &mut contents);
         if a.attrs != b.attrs || b.typ.has_extents() || b.typ == InodeType::Dir {
