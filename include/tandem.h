@@ -51,7 +51,7 @@ typedef enum tandem_file_type {
   TANDEM_FILE_DIR = 1,
   TANDEM_FILE_REGULAR = 2,
   TANDEM_FILE_SYMLINK = 3,
-  // A volume: a file of the root directory that is also a bdev.
+  // A volume: a file that is also a bdev, `<store>/<its path>`.
   TANDEM_FILE_VOLUME = 4,
 } tandem_file_type;
 

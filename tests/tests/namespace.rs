@@ -452,6 +452,45 @@ fn the_namespace_over_rpc_survives_sigkill() {
         "{diff}"
     );
 
+    // A volume is a file of the namespace, at any path: a LUN at /vms/vm2/lun0.
+    let (made, out, err) = spdk_rpc(
+        &s,
+        &["bdev_lvol_create", "-l", "lvs0", "-t", "vms/vm2/lun0", "4"],
+    );
+    assert!(made, "{out}{err}");
+    let (listed, out, _) = spdk_rpc(&s, &["bdev_get_bdevs", "-b", "lvs0/vms/vm2/lun0"]);
+    assert!(listed && out.contains("\"num_blocks\": 1024"), "{out}");
+    let st = ok("store_stat", l(json!({"path": "/vms/vm2/lun0"})));
+    assert_eq!(
+        (st["type"].as_str(), st["size"].as_u64()),
+        (Some("volume"), Some(4 << 20))
+    );
+    for (method, params) in [
+        ("store_unlink", json!({"path": "/vms/vm2/lun0"})),
+        (
+            "store_rename",
+            json!({"path": "/vms/vm2", "new_path": "/vm2"}),
+        ),
+        (
+            "store_write",
+            json!({"path": "/vms/vm2/lun0", "offset": 0, "data": b64(b"x")}),
+        ),
+    ] {
+        let got = rpc(&s, method, l(params.clone()));
+        assert_eq!(
+            got.as_ref().map_err(|e| e.0),
+            Err(-libc::EBUSY as i64),
+            "{method}: {got:?}"
+        );
+    }
+    let (made, out, _) = spdk_rpc(
+        &s,
+        &["bdev_lvol_create", "-l", "lvs0", "-t", "nowhere/lun", "4"],
+    );
+    assert!(!made && out.contains("\"code\": -2"), "{out}");
+    let (deleted, out, err) = spdk_rpc(&s, &["bdev_lvol_delete", "lvs0/vms/vm2/lun0"]);
+    assert!(deleted, "{out}{err}");
+
     // Refusals with their errno; nothing changes.
     for (method, params, code) in [
         ("store_rmdir", json!({"path": "/vms"}), -libc::ENOTEMPTY),

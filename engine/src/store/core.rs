@@ -120,8 +120,10 @@ pub struct Core {
     /// the loaded one): an extent born after it belongs to its volume or file alone.
     share_gen: u64,
     pub alloc: Alloc,
-    /// Metadata objects by name (volumes are found by their entries in the root directory).
+    /// Metadata objects by name (volumes are found by their paths in the namespace).
     objects_by_name: HashMap<String, u64>,
+    /// The live volumes.
+    pub(super) volume_objs: std::collections::BTreeSet<u64>,
     snap_names: HashMap<String, u64>,
     changed: bool,
 }
@@ -144,8 +146,26 @@ const EXTENTS_END: Key = Key {
     off: 0,
 };
 
-/// A store's, volume's or snapshot's name: it becomes part of a bdev name and, for a volume,
-/// an entry of the root directory.
+/// A volume's name: its path in the namespace from the root (`vm1/disk0`), which also names
+/// its bdev `<store>/<path>`: at most 63 bytes in all, each component a valid name.
+pub fn check_volume_name(name: &str) -> Result<Vec<&str>> {
+    let comps: Vec<&str> = name.split('/').collect();
+    if name.len() > MAX_NAME {
+        return Err(Error::Invalid(format!(
+            "{name:?}: a volume's path is at most {MAX_NAME} bytes"
+        )));
+    }
+    for c in &comps {
+        check_name(c).map_err(|_| {
+            Error::Invalid(format!(
+                "{name:?}: a volume's path is names joined by single '/', each without NUL, not . or .."
+            ))
+        })?;
+    }
+    Ok(comps)
+}
+
+/// A store's, volume path component's or snapshot's name: it becomes part of a bdev name.
 pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > MAX_NAME
@@ -202,6 +222,7 @@ impl Core {
             share_gen: 0,
             alloc: Alloc::new(layout),
             objects_by_name: HashMap::new(),
+            volume_objs: Default::default(),
             snap_names: HashMap::new(),
             changed: true,
         };
@@ -369,6 +390,7 @@ impl Core {
             share_gen: sb.generation,
             alloc,
             objects_by_name: HashMap::new(),
+            volume_objs: Default::default(),
             snap_names: HashMap::new(),
             changed: false,
         };
@@ -379,6 +401,7 @@ impl Core {
             });
         }
         for v in core.volumes_in(&core.objects.clone()) {
+            core.volume_objs.insert(v.obj);
             if v.thick {
                 let mapped = core.mapped_clusters(v.obj);
                 core.alloc.reserved += core.clusters_for(v.size).saturating_sub(mapped);
@@ -488,10 +511,7 @@ impl Core {
     // ---- volumes ----
 
     pub fn volume_named(&self, name: &str) -> Result<u64> {
-        match self.lookup(ROOT, name.as_bytes()) {
-            Some(e) if e.typ == InodeType::Volume => Ok(e.ino),
-            _ => Err(Error::NotFound(format!("volume {name:?}"))),
-        }
+        volume_at(&self.objects, name)
     }
 
     pub fn volume(&self, obj: u64) -> Result<&Inode> {
@@ -513,21 +533,23 @@ impl Core {
         self.volume(obj).map(|i| info(obj, i))
     }
 
-    /// The volumes of an image (the volume entries of its root directory), in the order they
-    /// were made.
+    /// The volumes of an image, in the order they were made: a walk of every inode, for
+    /// loading and for listing a snapshot's.
     fn volumes_in(&self, root: &Tree) -> Vec<VolumeInfo> {
-        let mut out: Vec<VolumeInfo> = namespace::readdir_in(root, ROOT)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e.typ == InodeType::Volume)
-            .filter_map(|e| namespace::inode_in(root, e.ino).map(|i| info(e.ino, i)))
-            .collect();
-        out.sort_by_key(|v| v.obj);
+        let mut out = Vec::new();
+        tree::each(root, &mut |k, v| match v {
+            Val::Inode(i) if i.typ == InodeType::Volume => out.push(info(k.obj, i)),
+            _ => {}
+        });
         out
     }
 
+    /// The live volumes, in the order they were made.
     pub fn volumes(&self) -> Vec<VolumeInfo> {
-        self.volumes_in(&self.objects)
+        self.volume_objs
+            .iter()
+            .filter_map(|&obj| self.volume_info(obj).ok())
+            .collect()
     }
 
     fn objects_named(&self) -> Vec<(u64, String)> {
@@ -548,11 +570,16 @@ impl Core {
         uuid: u128,
     ) -> Result<u64> {
         let taken = match typ {
-            // A volume's name becomes part of its bdev's name, `<store>/<volume>`, and its
-            // entry in the root directory.
+            // A volume's name is its path, and names its bdev `<store>/<path>`; the directories
+            // on the way must be there.
             InodeType::Volume => {
-                check_name(name)?;
-                self.lookup(ROOT, name.as_bytes()).is_some() || self.snap_names.contains_key(name)
+                let comps = check_volume_name(name)?;
+                let (last, up) = comps.split_last().expect("at least one component");
+                let dir = namespace::resolve_in(&self.objects, up.join("/").as_bytes())?;
+                if namespace::inode_in(&self.objects, dir).map(|i| i.typ) != Some(InodeType::Dir) {
+                    return super::posix(libc::ENOTDIR, format!("{name:?}: not under a directory"));
+                }
+                self.lookup(dir, last.as_bytes()).is_some() || self.snap_names.contains_key(name)
             }
             InodeType::Object if name.is_empty() || name.len() > MAX_NAME => {
                 return Err(Error::Invalid(format!(
@@ -590,10 +617,12 @@ impl Core {
         self.changed = true;
         match typ {
             InodeType::Volume => {
-                if let Err(e) = self.add_entry(ROOT, name.as_bytes(), obj) {
+                let (dir, last) = namespace::split_parent(&self.objects, name.as_bytes())?;
+                if let Err(e) = self.add_entry(dir, &last, obj) {
                     self.drop_if_unlinked(obj)?;
                     return Err(e);
                 }
+                self.volume_objs.insert(obj);
             }
             _ => {
                 self.objects_by_name.insert(name.to_owned(), obj);
@@ -685,7 +714,9 @@ impl Core {
                 .saturating_sub(self.mapped_clusters(obj));
             self.alloc.unreserve(unmapped);
         }
-        self.remove_entry(ROOT, name.as_bytes())?;
+        let (dir, last) = namespace::split_parent(&self.objects, name.as_bytes())?;
+        self.remove_entry(dir, &last)?;
+        self.volume_objs.remove(&obj);
         self.drop_if_unlinked(obj)
     }
 
@@ -955,13 +986,10 @@ impl Core {
             }
             None => (self.objects.clone(), self.gen),
         };
-        let target = self
-            .volumes_in(&root)
-            .into_iter()
-            .find(|v| v.name == name)
-            .ok_or_else(|| Error::NotFound(format!("volume {name:?} in the newer image")))?;
-        let inode = self.inode_in(&root, target.obj)?;
-        let same = get(&base.root, &inode_key(target.obj)).is_some() || inode.origin_snap == from;
+        let obj = volume_at(&root, name)
+            .map_err(|_| Error::NotFound(format!("volume {name:?} in the newer image")))?;
+        let inode = self.inode_in(&root, obj)?;
+        let same = get(&base.root, &inode_key(obj)).is_some() || inode.origin_snap == from;
         let end = self.clusters_for(inode.size);
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut add = |idx: u64| {
@@ -1041,6 +1069,16 @@ impl Core {
         self.objects_by_name.remove(name);
         self.changed = true;
         Ok(())
+    }
+}
+
+/// The volume at path `name` in an image.
+fn volume_at(root: &Tree, name: &str) -> Result<u64> {
+    match namespace::resolve_in(root, name.as_bytes()) {
+        Ok(ino) if namespace::inode_in(root, ino).is_some_and(|i| i.typ == InodeType::Volume) => {
+            Ok(ino)
+        }
+        _ => Err(Error::NotFound(format!("volume {name:?}"))),
     }
 }
 

@@ -1,7 +1,9 @@
 //! The namespace: directories, regular files, symlinks and hard links, with permission bits,
 //! owners, times and extended attributes, kept in the object tree beside volumes and metadata
-//! objects. A volume is a file of the root directory (a LUN is a file); the volume calls own
-//! it, so the namespace reads it but does not rename, link, unlink or write it.
+//! objects. A volume is a file at any path (a LUN is a file: `vms/vm1/disk0`, whose bdev is
+//! `<store>/vms/vm1/disk0`); its path is its name, so the volume calls own it: the namespace
+//! lists and stats it but does not rename, link, unlink or write it, nor move a directory
+//! above it.
 //!
 //! Keys: an inode at (ino, inode); a directory's entries at (dir, entry, hash of the name); an
 //! inode's links at (ino, link, parent), the way up; extended attributes at (ino, xattr, hash
@@ -778,6 +780,18 @@ impl Core {
             .ok_or_else(|| Error::NotFound(show(sname)))?;
         self.refuse_volume(&src)?;
         must_dir(&self.objects, ddir)?;
+        if src.typ == InodeType::Dir
+            && self
+                .volume_objs
+                .iter()
+                .any(|&v| is_within(&self.objects, v, src.ino))
+        {
+            // A volume's path is its name and its bdev's.
+            return posix(
+                libc::EBUSY,
+                format!("{:?} holds a volume, whose path is its name", show(sname)),
+            );
+        }
         if src.typ == InodeType::Dir && is_within(&self.objects, ddir, src.ino) {
             return Err(Error::Invalid(format!(
                 "{:?} cannot move into itself",

@@ -972,7 +972,8 @@ fn chained_and_self_range_clones_replay() {
     let y = c.create(ROOT, b"y", a).unwrap();
     let z = c.create(ROOT, b"z", a).unwrap();
     for (f, seed) in [(x, 1), (y, 2), (z, 3)] {
-        c.write(&mut rig.ram, f, 0, &bytes(seed, 3 * CS as usize)).unwrap();
+        c.write(&mut rig.ram, f, 0, &bytes(seed, 3 * CS as usize))
+            .unwrap();
     }
     let base = c.snapshot("base", 0, 1).unwrap();
     // x's first cluster goes to y, then z's replaces it in x; x shifts within itself.
@@ -981,6 +982,9 @@ fn chained_and_self_range_clones_replay() {
     c.clone_range(x, cs, x, 2 * cs, cs).unwrap();
     c.clone_range(x, 0, x, cs, cs).unwrap();
     let newer = c.snapshot("newer", 0, 2).unwrap();
-    let (ta, tb) = (c.snapshot_root(base).unwrap(), c.snapshot_root(newer).unwrap());
+    let (ta, tb) = (
+        c.snapshot_root(base).unwrap(),
+        c.snapshot_root(newer).unwrap(),
+    );
     rig.replay(&ta, &tb, ROOT, "/");
 }
