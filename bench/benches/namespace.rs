@@ -107,8 +107,7 @@ fn build(n: usize) -> (Core, Sparse, Tree, Tree) {
         r.unwrap();
     }
     c.snapshot("b", 0, 2).unwrap();
-    let root = |c: &Core, s: &str| c.snapshot_root(c.snapshot_named(s).unwrap()).unwrap();
-    let (ta, tb) = (root(&c, "a"), root(&c, "b"));
+    let (ta, tb) = (c.image(Some("a")).unwrap(), c.image(Some("b")).unwrap());
     (c, data, ta, tb)
 }
 

@@ -448,11 +448,7 @@ pub extern "C" fn tandem_store_diff(
             return Ok(-libc::EINVAL);
         };
         let lines = s.ns_read(move |c| {
-            let a = c.snapshot_root(c.snapshot_named(&from)?)?;
-            let b = match &to {
-                None => c.objects.clone(),
-                Some(t) => c.snapshot_root(c.snapshot_named(t)?)?,
-            };
+            let (a, b) = (c.image(Some(&from))?, c.image(to.as_deref())?);
             let d = subtree_diff::subtree_diff(&a, &b, path.as_bytes(), c.cluster_size())?;
             Ok(d.summary(&a, &b))
         })?;

@@ -9,7 +9,7 @@ use super::base64;
 use super::{Params, RpcError, RpcResult};
 use crate::store::namespace::{self as ns, SetAttrs};
 use crate::store::ns_owner::FileChange;
-use crate::store::tree::Attrs;
+use crate::store::tree::{Attrs, Tree};
 use crate::store::{subtree_diff, Store};
 
 fn store(p: &Params) -> Result<Store, RpcError> {
@@ -119,49 +119,41 @@ pub(super) fn rename(p: &Params) -> RpcResult {
     Ok(Value::Bool(true))
 }
 
-/// The image to read: live, or `snapshot`.
-fn image(
-    c: &crate::store::Core,
-    snapshot: &Option<String>,
-) -> crate::store::Result<crate::store::tree::Tree> {
-    match snapshot {
-        None => Ok(c.objects.clone()),
-        Some(s) => c.snapshot_root(c.snapshot_named(s)?),
-    }
-}
-
-pub(super) fn stat(p: &Params) -> RpcResult {
+/// Run `f` on the inode at `path` in the image `snapshot` names (default: the live store).
+fn at_image<R: Send + 'static>(
+    p: &Params,
+    f: impl FnOnce(&Tree, u64) -> crate::store::Result<R> + Send + 'static,
+) -> Result<R, RpcError> {
     p.only(&["lvs_name", "path", "snapshot"])?;
     let (path, snap) = (
         p.str("path")?.to_owned(),
         p.opt_str("snapshot")?.map(str::to_owned),
     );
     Ok(store(p)?.ns_read(move |c| {
-        let root = image(c, &snap)?;
+        let root = c.image(snap.as_deref())?;
         let ino = ns::resolve_in(&root, path.as_bytes())?;
-        let mut j = ns::stat_in(&root, ino)?.to_json();
-        j["xattrs"] = ns::xattrs_in(&root, ino)
-            .into_iter()
-            .map(|(n, v)| json!({"name": String::from_utf8_lossy(&n), "value": base64::encode(&v)}))
-            .collect();
-        if let Ok(t) = ns::readlink_in(&root, ino) {
-            j["target"] = Value::from(String::from_utf8_lossy(&t).into_owned());
-        }
-        Ok(j)
+        f(&root, ino)
     })?)
 }
 
+pub(super) fn stat(p: &Params) -> RpcResult {
+    at_image(p, |root, ino| {
+        let mut j = ns::stat_in(root, ino)?.to_json();
+        j["xattrs"] = ns::xattrs_in(root, ino)
+            .into_iter()
+            .map(|(n, v)| json!({"name": String::from_utf8_lossy(&n), "value": base64::encode(&v)}))
+            .collect();
+        if let Ok(t) = ns::readlink_in(root, ino) {
+            j["target"] = Value::from(String::from_utf8_lossy(&t).into_owned());
+        }
+        Ok(j)
+    })
+}
+
 pub(super) fn readdir(p: &Params) -> RpcResult {
-    p.only(&["lvs_name", "path", "snapshot"])?;
-    let (path, snap) = (
-        p.str("path")?.to_owned(),
-        p.opt_str("snapshot")?.map(str::to_owned),
-    );
-    Ok(store(p)?.ns_read(move |c| {
-        let root = image(c, &snap)?;
-        let dir = ns::resolve_in(&root, path.as_bytes())?;
+    at_image(p, |root, dir| {
         Ok(Value::from(
-            ns::readdir_in(&root, dir)?
+            ns::readdir_in(root, dir)?
                 .into_iter()
                 .map(|e| {
                     json!({"name": String::from_utf8_lossy(&e.name), "ino": e.ino,
@@ -169,7 +161,7 @@ pub(super) fn readdir(p: &Params) -> RpcResult {
                 })
                 .collect::<Vec<_>>(),
         ))
-    })?)
+    })
 }
 
 pub(super) fn setattr(p: &Params) -> RpcResult {
@@ -302,7 +294,7 @@ pub(super) fn diff(p: &Params) -> RpcResult {
     let path = p.opt_str("path")?.unwrap_or("/").to_owned();
     let changes = p.opt_bool("changes")?.unwrap_or(false);
     Ok(store(p)?.ns_read(move |c| {
-        let (a, b) = (image(c, &Some(from))?, image(c, &to)?);
+        let (a, b) = (c.image(Some(&from))?, c.image(to.as_deref())?);
         let d = subtree_diff::subtree_diff(&a, &b, path.as_bytes(), c.cluster_size())?;
         let mut j = json!({
             "lines": d.summary(&a, &b),

@@ -901,6 +901,14 @@ impl Core {
         }
     }
 
+    /// The root of the live image, or of snapshot `name`'s.
+    pub fn image(&self, snapshot: Option<&str>) -> Result<Tree> {
+        match snapshot {
+            None => Ok(self.objects.clone()),
+            Some(s) => self.snapshot_root(self.snapshot_named(s)?),
+        }
+    }
+
     /// The root of snapshot `id`'s image.
     pub fn snapshot_root(&self, id: u64) -> Result<Tree> {
         self.snap(id).map(|s| s.root.clone())

@@ -67,10 +67,7 @@ impl FileStore {
 
     /// The root of the live image, or of snapshot `name`.
     pub fn image(&self, snapshot: Option<&str>) -> Result<super::tree::Tree> {
-        match snapshot {
-            None => Ok(self.core.objects.clone()),
-            Some(n) => self.core.snapshot_root(self.core.snapshot_named(n)?),
-        }
+        self.core.image(snapshot)
     }
 
     /// Format the whole file as a new store.

@@ -277,6 +277,16 @@ impl Model {
         v
     }
 
+    /// A new inode `ino`, named `name` in `dir`.
+    fn add(&mut self, dir: u64, name: Vec<u8>, ino: u64, node: MNode) {
+        self.nodes.insert(ino, node);
+        self.nodes
+            .get_mut(&dir)
+            .expect("a directory")
+            .entries
+            .insert(name, ino);
+    }
+
     fn drop_if_unlinked(&mut self, ino: u64) {
         if self.links(ino) == 0 {
             self.nodes.remove(&ino);
@@ -484,13 +494,7 @@ impl Rig {
                 if let Ok(ino) = r {
                     let mut node = Rig::new_node(typ, a);
                     node.data = target;
-                    self.model.nodes.insert(ino, node);
-                    self.model
-                        .nodes
-                        .get_mut(&d)
-                        .unwrap()
-                        .entries
-                        .insert(name(n), ino);
+                    self.model.add(d, name(n), ino, node);
                 }
                 (r.map(|_| ()), free)
             }
@@ -655,13 +659,7 @@ impl Rig {
                     let src = self.model.nodes[&f].clone();
                     let mut node = Rig::new_node(InodeType::File, src.attrs);
                     node.data = src.data;
-                    self.model.nodes.insert(ino, node);
-                    self.model
-                        .nodes
-                        .get_mut(&d)
-                        .unwrap()
-                        .entries
-                        .insert(name(n), ino);
+                    self.model.add(d, name(n), ino, node);
                 }
                 (r.map(|_| ()), free)
             }

@@ -242,10 +242,7 @@ impl Store {
         self.in_turn(move |o2, done, reply| {
             let found = (|| {
                 let c = o2.core.borrow();
-                let root = match &snapshot {
-                    None => c.objects.clone(),
-                    Some(s) => c.snapshot_root(c.snapshot_named(s)?)?,
-                };
+                let root = c.image(snapshot.as_deref())?;
                 let ino = namespace::resolve_in(&root, path.as_bytes())?;
                 let st = namespace::stat_in(&root, ino)?;
                 if snapshot.is_none() && st.typ == super::tree::InodeType::Volume {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{CreateOpts, Store};
+use crate::bdev::error::Action;
 use crate::bdev::{self, malloc, IoError, IoType};
 use crate::mem::{DmaBuf, Sgl};
 use crate::reactor::{available_cores, CoreMask, Engine, EngineOpts, Messenger, Mode, ReactorId};
@@ -473,13 +474,17 @@ fn a_clone_of_a_deleted_snapshot_stays_apart_from_its_parent_across_a_reload() {
     bdev::delete(&base).unwrap();
 }
 
-#[test]
-fn no_commit_makes_an_extent_durable_before_its_cluster_is_zeroed() {
-    use crate::bdev::error::{self as ebdev, Action, Fault, IoTypes, When};
-    let rig = Rig::new(2);
-    let base = unique("st_gate");
+/// A store on an error bdev over a RAM disk whose every byte starts as 0xAA (someone's old
+/// data), with volume `v`, whose first write's zeroing meets `action`: (base, error bdev,
+/// store, volume bdev).
+fn store_with_held_zeroing(
+    rig: &Rig,
+    tag: &str,
+    action: Action,
+) -> (String, String, Store, String) {
+    use crate::bdev::error::{self as ebdev, Fault, IoTypes, When};
+    let base = unique(tag);
     ram(&base, 8);
-    // Every data cluster starts out holding someone's old bytes.
     for mib in 0..8u64 {
         rig.write(0, &base, mib * 256, vec![0xAA; 1 << 20]).unwrap();
     }
@@ -496,32 +501,43 @@ fn no_commit_makes_an_extent_durable_before_its_cluster_is_zeroed() {
         .unwrap()
         .name()
         .to_owned();
-    // The first write's zeroing is held by the device for a while.
     ebdev::set_fault(
         &ee,
         Fault {
             when: When::Nth(1),
-            ..Fault::every(
-                Action::Delay(Duration::from_millis(400)),
-                IoTypes::of(&[IoType::WriteZeroes]),
-            )
+            ..Fault::every(action, IoTypes::of(&[IoType::WriteZeroes]))
         },
     )
     .unwrap();
+    (base, ee, store, v)
+}
+
+/// The store as the RAM disk beneath holds it now, and those bytes.
+fn durable(rig: &Rig, base: &str) -> (super::Core, Vec<u8>) {
+    let bytes = rig.read(0, base, 0, 8 * 256);
+    let core = super::Core::load(bytes.len() as u64, &mut |bs| {
+        Ok(bs
+            .iter()
+            .map(|b| bytes[(*b as usize) * 4096..][..4096].to_vec())
+            .collect())
+    })
+    .expect("the durable store loads");
+    (core, bytes)
+}
+
+#[test]
+fn no_commit_makes_an_extent_durable_before_its_cluster_is_zeroed() {
+    let rig = Rig::new(2);
+    // The first write's zeroing is held by the device for a while.
+    let (base, ee, store, v) =
+        store_with_held_zeroing(&rig, "st_gate", Action::Delay(Duration::from_millis(400)));
     std::thread::scope(|s| {
         let writer = s.spawn(|| rig.write(1, &v, 0, vec![0x55; 4096]));
         std::thread::sleep(Duration::from_millis(100));
         // Another change commits meanwhile: once it is durable, what is on the disk must not
         // map a cluster that still holds the old bytes.
         store.put_object("tick", vec![1]).unwrap();
-        let bytes = rig.read(0, &base, 0, 8 * 256);
-        let on_disk = super::Core::load(bytes.len() as u64, &mut |bs| {
-            Ok(bs
-                .iter()
-                .map(|b| bytes[(*b as usize) * 4096..][..4096].to_vec())
-                .collect())
-        })
-        .expect("the durable store loads");
+        let (on_disk, bytes) = durable(&rig, &base);
         let obj = on_disk.volume_named("v").unwrap();
         for (_, cluster, _) in on_disk.extent_births(None, obj).unwrap() {
             let at = (cluster * 65536) as usize;
@@ -544,38 +560,13 @@ fn no_commit_makes_an_extent_durable_before_its_cluster_is_zeroed() {
 
 #[test]
 fn a_commit_held_for_a_cluster_whose_zeroing_fails_writes_nothing() {
-    use crate::bdev::error::{self as ebdev, Action, Fault, IoTypes, When};
     let rig = Rig::new(2);
-    let base = unique("st_gatefail");
-    ram(&base, 8);
-    for mib in 0..8u64 {
-        rig.write(0, &base, mib * 256, vec![0xAA; 1 << 20]).unwrap();
-    }
-    ebdev::create(ebdev::ErrorOpts {
-        name: None,
-        base: base.clone(),
-        uuid: 0,
-    })
-    .unwrap();
-    let ee = format!("EE_{base}");
-    let store = rig.new_store(&ee, 65536);
-    let v = store
-        .create_volume("v", 4 << 20, false)
-        .unwrap()
-        .name()
-        .to_owned();
     // The first write's zeroing is held, then fails.
-    ebdev::set_fault(
-        &ee,
-        Fault {
-            when: When::Nth(1),
-            ..Fault::every(
-                Action::FailAfter(Duration::from_millis(300)),
-                IoTypes::of(&[IoType::WriteZeroes]),
-            )
-        },
-    )
-    .unwrap();
+    let (base, ee, store, v) = store_with_held_zeroing(
+        &rig,
+        "st_gatefail",
+        Action::FailAfter(Duration::from_millis(300)),
+    );
     std::thread::scope(|s| {
         let writer = s.spawn(|| rig.write(1, &v, 0, vec![0x55; 4096]));
         std::thread::sleep(Duration::from_millis(100));
@@ -584,14 +575,7 @@ fn a_commit_held_for_a_cluster_whose_zeroing_fails_writes_nothing() {
         assert!(store.put_object("tick", vec![1]).is_err());
         assert!(writer.join().unwrap().is_err());
     });
-    let bytes = rig.read(0, &base, 0, 8 * 256);
-    let on_disk = super::Core::load(bytes.len() as u64, &mut |bs| {
-        Ok(bs
-            .iter()
-            .map(|b| bytes[(*b as usize) * 4096..][..4096].to_vec())
-            .collect())
-    })
-    .expect("the durable store loads");
+    let (on_disk, _) = durable(&rig, &base);
     let obj = on_disk.volume_named("v").unwrap();
     assert_eq!(
         on_disk.extent_births(None, obj).unwrap(),
