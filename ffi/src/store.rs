@@ -214,17 +214,6 @@ fn at_path(
     })
 }
 
-fn now_attrs(mode: u32) -> Attrs {
-    let now = ns::now_ns();
-    Attrs {
-        mode,
-        uid: 0,
-        gid: 0,
-        atime: now,
-        mtime: now,
-    }
-}
-
 /// Make directory `path` with permission bits `mode`. Any thread but a reactor.
 #[no_mangle]
 pub extern "C" fn tandem_store_mkdir(
@@ -233,7 +222,7 @@ pub extern "C" fn tandem_store_mkdir(
     mode: u32,
 ) -> c_int {
     at_path(st, path, move |c, dir, name| {
-        c.mkdir(dir, name, now_attrs(mode)).map(|_| ())
+        c.mkdir(dir, name, Attrs::now(mode)).map(|_| ())
     })
 }
 
@@ -245,7 +234,7 @@ pub extern "C" fn tandem_store_create_file(
     mode: u32,
 ) -> c_int {
     at_path(st, path, move |c, dir, name| {
-        c.create(dir, name, now_attrs(mode)).map(|_| ())
+        c.create(dir, name, Attrs::now(mode)).map(|_| ())
     })
 }
 

@@ -40,13 +40,10 @@ fn mode(p: &Params, default: u32) -> Result<u32, RpcError> {
 
 /// Attributes of something new: `mode` (octal string), `uid`, `gid`; times are now.
 fn new_attrs(p: &Params, default_mode: u32) -> Result<Attrs, RpcError> {
-    let now = ns::now_ns();
     Ok(Attrs {
-        mode: mode(p, default_mode)?,
         uid: u32_of(p, "uid")?.unwrap_or(0),
         gid: u32_of(p, "gid")?.unwrap_or(0),
-        atime: now,
-        mtime: now,
+        ..Attrs::now(mode(p, default_mode)?)
     })
 }
 

@@ -226,14 +226,7 @@ impl Core {
             snap_names: HashMap::new(),
             changed: true,
         };
-        let now = namespace::now_ns();
-        let attrs = Attrs {
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            atime: now,
-            mtime: now,
-        };
+        let attrs = Attrs::now(0o755);
         let root = core.new_ns_inode(InodeType::Dir, attrs);
         debug_assert_eq!(root, ROOT);
         core.change_ns_root();
@@ -594,15 +587,8 @@ impl Core {
         }
         let obj = self.next_object;
         self.next_object += 1;
-        let now = namespace::now_ns();
-        let attrs = Attrs {
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            atime: now,
-            mtime: now,
-        };
-        let mut inode = namespace::blank_inode(typ, self.gen, attrs, now);
+        let attrs = Attrs::now(0o600);
+        let mut inode = namespace::blank_inode(typ, self.gen, attrs, attrs.mtime);
         inode.flags = flags;
         inode.name = name.to_owned();
         inode.size = size;

@@ -138,6 +138,20 @@ pub struct Attrs {
     pub mtime: i64,
 }
 
+impl Attrs {
+    /// `mode`, owned by root, made now.
+    pub fn now(mode: u32) -> Attrs {
+        let now = super::namespace::now_ns();
+        Attrs {
+            mode,
+            uid: 0,
+            gid: 0,
+            atime: now,
+            mtime: now,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inode {
     pub typ: InodeType,
