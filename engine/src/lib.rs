@@ -31,6 +31,7 @@ pub mod nvme;
 pub mod nvmf;
 pub mod perf;
 pub mod reactor;
+pub mod repl;
 pub mod rpc;
 pub mod store;
 pub mod sys;
