@@ -408,18 +408,28 @@ mod tests {
     /// clear-then-look against the writer's mark-then-look).
     #[test]
     fn a_flush_never_drops_a_region_a_racing_write_was_told_is_covered() {
-        use std::sync::atomic::AtomicBool;
-        use std::sync::{Arc, Mutex};
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        use std::sync::Arc;
+        const CAP: usize = 1 << 20;
         let drl = Arc::new(Drl::new(8 * MIN_REGION, MIN_REGION).unwrap());
-        // Every set that landed, in order.
-        let landed: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
+        // Every set that landed, in order: one writer (the flusher), published by the count.
+        let landed: Arc<(Vec<AtomicU64>, AtomicUsize)> = Arc::new((
+            (0..CAP).map(|_| AtomicU64::new(0)).collect(),
+            AtomicUsize::new(0),
+        ));
         let stop = Arc::new(AtomicBool::new(false));
         let flusher = {
             let (drl, landed, stop) = (drl.clone(), landed.clone(), stop.clone());
             std::thread::spawn(move || {
+                let (sets, count) = &*landed;
                 while !stop.load(SeqCst) {
+                    let n = count.load(SeqCst);
+                    if n == CAP {
+                        break;
+                    }
                     let set = drl.begin_flush();
-                    landed.lock().unwrap().push(set[0]);
+                    sets[n].store(set[0], SeqCst);
+                    count.store(n + 1, SeqCst);
                     drl.flushed(&set);
                 }
             })
@@ -440,11 +450,13 @@ mod tests {
                             }
                         }
                         // Issued: from here every set that lands must hold r.
-                        let from = landed.lock().unwrap().len();
+                        let (sets, count) = &*landed;
+                        let from = count.load(SeqCst);
                         std::hint::spin_loop();
-                        let sets = landed.lock().unwrap()[from..].to_vec();
+                        let to = count.load(SeqCst);
                         drl.end_write(r * MIN_REGION, 4096, true);
-                        for set in sets {
+                        for set in &sets[from..to] {
+                            let set = set.load(SeqCst);
                             assert!(set & (1 << r) != 0, "region {r} dropped while in flight");
                         }
                     }
@@ -456,7 +468,7 @@ mod tests {
         }
         stop.store(true, SeqCst);
         flusher.join().unwrap();
-        assert!(landed.lock().unwrap().len() > 10, "the flusher ran");
+        assert!(landed.1.load(SeqCst) > 10, "the flusher ran");
     }
 
     #[test]
