@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use super::backend::Backend;
 use super::desc::DescInner;
 use super::stats::{ChannelStats, IoStat};
+use super::tap::WriteTap;
 use super::{Error, IoType, Result};
 use crate::reactor::{ReactorId, MAX_REACTORS};
 
@@ -36,6 +37,10 @@ pub(crate) struct BdevInner {
     /// Control path only (open, close, delete): who to tell when the bdev goes away.
     descs: Mutex<Vec<Weak<DescInner>>>,
     claim: Mutex<Option<String>>,
+    /// Control path: the write tap (replication's splitter), if one is set.
+    tap: Mutex<Option<Arc<dyn WriteTap>>>,
+    /// Bumped by every [`Bdev::set_tap`]; channels compare it per write (see [`super::tap`]).
+    pub(crate) tap_epoch: AtomicU64,
 }
 
 /// A block device. Cheap to clone; the device lives while anything holds it.
@@ -75,6 +80,8 @@ impl Bdev {
             stats: (0..MAX_REACTORS).map(|_| OnceLock::new()).collect(),
             descs: Mutex::new(Vec::new()),
             claim: Mutex::new(None),
+            tap: Mutex::new(None),
+            tap_epoch: AtomicU64::new(0),
         })))
     }
 
@@ -164,6 +171,30 @@ impl Bdev {
         *self.0.claim.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Put a write tap in front of the backend (`Some`), or take it away (`None`). Writes
+    /// submitted after this returns see the change; writes already issued do not, so a tap that
+    /// must see every write waits for those itself. A second tap is refused.
+    pub fn set_tap(&self, tap: Option<Arc<dyn WriteTap>>) -> Result<()> {
+        let mut slot = self.0.tap.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() && tap.is_some() {
+            return Err(Error::Claimed {
+                bdev: self.0.name.clone(),
+                by: "a write tap (a replication relationship)".into(),
+            });
+        }
+        *slot = tap;
+        self.0.tap_epoch.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    pub fn has_tap(&self) -> bool {
+        self.0
+            .tap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     pub fn claimed_by(&self) -> Option<String> {
         self.0
             .claim
@@ -185,6 +216,12 @@ impl std::fmt::Debug for Bdev {
 }
 
 impl BdevInner {
+    /// The tap now set, with the epoch it was read at (control path: a channel refreshing).
+    pub(crate) fn current_tap(&self) -> (u64, Option<Arc<dyn WriteTap>>) {
+        let slot = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+        (self.tap_epoch.load(Ordering::Acquire), slot.clone())
+    }
+
     pub(crate) fn stats_for(&self, reactor: ReactorId) -> Arc<ChannelStats> {
         Arc::clone(self.stats[reactor.0 as usize].get_or_init(Default::default))
     }

@@ -13,6 +13,7 @@ use super::backend::{BackendChannel, Completions};
 use super::bdev::BdevInner;
 use super::desc::DescInner;
 use super::stats::ChannelStats;
+use super::tap::{self, Primary, TapChannel};
 use super::{Bdev, BdevIo, Error, IoCallback, IoDone, IoType, Result, SubmitError};
 use crate::mem::{DmaBuf, Sgl};
 use crate::reactor::{self, PollStatus, PollerHandle, ReactorLocal};
@@ -35,6 +36,9 @@ pub(crate) struct ChannelShared {
     in_flight: Cell<usize>,
     users: Cell<usize>,
     poller: RefCell<Option<PollerHandle>>,
+    /// The write tap's channel on this reactor, and the bdev's tap epoch it was made at.
+    tap: RefCell<Option<Rc<dyn TapChannel>>>,
+    tap_epoch: Cell<u64>,
 }
 
 impl ChannelShared {
@@ -49,6 +53,8 @@ impl ChannelShared {
             in_flight: Cell::new(0),
             users: Cell::new(0),
             poller: RefCell::new(None),
+            tap: RefCell::new(None),
+            tap_epoch: Cell::new(0),
         });
         // The poller holds the channel alive; it lets go once no user and no I/O remain.
         let held = Rc::clone(&shared);
@@ -78,6 +84,42 @@ impl ChannelShared {
         }
         self.release_if_unused();
         status
+    }
+
+    pub(crate) fn block_size(&self) -> u32 {
+        self.bdev.block_size
+    }
+
+    /// Count a request a tap holds (`true`) or lets go (`false`) as in flight.
+    pub(crate) fn hold_one(&self, hold: bool) {
+        let n = self.in_flight.get();
+        self.in_flight.set(if hold { n + 1 } else { n - 1 });
+    }
+
+    /// Queue `io`'s completion without the backend seeing it.
+    pub(crate) fn complete_untouched(
+        &self,
+        io: BdevIo,
+        status: std::result::Result<(), super::IoError>,
+    ) {
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.done.complete(io, status);
+    }
+
+    /// The tap to hand a change to, if the bdev has one. Steady state: one atomic load.
+    fn tap(&self) -> Result<Option<Rc<dyn TapChannel>>> {
+        let epoch = self.bdev.tap_epoch.load(Ordering::Acquire);
+        if epoch != self.tap_epoch.get() {
+            // The tap changed: control path, once per channel and change.
+            let (epoch, tap) = self.bdev.current_tap();
+            let channel = match tap {
+                Some(t) => Some(t.open_channel()?),
+                None => None,
+            };
+            *self.tap.borrow_mut() = channel;
+            self.tap_epoch.set(epoch);
+        }
+        Ok(self.tap.borrow().clone())
     }
 
     fn release_if_unused(&self) {
@@ -368,7 +410,7 @@ impl Drop for Channel {
 }
 
 fn submit_checked(
-    shared: &ChannelShared,
+    shared: &Rc<ChannelShared>,
     io_type: IoType,
     offset_blocks: u64,
     num_blocks: u64,
@@ -383,6 +425,21 @@ fn submit_checked(
         cb,
         submitted_ns: crate::sys::monotonic_ns(),
     };
+    if tap::taps(io_type) {
+        match shared.tap() {
+            Err(e) => return Err((e, io)),
+            Ok(Some(t)) => return t.submit(&Primary(Rc::clone(shared)), io),
+            Ok(None) => {}
+        }
+    }
+    submit_to_backend(shared, io)
+}
+
+/// Hand `io` to the backend, past any tap.
+pub(crate) fn submit_to_backend(
+    shared: &ChannelShared,
+    io: BdevIo,
+) -> std::result::Result<(), (Error, BdevIo)> {
     let submitted = shared.backend.borrow_mut().submit(io, &shared.done);
     match submitted {
         Ok(()) => {

@@ -32,6 +32,29 @@ pub struct BdevIo {
 }
 
 impl BdevIo {
+    /// A request made by a module that issues I/O on a backend directly (a write tap).
+    pub(crate) fn new(
+        io_type: IoType,
+        offset_blocks: u64,
+        num_blocks: u64,
+        sgl: Sgl,
+        cb: IoCallback,
+    ) -> BdevIo {
+        BdevIo {
+            io_type,
+            offset_blocks,
+            num_blocks,
+            sgl,
+            cb,
+            submitted_ns: crate::sys::monotonic_ns(),
+        }
+    }
+
+    /// Hand back the callback and buffers (a tap wrapping the request in its own).
+    pub(crate) fn into_parts(self) -> (IoCallback, Sgl) {
+        (self.cb, self.sgl)
+    }
+
     /// Run the completion callback (the channel does this; backends queue into `Completions`).
     pub(crate) fn finish(self, status: Result<(), IoError>) {
         self.cb.call(IoDone {

@@ -35,6 +35,7 @@ pub mod null;
 pub mod nvmf;
 mod registry;
 mod stats;
+pub mod tap;
 pub mod uring;
 
 #[cfg(test)]

@@ -392,7 +392,7 @@ fn store(cmd: StoreCommand) -> ExitCode {
             let diff = FileStore::open(&file, false, true).and_then(|s| {
                 let from = s.core.snapshot_named(&from)?;
                 let to = to.map(|t| s.core.snapshot_named(&t)).transpose()?;
-                s.core.block_diff(from, to, &volume)
+                s.core.block_diff(Some(from), to, &volume)
             });
             match diff {
                 Ok(d) => {
@@ -569,7 +569,6 @@ fn store(cmd: StoreCommand) -> ExitCode {
 }
 
 fn rpc(socket: &std::path::Path, method: &str, params: Option<&str>) -> ExitCode {
-    use std::io::Write;
     let params: serde_json::Value = match params.map(serde_json::from_str).transpose() {
         Ok(p) => p.unwrap_or(serde_json::Value::Null),
         Err(e) => {
@@ -577,50 +576,17 @@ fn rpc(socket: &std::path::Path, method: &str, params: Option<&str>) -> ExitCode
             return ExitCode::from(2);
         }
     };
-    let mut req = serde_json::json!({"jsonrpc": "2.0", "method": method, "id": 1});
-    if !params.is_null() {
-        req["params"] = params;
-    }
-    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
-        Ok(s) => s,
+    match tandem::rpc::client::call(socket, method, &params, RPC_TIMEOUT) {
+        Ok(r) => {
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("tandem: {}: {e}", socket.display());
-            return ExitCode::from(1);
-        }
-    };
-    if let Err(e) = stream.write_all(req.to_string().as_bytes()) {
-        eprintln!("tandem: send: {e}");
-        return ExitCode::from(1);
-    }
-    let reply = serde_json::Deserializer::from_reader(&stream)
-        .into_iter::<serde_json::Value>()
-        .next();
-    match reply {
-        Some(Ok(v)) => match (v.get("result"), v.get("error")) {
-            (Some(r), _) => {
-                println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
-                ExitCode::SUCCESS
-            }
-            (_, Some(e)) => {
-                eprintln!(
-                    "tandem: {method}: {} (code {})",
-                    e["message"].as_str().unwrap_or("error"),
-                    e["code"]
-                );
-                ExitCode::from(1)
-            }
-            _ => {
-                eprintln!("tandem: a reply with neither result nor error: {v}");
-                ExitCode::from(1)
-            }
-        },
-        Some(Err(e)) => {
-            eprintln!("tandem: reply is not JSON: {e}");
-            ExitCode::from(1)
-        }
-        None => {
-            eprintln!("tandem: tandemd closed the connection without a reply");
+            eprintln!("tandem: {method}: {e}");
             ExitCode::from(1)
         }
     }
 }
+
+/// The longest the CLI waits for tandemd to answer one call.
+const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);

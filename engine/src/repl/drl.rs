@@ -116,14 +116,32 @@ impl Drl {
     /// (`split` false: out of sync, or into a dirty region while establishing). It may be
     /// issued once its regions are on disk.
     pub fn begin_write(&self, off: u64, len: u64, split: bool) -> Admit {
+        self.enter(off, len);
+        if !split {
+            self.mark_dirty(off, len);
+        }
+        self.admit(off, len)
+    }
+
+    /// The splitter's first step for a write: its regions are active from now on, and the
+    /// answer says whether any of them is dirty or being copied (then the write goes to the
+    /// primary only and leaves its regions dirty: see [`Drl::begin_copy`] for the other side
+    /// of this race). Follow with [`Drl::mark_dirty`] if it will not go to both sides, then
+    /// [`Drl::admit`].
+    pub fn enter(&self, off: u64, len: u64) -> bool {
         let rs = self.regions_of(off, len);
         for r in rs.clone() {
             self.active[r as usize].fetch_add(1, SeqCst);
         }
-        if !split {
-            self.mark_dirty(off, len);
-        }
-        if self.all_durable(rs) {
+        rs.into_iter().any(|r| {
+            let (w, b) = bit(r);
+            (self.dirty[w].load(SeqCst) | self.copying[w].load(SeqCst)) & b != 0
+        })
+    }
+
+    /// Whether a write that [entered](Drl::enter) may be issued: its regions are on disk.
+    pub fn admit(&self, off: u64, len: u64) -> Admit {
+        if self.covered(off, len) {
             Admit::Go
         } else {
             Admit::Wait
@@ -174,7 +192,12 @@ impl Drl {
 
     /// The scanner takes dirty region `r` to copy it: clean in memory from now on (a write
     /// meanwhile makes it dirty again, and it is copied again), covered on disk until the copy
-    /// is done. `false` when it was not dirty.
+    /// is done. `false` when it was not dirty, or when a write to it is in flight: a write the
+    /// splitter sent to both sides might land on the secondary before the copy's stale bytes
+    /// do. The scanner marks `copying` and then looks at the writes; a writer marks itself
+    /// active and then looks at `copying` ([`Drl::enter`]): with sequentially consistent
+    /// operations, either the copy sees the write and stands down, or the write sees the copy
+    /// and leaves the region dirty.
     pub fn begin_copy(&self, r: u64) -> bool {
         let (w, b) = bit(r);
         self.copying[w].fetch_or(b, SeqCst);
@@ -182,7 +205,25 @@ impl Drl {
             self.copying[w].fetch_and(!b, SeqCst);
             return false;
         }
+        if self.active[r as usize].load(SeqCst) != 0 {
+            self.dirty[w].fetch_or(b, SeqCst);
+            self.copying[w].fetch_and(!b, SeqCst);
+            return false;
+        }
         true
+    }
+
+    /// Regions being copied now.
+    pub fn copying_regions(&self) -> u64 {
+        self.copying
+            .iter()
+            .map(|w| w.load(SeqCst).count_ones() as u64)
+            .sum()
+    }
+
+    /// Writes in flight over all regions (a region counted once per write touching it).
+    pub fn active_writes(&self) -> u64 {
+        self.active.iter().map(|a| a.load(SeqCst) as u64).sum()
     }
 
     /// The copy of `r` is done (`ok`) or failed (dirty again).
@@ -361,7 +402,12 @@ mod tests {
                     }
                     Step::Copy { ok } => {
                         if let Some(r) = drl.next_dirty(0) {
-                            prop_assert!(drl.begin_copy(r));
+                            if !drl.begin_copy(r) {
+                                // Refused only while a write to the region is in flight.
+                                prop_assert!(writes.iter().any(|w| w.0 == r));
+                                prop_assert!(drl.is_dirty(r));
+                                continue;
+                            }
                             drl.end_copy(r, ok);
                             let busy = writes.iter().any(|w| w.0 == r && w.2);
                             if ok && !drl.is_dirty(r) && !busy {

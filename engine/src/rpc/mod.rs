@@ -13,6 +13,7 @@
 
 pub mod base64;
 mod bdev_methods;
+pub mod client;
 mod nvmf_methods;
 mod params;
 mod server;

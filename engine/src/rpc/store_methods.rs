@@ -306,7 +306,7 @@ pub(super) fn clone_volume(p: &Params) -> RpcResult {
 pub(super) fn block_diff(p: &Params) -> RpcResult {
     p.only(&["lvs_name", "volume", "from", "to"])?;
     let s = Store::find(p.str("lvs_name")?)?;
-    let d = s.block_diff(p.str("from")?, p.opt_str("to")?, p.str("volume")?)?;
+    let d = s.block_diff(p.opt_str("from")?, p.opt_str("to")?, p.str("volume")?)?;
     Ok(d.to_json())
 }
 

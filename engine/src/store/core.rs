@@ -964,13 +964,13 @@ impl Core {
     /// The clusters of volume `name` that differ between snapshot `from` and snapshot `to`
     /// (or the live store). When the volume in `to` is the same volume as in `from`, or a clone
     /// made from `from`, only subtrees changed after `from` are visited; otherwise every mapped
-    /// cluster is listed.
-    pub fn block_diff(&self, from: u64, to: Option<u64>, name: &str) -> Result<Diff> {
-        let base = self.snap(from)?;
+    /// cluster is listed. `from` `None`: every mapped cluster (what a baseline transfer sends).
+    pub fn block_diff(&self, from: Option<u64>, to: Option<u64>, name: &str) -> Result<Diff> {
+        let base = from.map(|f| self.snap(f)).transpose()?;
         let (root, to_gen) = match to {
             Some(id) => {
                 let s = self.snap(id)?;
-                if s.gen < base.gen {
+                if let Some(base) = base.filter(|b| s.gen < b.gen) {
                     return Err(Error::Invalid(format!(
                         "snapshot {:?} is older than snapshot {:?}",
                         s.name, base.name
@@ -983,7 +983,9 @@ impl Core {
         let obj = volume_at(&root, name)
             .map_err(|_| Error::NotFound(format!("volume {name:?} in the newer image")))?;
         let inode = self.inode_in(&root, obj)?;
-        let same = get(&base.root, &inode_key(obj)).is_some() || inode.origin_snap == from;
+        let same = base.is_some_and(|b| get(&b.root, &inode_key(obj)).is_some())
+            || from.is_some_and(|f| inode.origin_snap == f);
+        let base_gen = base.map_or(0, |b| b.gen);
         let end = self.clusters_for(inode.size);
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut add = |idx: u64| {
@@ -998,7 +1000,7 @@ impl Core {
         if same {
             tree::changed_since(
                 &inode.extents,
-                base.gen,
+                base_gen,
                 &Key::MIN,
                 &EXTENTS_END,
                 &mut |k, _| add(k.off),
@@ -1013,7 +1015,7 @@ impl Core {
         }
         Ok(Diff {
             cluster_size: self.layout.cluster_size,
-            from_gen: base.gen,
+            from_gen: base_gen,
             to_gen,
             size: inode.size,
             runs,

@@ -529,11 +529,17 @@ impl Store {
         })
     }
 
-    pub fn block_diff(&self, from: &str, to: Option<&str>, volume: &str) -> Result<Diff> {
-        let (from, to, volume) = (from.to_owned(), to.map(str::to_owned), volume.to_owned());
+    /// What differs in `volume` from snapshot `from` (`None`: from nothing, so every mapped
+    /// cluster) to snapshot `to` (`None`: the live volume).
+    pub fn block_diff(&self, from: Option<&str>, to: Option<&str>, volume: &str) -> Result<Diff> {
+        let (from, to, volume) = (
+            from.map(str::to_owned),
+            to.map(str::to_owned),
+            volume.to_owned(),
+        );
         self.read(move |o| {
             let c = o.core.borrow();
-            let from = c.snapshot_named(&from)?;
+            let from = from.map(|f| c.snapshot_named(&f)).transpose()?;
             let to = to.map(|t| c.snapshot_named(&t)).transpose()?;
             c.block_diff(from, to, &volume)
         })

@@ -223,16 +223,16 @@ fn volumes_snapshots_and_clones_through_their_bdevs() {
         a[25 * 4096..26 * 4096].to_vec()
     );
     // Block diffs at cluster granularity (16 blocks of 4 KiB a cluster).
-    let d = store.block_diff("s1", None, "v").unwrap();
+    let d = store.block_diff(Some("s1"), None, "v").unwrap();
     assert_eq!(d.runs, vec![(1, 1)]);
-    let d = store.block_diff("s1", None, "c").unwrap();
+    let d = store.block_diff(Some("s1"), None, "c").unwrap();
     assert!(d.incremental);
     assert_eq!(d.runs, vec![(2, 1)]);
     // Unmap a whole cluster: zeros, and the diff sees it.
     rig.io(0, v.name(), IoType::Unmap, 32, 16, None).unwrap();
     assert!(rig.read(1, v.name(), 32, 16).iter().all(|&b| b == 0));
     assert_eq!(
-        store.block_diff("s1", None, "v").unwrap().runs,
+        store.block_diff(Some("s1"), None, "v").unwrap().runs,
         vec![(1, 2)]
     );
     // Small objects ride the same transactions.

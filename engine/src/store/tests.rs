@@ -314,7 +314,7 @@ fn run(ops: Vec<Op>) {
             }
             // Block diffs from this snapshot to the live store.
             for (name, v) in &vols {
-                let d = core.block_diff(s.id, None, name).expect("diff");
+                let d = core.block_diff(Some(s.id), None, name).expect("diff");
                 let incremental = s.vols.get(name).is_some_and(|o| o.obj == v.obj)
                     || v.origin.is_some_and(|(id, _)| id == s.id);
                 assert_eq!(d.incremental, incremental, "{name} from {}", s.id);
@@ -393,7 +393,7 @@ fn a_thousand_snapshots_share_everything_and_diffs_follow_the_change() {
     // Snapshots added no node to the live tree and took no cluster.
     assert_eq!(super::tree::count_nodes(&core.objects), nodes);
     core.prepare_write(v, 3).unwrap();
-    let d = core.block_diff(base, None, "v").unwrap();
+    let d = core.block_diff(Some(base), None, "v").unwrap();
     assert_eq!(d.runs, vec![(3, 1)]);
 }
 

@@ -1,0 +1,371 @@
+//! The copier: a poller on one reactor that moves bytes from a source bdev to the secondary
+//! with a bounded number of copies in flight and an optional rate limit. It does two jobs:
+//! - **snapshot transfer**: a list of extents (a snapshot's mapped clusters, or the diff of two
+//!   snapshots) read from the snapshot's read-only bdev;
+//! - **cutover scanner**: the dirty regions of the log, read from the live primary, each taken
+//!   with [`Drl::begin_copy`] and given back with [`Drl::end_copy`] (clean only if no write
+//!   re-dirtied it meanwhile), only while the relationship is establishing or resyncing.
+//!
+//! Its buffers are allocated once, when it starts; each copy is a read into one and a write
+//! from it, the callbacks carrying an `Rc` and the copy's range. Progress is atomics that the
+//! relationship's driver reads from its own thread.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::drl::Drl;
+use super::splitter::Splitter;
+use super::state::State;
+use crate::bdev::{Channel, Desc, IoDone};
+use crate::mem::{DmaBuf, Sgl};
+use crate::reactor::{self, Messenger, PollStatus, PollerHandle, ReactorId};
+
+/// What one copier reports.
+#[derive(Default)]
+pub struct Progress {
+    /// Bytes to copy (a transfer's total; for the scanner, what it has taken so far).
+    pub total: AtomicU64,
+    /// Bytes read from the source and written to the secondary.
+    pub done: AtomicU64,
+    /// Copies that failed (read or write).
+    pub errors: AtomicU64,
+    /// A transfer: stopped after a failure.
+    pub failed: AtomicBool,
+    /// A transfer: everything copied, or stopped; nothing in flight.
+    pub finished: AtomicBool,
+    /// Asked to stop (by the driver): the poller ends once nothing is in flight.
+    pub stop: AtomicBool,
+    /// Set when the poller has let go of everything.
+    pub stopped: AtomicBool,
+}
+
+impl Progress {
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+/// What to copy.
+pub enum Work {
+    /// `(offset, length)` byte extents, ascending.
+    Extents(Vec<(u64, u64)>),
+    /// The log's dirty regions, while the splitter's state is establishing or resyncing.
+    Dirty(Arc<Splitter>),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CopyOpts {
+    /// Copies in flight at most.
+    pub depth: usize,
+    /// Bytes per copy (a transfer's extents are cut to this; the scanner copies a region).
+    pub chunk: u64,
+    /// Bytes per second at most; 0: no limit.
+    pub rate: u64,
+}
+
+impl Default for CopyOpts {
+    fn default() -> Self {
+        CopyOpts {
+            depth: 8,
+            chunk: 1 << 20,
+            rate: 0,
+        }
+    }
+}
+
+struct Copier {
+    progress: Arc<Progress>,
+    src: Channel,
+    dst: Channel,
+    /// The descriptors the channels came from: closing one fails its channel's I/O.
+    _descs: (Desc, Desc),
+    block_size: u64,
+    size: u64,
+    work: Work,
+    /// Extents: (index, offset into it). Dirty: the next region to look at.
+    cursor: (usize, u64),
+    free: Vec<DmaBuf>,
+    in_flight: usize,
+    chunk: u64,
+    rate: u64,
+    started: Duration,
+    issued: u64,
+    poller: Option<PollerHandle>,
+    /// A transfer stops issuing after a failure.
+    halted: bool,
+}
+
+/// Start a copier on `reactor`. `src` and `dst` are opened there; their block sizes must match.
+pub fn start(
+    messenger: &Messenger,
+    reactor: ReactorId,
+    src: Desc,
+    dst: Desc,
+    work: Work,
+    opts: CopyOpts,
+) -> Result<Arc<Progress>, String> {
+    let (sb, db) = (src.bdev(), dst.bdev());
+    if sb.block_size() != db.block_size() {
+        return Err(format!(
+            "{} has {}-byte blocks and {} {}-byte blocks",
+            sb.name(),
+            sb.block_size(),
+            db.name(),
+            db.block_size()
+        ));
+    }
+    let chunk = match &work {
+        Work::Dirty(sp) => sp.drl().region_size(),
+        Work::Extents(_) => opts.chunk.max(sb.block_size() as u64),
+    };
+    let total = match &work {
+        Work::Extents(x) => x.iter().map(|e| e.1).sum(),
+        Work::Dirty(_) => 0,
+    };
+    let progress = Arc::new(Progress::default());
+    progress.total.store(total, Ordering::SeqCst);
+    let p = Arc::clone(&progress);
+    let (tx, rx) = std::sync::mpsc::channel();
+    messenger
+        .send_patiently(reactor, move || {
+            let made = (|| -> Result<(), String> {
+                let src_ch = src.channel().map_err(|e| e.to_string())?;
+                let dst_ch = dst.channel().map_err(|e| e.to_string())?;
+                let mut free = Vec::with_capacity(opts.depth);
+                for _ in 0..opts.depth.max(1) {
+                    free.push(DmaBuf::new(chunk as usize).map_err(|e| e.to_string())?);
+                }
+                let size = sb.size_bytes().min(db.size_bytes());
+                let c = Rc::new(RefCell::new(Copier {
+                    progress: p,
+                    src: src_ch,
+                    dst: dst_ch,
+                    _descs: (src, dst),
+                    block_size: sb.block_size() as u64,
+                    size,
+                    work,
+                    cursor: (0, 0),
+                    free,
+                    in_flight: 0,
+                    chunk,
+                    rate: opts.rate,
+                    started: reactor::now().unwrap_or_default(),
+                    issued: 0,
+                    poller: None,
+                    halted: false,
+                }));
+                let held = Rc::clone(&c);
+                let h = reactor::register_periodic_poller(
+                    "repl_copier",
+                    Duration::from_micros(200),
+                    move || Copier::poll(&held),
+                )
+                .map_err(|e| e.to_string())?;
+                c.borrow_mut().poller = Some(h);
+                Ok(())
+            })();
+            let _ = tx.send(made);
+        })
+        .map_err(|e| e.to_string())?;
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "the copier's reactor did not answer".to_string())??;
+    Ok(progress)
+}
+
+impl Copier {
+    fn poll(this: &Rc<RefCell<Copier>>) -> PollStatus {
+        let mut busy = false;
+        loop {
+            let next = {
+                let mut c = this.borrow_mut();
+                let blocked = c.progress.stop.load(Ordering::SeqCst)
+                    || c.halted
+                    || c.free.is_empty()
+                    || !c.rate_allows();
+                if blocked {
+                    None
+                } else {
+                    c.next_copy()
+                }
+            };
+            let Some((off, len, region)) = next else {
+                break;
+            };
+            busy = true;
+            Copier::issue(this, off, len, region);
+        }
+        let mut c = this.borrow_mut();
+        let transfer_done = matches!(c.work, Work::Extents(_))
+            && c.in_flight == 0
+            && (c.halted || c.extents_exhausted());
+        if transfer_done && !c.progress.finished.swap(true, Ordering::SeqCst) {
+            busy = true;
+        }
+        if c.in_flight == 0 && (c.progress.stop.load(Ordering::SeqCst) || transfer_done) {
+            if let Some(h) = c.poller.take() {
+                let _ = h.unregister();
+            }
+            c.progress.stopped.store(true, Ordering::SeqCst);
+        }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+
+    fn rate_allows(&self) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let elapsed = reactor::now()
+            .unwrap_or_default()
+            .saturating_sub(self.started);
+        let allowed = (self.rate as u128 * elapsed.as_micros() / 1_000_000) as u64;
+        self.issued < allowed.max(self.chunk)
+    }
+
+    fn extents_exhausted(&self) -> bool {
+        match &self.work {
+            Work::Extents(x) => self.cursor.0 >= x.len(),
+            Work::Dirty(_) => false,
+        }
+    }
+
+    /// The next copy: (offset, length, region for the scanner).
+    fn next_copy(&mut self) -> Option<(u64, u64, Option<u64>)> {
+        match &self.work {
+            Work::Extents(x) => {
+                let (i, at) = self.cursor;
+                let &(off, len) = x.get(i)?;
+                let n = (len - at).min(self.chunk);
+                self.cursor = if at + n >= len {
+                    (i + 1, 0)
+                } else {
+                    (i, at + n)
+                };
+                let start = off + at;
+                // Past the volume's end (a diff in clusters of a smaller last region).
+                let n = n.min(self.size.saturating_sub(start));
+                if n == 0 {
+                    return self.next_copy();
+                }
+                Some((start, n, None))
+            }
+            Work::Dirty(sp) => {
+                if !matches!(sp.state(), State::Establishing | State::Resyncing) {
+                    return None;
+                }
+                let drl = Arc::clone(sp.drl());
+                let from = self.cursor.1;
+                let r = drl
+                    .next_dirty(from)
+                    .or_else(|| (from > 0).then(|| drl.next_dirty(0)).flatten())?;
+                self.cursor.1 = if r + 1 >= drl.regions() { 0 } else { r + 1 };
+                if !drl.begin_copy(r) {
+                    // A write is in flight there: look again on a later pass.
+                    return None;
+                }
+                let rs = drl.region_size();
+                let off = r * rs;
+                let len = rs.min(self.size.saturating_sub(off));
+                if len == 0 {
+                    drl.end_copy(r, true);
+                    return None;
+                }
+                self.progress.total.fetch_add(len, Ordering::SeqCst);
+                Some((off, len, Some(r)))
+            }
+        }
+    }
+
+    fn issue(this: &Rc<RefCell<Copier>>, off: u64, len: u64, region: Option<u64>) {
+        let (sgl, ob, nb) = {
+            let mut c = this.borrow_mut();
+            let buf = c.free.pop().expect("a free buffer");
+            let mut sgl = Sgl::new();
+            if sgl.push(buf, 0, len as usize).is_err() {
+                drop(c);
+                Copier::end(this, off, len, region, false, None);
+                return;
+            }
+            c.in_flight += 1;
+            c.issued += len;
+            (sgl, off / c.block_size, len / c.block_size)
+        };
+        let held = Rc::clone(this);
+        let read = this.borrow().src.read(ob, nb, sgl, move |d: IoDone| {
+            Copier::read_done(&held, off, len, region, d)
+        });
+        if let Err((e, sgl)) = read {
+            tracing::warn!("replication copy: read at {off}: {e}");
+            Copier::end(this, off, len, region, false, Some(sgl));
+        }
+    }
+
+    fn read_done(this: &Rc<RefCell<Copier>>, off: u64, len: u64, region: Option<u64>, d: IoDone) {
+        if let Err(e) = d.status {
+            tracing::warn!("replication copy: read at {off}: {e}");
+            return Copier::end(this, off, len, region, false, Some(d.sgl));
+        }
+        let bs = this.borrow().block_size;
+        let held = Rc::clone(this);
+        let write = this
+            .borrow()
+            .dst
+            .write(off / bs, len / bs, d.sgl, move |d: IoDone| {
+                let ok = d.status.is_ok();
+                Copier::end(&held, off, len, region, ok, Some(d.sgl))
+            });
+        if let Err((e, sgl)) = write {
+            tracing::warn!("replication copy: write at {off}: {e}");
+            Copier::end(this, off, len, region, false, Some(sgl));
+        }
+    }
+
+    fn end(
+        this: &Rc<RefCell<Copier>>,
+        off: u64,
+        len: u64,
+        region: Option<u64>,
+        ok: bool,
+        sgl: Option<Sgl>,
+    ) {
+        let mut c = this.borrow_mut();
+        if let Some(sgl) = sgl {
+            for b in sgl.into_bufs() {
+                if let crate::mem::Buf::Dma(b) = b {
+                    c.free.push(b);
+                }
+            }
+        }
+        c.in_flight = c.in_flight.saturating_sub(1);
+        if ok {
+            c.progress.done.fetch_add(len, Ordering::SeqCst);
+        } else {
+            tracing::debug!("replication copy of [{off}, +{len}) failed");
+            c.progress.errors.fetch_add(1, Ordering::SeqCst);
+        }
+        match (&c.work, region) {
+            (Work::Dirty(sp), Some(r)) => {
+                sp.drl().end_copy(r, ok);
+                if !ok {
+                    sp.note_secondary_failed();
+                }
+            }
+            _ if !ok => {
+                c.halted = true;
+                c.progress.failed.store(true, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Regions of the log the copier's [`Work::Dirty`] drains, for a caller that only has a log.
+pub fn dirty_bytes(drl: &Drl) -> u64 {
+    drl.dirty_regions() * drl.region_size()
+}

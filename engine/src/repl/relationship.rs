@@ -1,0 +1,919 @@
+//! A relationship: a primary volume here, a secondary volume on another engine, and the driver
+//! that moves them through the lifecycle (ARCHITECTURE.md, "Relationship lifecycle").
+//!
+//! **Who does what.** The data path is the splitter ([`super::splitter`]) on the reactors that
+//! own the client connections; the copying is a copier ([`super::copier`]) on the owner
+//! reactor. The driver is a control thread per relationship: it owns the state machine, takes
+//! the snapshots (here through the store, on the secondary through its RPC), starts transfers
+//! and the scanner, watches their atomics and the splitter's failure flag every few
+//! milliseconds, and publishes the state to the splitter after every transition. Commands
+//! (`repl_*` RPCs, the C ABI) reach it through a channel and wait for its answer; reading the
+//! status takes a mutex no I/O touches.
+//!
+//! **The secondary** is reached twice: its volume through a bdev here (the `nvmf` bdev for a
+//! remote engine; any bdev for one in this process), and its control through its RPC socket
+//! (`bdev_lvol_snapshot`, `bdev_lvol_delete`), or directly when its store is in this process.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::copier::{self, CopyOpts, Progress, Work};
+use super::drl::{Drl, DEFAULT_REGION};
+use super::splitter::{SplitTap, Splitter};
+use super::state::{Event, Machine, State};
+use crate::bdev::{self, Desc};
+use crate::reactor::{Messenger, ReactorId};
+use crate::store::Store;
+
+/// What happens to client writes while the secondary cannot take them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Writes succeed on the primary and are logged; the pair resyncs when the secondary is
+    /// back.
+    Sync,
+    /// Writes fail while the pair is out of sync.
+    StrictSync,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Sync => "sync",
+            Policy::StrictSync => "strict_sync",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Policy> {
+        match s {
+            "sync" => Some(Policy::Sync),
+            "strict_sync" | "strictsync" => Some(Policy::StrictSync),
+            _ => None,
+        }
+    }
+}
+
+/// How the primary drives the secondary's store.
+#[derive(Clone)]
+pub enum SecondaryControl {
+    /// Another tandemd: its RPC socket.
+    Remote { socket: PathBuf },
+    /// A store in this process.
+    Local,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub name: String,
+    /// The primary volume's bdev, `<store>/<volume>`.
+    pub primary: String,
+    /// The bdev here that reaches the secondary volume.
+    pub secondary_bdev: String,
+    /// The secondary volume as its own engine names it, `<store>/<volume>`.
+    pub secondary_volume: String,
+    pub control: SecondaryControl,
+    pub policy: Policy,
+    pub region_size: u64,
+    pub copy: CopyOpts,
+    /// Incremental transfers at most before establishing, however the diffs go.
+    pub max_incrementals: u32,
+}
+
+impl Config {
+    pub fn new(name: &str, primary: &str, secondary_bdev: &str, secondary_volume: &str) -> Config {
+        Config {
+            name: name.to_owned(),
+            primary: primary.to_owned(),
+            secondary_bdev: secondary_bdev.to_owned(),
+            secondary_volume: secondary_volume.to_owned(),
+            control: SecondaryControl::Local,
+            policy: Policy::Sync,
+            region_size: DEFAULT_REGION,
+            copy: CopyOpts::default(),
+            max_incrementals: 8,
+        }
+    }
+}
+
+/// What the driver publishes after every step, for `repl_get`.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub state: Option<State>,
+    pub transitions: u64,
+    pub entered: Vec<(State, u64)>,
+    pub last_common_snapshot: Option<String>,
+    /// Bytes copied to the secondary by snapshot transfers and by the scanner, in total.
+    pub bytes_transferred: u64,
+    /// The transfer or resync under way: bytes to copy and copied.
+    pub phase_total: u64,
+    pub phase_done: u64,
+    pub phase_started: Option<Instant>,
+    /// Bytes each transfer sent, in order (baseline first).
+    pub transfers: Vec<u64>,
+    /// Bytes the scanner copied, in total.
+    pub resynced_bytes: u64,
+    /// The scanner's total when the phase under way began.
+    pub phase_base: u64,
+    /// The longest pause of client writes (a quiesce barrier), in microseconds.
+    pub max_pause_us: u64,
+    pub last_error: Option<String>,
+}
+
+enum Command {
+    Start,
+    Quiesce,
+    Resume,
+    Break,
+    Resync,
+    Stop,
+}
+
+type Reply = Sender<Result<(), String>>;
+
+pub struct Relationship {
+    cfg: Config,
+    splitter: Arc<Splitter>,
+    primary_bdev: bdev::Bdev,
+    status: Mutex<Status>,
+    commands: Mutex<Option<Sender<(Command, Reply)>>>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+    /// Callbacks told of every transition (the C ABI's), by id.
+    watchers: Mutex<Vec<(u64, Watcher)>>,
+}
+
+/// Told `(relationship, from, to)` on every transition, from the driver's thread.
+pub type Watcher = Box<dyn Fn(&str, State, State) + Send>;
+
+fn registry() -> MutexGuard<'static, HashMap<String, Arc<Relationship>>> {
+    static R: OnceLock<Mutex<HashMap<String, Arc<Relationship>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Split `<store>/<volume>`.
+fn split_lvol(name: &str) -> Result<(&str, &str), String> {
+    name.split_once('/')
+        .filter(|(s, v)| !s.is_empty() && !v.is_empty())
+        .ok_or_else(|| format!("{name:?} is not <store>/<volume>"))
+}
+
+/// Make a relationship (Uninitialized): checks that both volumes exist with the same geometry,
+/// and starts its driver.
+pub fn create(
+    cfg: Config,
+    messenger: Messenger,
+    owner: ReactorId,
+) -> Result<Arc<Relationship>, String> {
+    if cfg.name.is_empty() || cfg.name.len() > 64 || cfg.name.contains(['/', '\0', '.']) {
+        return Err(format!(
+            "{:?}: a relationship's name is 1 to 64 bytes without '/', '.' or NUL",
+            cfg.name
+        ));
+    }
+    if registry().contains_key(&cfg.name) {
+        return Err(format!("a relationship named {:?} exists", cfg.name));
+    }
+    if registry().values().any(|r| r.cfg.primary == cfg.primary) {
+        return Err(format!("{} is already a primary", cfg.primary));
+    }
+    let (store_name, _) = split_lvol(&cfg.primary)?;
+    let store = Store::find(store_name).map_err(|e| e.to_string())?;
+    split_lvol(&cfg.secondary_volume)?;
+    let primary =
+        bdev::get(&cfg.primary).ok_or_else(|| format!("no bdev named {:?}", cfg.primary))?;
+    if primary.product_name() != "Logical Volume"
+        && !store
+            .volumes()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|v| format!("{}/{}", store.name(), v.name) == cfg.primary)
+    {
+        return Err(format!(
+            "{} is not a volume of store {}",
+            cfg.primary,
+            store.name()
+        ));
+    }
+    let secondary: Desc = bdev::open(&cfg.secondary_bdev, true, None).map_err(|e| e.to_string())?;
+    let sb = secondary.bdev();
+    if sb.block_size() != primary.block_size() || sb.size_bytes() < primary.size_bytes() {
+        return Err(format!(
+            "the secondary {} ({} blocks of {} bytes) cannot hold the primary {} ({} blocks of {} bytes)",
+            sb.name(),
+            sb.num_blocks(),
+            sb.block_size(),
+            primary.name(),
+            primary.num_blocks(),
+            primary.block_size()
+        ));
+    }
+    let drl = Arc::new(Drl::new(primary.size_bytes(), cfg.region_size)?);
+    // The log is kept in memory for now: every region counts as on disk.
+    drl.flushed(&vec![!0u64; (drl.regions().div_ceil(64)) as usize]);
+    let splitter = Arc::new(Splitter::new(
+        &cfg.name,
+        drl,
+        secondary,
+        cfg.policy == Policy::StrictSync,
+    ));
+    let (tx, rx) = mpsc::channel();
+    let rel = Arc::new(Relationship {
+        cfg: cfg.clone(),
+        splitter,
+        primary_bdev: primary,
+        status: Mutex::new(Status {
+            state: Some(State::Uninitialized),
+            ..Default::default()
+        }),
+        commands: Mutex::new(Some(tx)),
+        driver: Mutex::new(None),
+        watchers: Mutex::new(Vec::new()),
+    });
+    let mut d = Driver {
+        rel: Arc::clone(&rel),
+        store,
+        messenger,
+        owner,
+        machine: Machine::new(),
+        seq: 0,
+        transfer: None,
+        scanner: None,
+        pending: None,
+        last_common: None,
+        last_diff: u64::MAX,
+        incrementals: 0,
+        retry_at: None,
+        next_probe: Instant::now(),
+    };
+    let handle = std::thread::Builder::new()
+        .name(format!("repl-{}", cfg.name))
+        .spawn(move || d.run(rx))
+        .map_err(|e| e.to_string())?;
+    *lock(&rel.driver) = Some(handle);
+    registry().insert(cfg.name.clone(), Arc::clone(&rel));
+    Ok(rel)
+}
+
+pub fn get(name: &str) -> Option<Arc<Relationship>> {
+    registry().get(name).cloned()
+}
+
+pub fn list() -> Vec<Arc<Relationship>> {
+    let mut v: Vec<_> = registry().values().cloned().collect();
+    v.sort_by(|a, b| a.cfg.name.cmp(&b.cfg.name));
+    v
+}
+
+/// Stop the relationship's driver, take the splitter off the primary, and forget it. The
+/// secondary keeps its last consistent image; the primary's replication snapshots go.
+pub fn delete(name: &str) -> Result<(), String> {
+    let rel = registry()
+        .remove(name)
+        .ok_or_else(|| format!("no relationship named {name:?}"))?;
+    let r = rel.command(Command::Stop);
+    if let Some(h) = lock(&rel.driver).take() {
+        let _ = h.join();
+    }
+    *lock(&rel.commands) = None;
+    r
+}
+
+impl Relationship {
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn splitter(&self) -> &Arc<Splitter> {
+        &self.splitter
+    }
+
+    pub fn state(&self) -> State {
+        self.splitter.state()
+    }
+
+    pub fn status(&self) -> Status {
+        lock(&self.status).clone()
+    }
+
+    fn command(&self, c: Command) -> Result<(), String> {
+        let tx = lock(&self.commands)
+            .clone()
+            .ok_or_else(|| format!("relationship {:?} is deleted", self.cfg.name))?;
+        let (rtx, rrx) = mpsc::channel();
+        tx.send((c, rtx))
+            .map_err(|_| format!("relationship {:?} has stopped", self.cfg.name))?;
+        rrx.recv_timeout(Duration::from_secs(120))
+            .map_err(|_| format!("relationship {:?} did not answer", self.cfg.name))?
+    }
+
+    pub fn start(&self) -> Result<(), String> {
+        self.command(Command::Start)
+    }
+    pub fn quiesce(&self) -> Result<(), String> {
+        self.command(Command::Quiesce)
+    }
+    pub fn resume(&self) -> Result<(), String> {
+        self.command(Command::Resume)
+    }
+    pub fn break_off(&self) -> Result<(), String> {
+        self.command(Command::Break)
+    }
+    pub fn resync(&self) -> Result<(), String> {
+        self.command(Command::Resync)
+    }
+
+    /// Be told of every transition from now on; the id takes it back ([`Self::unwatch`]).
+    pub fn watch(&self, w: Watcher) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        lock(&self.watchers).push((id, w));
+        id
+    }
+
+    pub fn unwatch(&self, id: u64) {
+        lock(&self.watchers).retain(|(i, _)| *i != id);
+    }
+
+    /// `repl_get`'s answer.
+    pub fn to_json(&self) -> Value {
+        let st = self.status();
+        let t = self.splitter.totals();
+        let drl = self.splitter.drl();
+        let dirty = drl.dirty_regions() * drl.region_size();
+        let elapsed = st
+            .phase_started
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        let rate = if elapsed > 0.0 {
+            st.phase_done as f64 / elapsed
+        } else {
+            0.0
+        };
+        let state = self.state();
+        let (progress, eta) = match state {
+            State::Baseline | State::Incremental if st.phase_total > 0 => {
+                let left = st.phase_total.saturating_sub(st.phase_done);
+                (
+                    100.0 * st.phase_done as f64 / st.phase_total as f64,
+                    (rate > 0.0).then(|| left as f64 / rate),
+                )
+            }
+            State::Establishing | State::Resyncing | State::OutOfSync => {
+                let total = st.phase_done + dirty;
+                (
+                    if total == 0 {
+                        100.0
+                    } else {
+                        100.0 * st.phase_done as f64 / total as f64
+                    },
+                    (rate > 0.0).then(|| dirty as f64 / rate),
+                )
+            }
+            State::InSync | State::Quiesced => (100.0, Some(0.0)),
+            _ => (0.0, None),
+        };
+        json!({
+            "name": self.cfg.name,
+            "primary": self.cfg.primary,
+            "secondary_bdev": self.cfg.secondary_bdev,
+            "secondary_volume": self.cfg.secondary_volume,
+            "policy": self.cfg.policy.name(),
+            "state": state.name(),
+            "region_size": drl.region_size(),
+            "dirty_regions": drl.dirty_regions(),
+            "dirty_bytes": dirty,
+            "drl_durable": false,
+            "bytes_transferred": st.bytes_transferred,
+            "transfers": st.transfers,
+            "resynced_bytes": st.resynced_bytes,
+            "progress_percent": (progress * 10.0).round() / 10.0,
+            "rate_bytes_per_sec": rate.round(),
+            "eta_seconds": eta.map(|e| (e * 10.0).round() / 10.0),
+            "last_common_snapshot": st.last_common_snapshot,
+            "max_pause_us": st.max_pause_us,
+            "last_error": st.last_error,
+            "transitions": st.transitions,
+            "entered": st.entered.iter().map(|(s, n)| (s.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "counters": {
+                "split_writes": t.split,
+                "split_bytes": t.split_bytes,
+                "primary_only_writes": t.primary_only,
+                "local_writes": t.local,
+                "refused_writes": t.refused,
+                "secondary_errors": t.secondary_errors,
+                "writes_in_flight": t.in_flight,
+            },
+        })
+    }
+}
+
+/// The relationship's control thread.
+struct Driver {
+    rel: Arc<Relationship>,
+    store: Store,
+    messenger: Messenger,
+    owner: ReactorId,
+    machine: Machine,
+    /// Snapshot names are `repl.<name>.<seq>`.
+    seq: u64,
+    transfer: Option<Transfer>,
+    scanner: Option<Arc<Progress>>,
+    /// A snapshot whose transfer failed: the next try sends it again.
+    pending: Option<String>,
+    /// The newest snapshot both sides hold.
+    last_common: Option<String>,
+    /// Bytes of the last transfer, to tell whether the diffs still shrink.
+    last_diff: u64,
+    incrementals: u32,
+    /// A failed transfer is tried again from here on.
+    retry_at: Option<Instant>,
+    next_probe: Instant,
+}
+
+struct Transfer {
+    snapshot: String,
+    progress: Arc<Progress>,
+    bytes: u64,
+}
+
+/// How often the driver looks at its copiers and the splitter.
+const TICK: Duration = Duration::from_millis(5);
+/// How long a failed transfer or an unreachable secondary waits before the next try.
+const RETRY: Duration = Duration::from_millis(300);
+/// A diff this small ends the incremental transfers (the scanner takes the rest).
+const SMALL_DIFF: u64 = 4 << 20;
+
+impl Driver {
+    fn run(&mut self, rx: Receiver<(Command, Reply)>) {
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok((Command::Stop, reply)) => {
+                    let _ = reply.send(self.stop());
+                    return;
+                }
+                Ok((c, reply)) => {
+                    let r = self.command(c);
+                    let _ = reply.send(r);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.stop();
+                    return;
+                }
+            }
+            if let Err(e) = self.tick() {
+                tracing::warn!(relationship = self.rel.cfg.name, "{e}");
+                lock(&self.rel.status).last_error = Some(e);
+            }
+            self.publish();
+        }
+    }
+
+    fn apply(&mut self, e: Event) -> Result<State, String> {
+        let from = self.machine.state();
+        let to = self.machine.apply(&self.rel.cfg.name, e)?;
+        self.rel.splitter.set_state(to);
+        if to != from {
+            for (_, w) in lock(&self.rel.watchers).iter() {
+                w(&self.rel.cfg.name, from, to);
+            }
+        }
+        Ok(to)
+    }
+
+    fn publish(&self) {
+        let mut st = lock(&self.rel.status);
+        st.state = Some(self.machine.state());
+        st.transitions = self.machine.transitions;
+        st.entered = super::state::STATES
+            .iter()
+            .map(|&s| (s, self.machine.entered(s)))
+            .collect();
+        if let Some(t) = &self.transfer {
+            st.phase_total = t.progress.total.load(Ordering::SeqCst);
+            st.phase_done = t.progress.done();
+        } else if let Some(sc) = &self.scanner {
+            st.resynced_bytes = sc.done();
+            st.phase_done = sc.done().saturating_sub(st.phase_base);
+        }
+    }
+
+    fn command(&mut self, c: Command) -> Result<(), String> {
+        match c {
+            Command::Start => {
+                super::state::next(self.machine.state(), Event::Start)?;
+                self.rel
+                    .primary_bdev
+                    .set_tap(Some(Arc::new(SplitTap(Arc::clone(&self.rel.splitter)))))
+                    .map_err(|e| e.to_string())?;
+                self.apply(Event::Start)?;
+                self.begin_phase();
+                Ok(())
+            }
+            Command::Quiesce => {
+                super::state::next(self.machine.state(), Event::Quiesce)?;
+                self.quiesce()
+            }
+            Command::Resume => {
+                self.apply(Event::Resume)?;
+                self.begin_phase();
+                Ok(())
+            }
+            Command::Break => {
+                self.apply(Event::Break)?;
+                Ok(())
+            }
+            Command::Resync => match self.machine.state() {
+                State::OutOfSync => {
+                    self.apply(Event::Resync)?;
+                    self.begin_phase();
+                    Ok(())
+                }
+                State::Broken => Err(
+                    "resync after a break (rolling the secondary back to the common snapshot) is not built yet"
+                        .into(),
+                ),
+                s => super::state::next(s, Event::Resync).map(|_| ()),
+            },
+            Command::Stop => self.stop(),
+        }
+    }
+
+    fn begin_phase(&mut self) {
+        let mut st = lock(&self.rel.status);
+        st.phase_started = Some(Instant::now());
+        st.phase_total = 0;
+        st.phase_done = 0;
+        st.phase_base = self.scanner.as_ref().map_or(0, |s| s.done());
+    }
+
+    fn stop(&mut self) -> Result<(), String> {
+        if let Some(t) = self.transfer.take() {
+            t.progress.stop.store(true, Ordering::SeqCst);
+        }
+        if let Some(s) = self.scanner.take() {
+            s.stop.store(true, Ordering::SeqCst);
+        }
+        self.rel
+            .primary_bdev
+            .set_tap(None)
+            .map_err(|e| e.to_string())?;
+        for s in self.store.snapshots().map_err(|e| e.to_string())? {
+            if s.name.starts_with(&self.snap_prefix()) {
+                let _ = self.store.delete_snapshot(&s.name);
+            }
+        }
+        Ok(())
+    }
+
+    fn snap_prefix(&self) -> String {
+        format!("repl.{}.", self.rel.cfg.name)
+    }
+
+    fn tick(&mut self) -> Result<(), String> {
+        let sp = Arc::clone(&self.rel.splitter);
+        if sp.take_secondary_failed()
+            && matches!(
+                self.machine.state(),
+                State::InSync | State::Establishing | State::Resyncing
+            )
+        {
+            self.apply(Event::SecondaryFailed)?;
+            self.next_probe = Instant::now() + RETRY;
+        }
+        match self.machine.state() {
+            State::Baseline | State::Incremental => self.transfer_step(),
+            State::Establishing | State::Resyncing => {
+                self.ensure_scanner()?;
+                let drl = sp.drl();
+                if drl.dirty_regions() == 0 && drl.copying_regions() == 0 {
+                    self.apply(Event::Drained)?;
+                }
+                Ok(())
+            }
+            // Both policies resync by themselves once the secondary answers again.
+            State::OutOfSync => {
+                if Instant::now() >= self.next_probe {
+                    self.next_probe = Instant::now() + RETRY;
+                    if self.probe_secondary() {
+                        self.apply(Event::SecondaryBack)?;
+                        self.begin_phase();
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Driver {
+    fn volume(&self) -> &str {
+        split_lvol(&self.rel.cfg.primary).map_or("", |(_, v)| v)
+    }
+
+    fn fail_later(&mut self, e: String) -> Result<(), String> {
+        self.retry_at = Some(Instant::now() + RETRY);
+        self.apply(Event::SecondaryFailed)?;
+        Err(e)
+    }
+
+    fn transfer_step(&mut self) -> Result<(), String> {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        self.retry_at = None;
+        let Some(t) = &self.transfer else {
+            return match self.start_transfer() {
+                Ok(()) => Ok(()),
+                Err(e) => self.fail_later(e),
+            };
+        };
+        if !t.progress.finished.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let t = self.transfer.take().expect("a transfer");
+        if t.progress.failed.load(Ordering::SeqCst) {
+            self.pending = Some(t.snapshot.clone());
+            return self.fail_later(format!(
+                "the transfer of {} failed; trying again",
+                t.snapshot
+            ));
+        }
+        // The matching snapshot on the secondary: from now on it is the consistent image there.
+        if let Err(e) = self.secondary_snapshot(&t.snapshot) {
+            self.pending = Some(t.snapshot.clone());
+            return self.fail_later(e);
+        }
+        if let Some(old) = self.last_common.replace(t.snapshot.clone()) {
+            self.drop_common(&old);
+        }
+        {
+            let mut st = lock(&self.rel.status);
+            st.bytes_transferred += t.bytes;
+            st.transfers.push(t.bytes);
+            st.last_common_snapshot = Some(t.snapshot.clone());
+        }
+        let from = self.machine.state();
+        let shrinking = from == State::Baseline
+            || (t.bytes < self.last_diff
+                && t.bytes > SMALL_DIFF
+                && self.incrementals < self.rel.cfg.max_incrementals);
+        if from == State::Incremental {
+            self.incrementals += 1;
+        }
+        self.last_diff = t.bytes;
+        if self.apply(Event::Transferred { shrinking })? == State::Establishing {
+            self.establish()?;
+        }
+        Ok(())
+    }
+
+    fn start_transfer(&mut self) -> Result<(), String> {
+        let vol = self.volume().to_owned();
+        let snap = match self.pending.take() {
+            Some(s) => s,
+            None => {
+                self.seq += 1;
+                let s = format!("{}{}", self.snap_prefix(), self.seq);
+                self.store
+                    .snapshot(&s, Some(&vol))
+                    .map_err(|e| e.to_string())?;
+                s
+            }
+        };
+        // Keep the snapshot for the next try whatever fails from here.
+        self.pending = Some(snap.clone());
+        let diff = self
+            .store
+            .block_diff(self.last_common.as_deref(), Some(&snap), &vol)
+            .map_err(|e| e.to_string())?;
+        let cs = diff.cluster_size as u64;
+        let extents: Vec<(u64, u64)> = diff.runs.iter().map(|&(f, n)| (f * cs, n * cs)).collect();
+        let src = bdev::open(&format!("{}/{snap}", self.store.name()), false, None)
+            .map_err(|e| e.to_string())?;
+        let dst =
+            bdev::open(&self.rel.cfg.secondary_bdev, true, None).map_err(|e| e.to_string())?;
+        let progress = copier::start(
+            &self.messenger,
+            self.owner,
+            src,
+            dst,
+            Work::Extents(extents),
+            self.rel.cfg.copy,
+        )?;
+        let bytes = progress.total.load(Ordering::SeqCst);
+        tracing::info!(
+            relationship = self.rel.cfg.name,
+            snapshot = snap,
+            base = self.last_common.as_deref().unwrap_or("(none)"),
+            bytes,
+            "snapshot transfer"
+        );
+        self.pending = None;
+        self.transfer = Some(Transfer {
+            snapshot: snap,
+            progress,
+            bytes,
+        });
+        self.begin_phase();
+        Ok(())
+    }
+
+    /// Switch to splitting: the state is already Establishing (writes split or are logged).
+    /// Wait for the last writes routed before the switch, then log what differs between the
+    /// last common snapshot and the live volume, for the scanner.
+    fn establish(&mut self) -> Result<(), String> {
+        let sp = &self.rel.splitter;
+        let t0 = Instant::now();
+        while sp.local_writes() > 0 {
+            if t0.elapsed() > Duration::from_secs(60) {
+                return Err("writes routed before establishing did not finish in 60 s".into());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let vol = self.volume().to_owned();
+        let diff = self
+            .store
+            .block_diff(self.last_common.as_deref(), None, &vol)
+            .map_err(|e| e.to_string())?;
+        let cs = diff.cluster_size as u64;
+        for &(first, n) in &diff.runs {
+            sp.drl().mark_dirty(first * cs, n * cs);
+        }
+        tracing::info!(
+            relationship = self.rel.cfg.name,
+            dirty_bytes = copier::dirty_bytes(sp.drl()),
+            "establishing: the scanner drains what the last snapshot lacks"
+        );
+        self.begin_phase();
+        self.ensure_scanner()
+    }
+
+    fn ensure_scanner(&mut self) -> Result<(), String> {
+        if self.scanner.is_some() {
+            return Ok(());
+        }
+        let src = bdev::open(&self.rel.cfg.primary, false, None).map_err(|e| e.to_string())?;
+        let dst =
+            bdev::open(&self.rel.cfg.secondary_bdev, true, None).map_err(|e| e.to_string())?;
+        let p = copier::start(
+            &self.messenger,
+            self.owner,
+            src,
+            dst,
+            Work::Dirty(Arc::clone(&self.rel.splitter)),
+            self.rel.cfg.copy,
+        )?;
+        self.scanner = Some(p);
+        lock(&self.rel.status).phase_base = 0;
+        Ok(())
+    }
+
+    /// Whether the secondary takes I/O again: its first block read and written back (a read
+    /// alone passes a device that fails only writes). The block is the secondary's own, so
+    /// writing it back changes nothing.
+    fn probe_secondary(&self) -> bool {
+        let Ok(desc) = bdev::open(&self.rel.cfg.secondary_bdev, true, None) else {
+            return false;
+        };
+        let (tx, rx) = mpsc::channel();
+        let sent = self.messenger.send_patiently(self.owner, move || {
+            let fail = tx.clone();
+            let started = (|| {
+                let ch = desc.channel().ok()?;
+                let bs = ch.bdev().block_size() as usize;
+                let buf = crate::mem::DmaBuf::new(bs).ok()?;
+                let again = ch.clone();
+                ch.read(
+                    0,
+                    1,
+                    crate::mem::Sgl::single(buf),
+                    move |d: crate::bdev::IoDone| {
+                        let _ = &desc;
+                        if d.status.is_err() {
+                            let _ = tx.send(false);
+                            return;
+                        }
+                        let tx2 = tx.clone();
+                        let wrote = again.write(0, 1, d.sgl, move |d: crate::bdev::IoDone| {
+                            let _ = tx2.send(d.status.is_ok());
+                        });
+                        if wrote.is_err() {
+                            let _ = tx.send(false);
+                        }
+                    },
+                )
+                .ok()
+            })();
+            if started.is_none() {
+                let _ = fail.send(false);
+            }
+        });
+        sent.is_ok() && rx.recv_timeout(Duration::from_secs(3)).unwrap_or(false)
+    }
+
+    /// The barrier: hold new writes, wait for those in flight, snapshot both sides, and let
+    /// the writes go on, logged (Quiesced). The pause is measured.
+    fn quiesce(&mut self) -> Result<(), String> {
+        let sp = Arc::clone(&self.rel.splitter);
+        let t0 = Instant::now();
+        sp.hold();
+        let result = (|| {
+            while sp.totals().in_flight > 0 {
+                if t0.elapsed() > Duration::from_secs(5) {
+                    return Err("writes in flight did not finish in 5 s: not quiesced".to_string());
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            self.seq += 1;
+            let snap = format!("{}{}", self.snap_prefix(), self.seq);
+            let vol = self.volume().to_owned();
+            self.store
+                .snapshot(&snap, Some(&vol))
+                .map_err(|e| e.to_string())?;
+            if let Err(e) = self.secondary_snapshot(&snap) {
+                let _ = self.store.delete_snapshot(&snap);
+                return Err(e);
+            }
+            self.apply(Event::Quiesce)?;
+            Ok(snap)
+        })();
+        sp.release(&self.messenger);
+        let pause = t0.elapsed().as_micros() as u64;
+        let snap = result?;
+        if let Some(old) = self.last_common.replace(snap.clone()) {
+            self.drop_common(&old);
+        }
+        let mut st = lock(&self.rel.status);
+        st.max_pause_us = st.max_pause_us.max(pause);
+        st.last_common_snapshot = Some(snap);
+        Ok(())
+    }
+
+    /// A common snapshot a newer one replaced: gone on both sides (a failure only costs space).
+    fn drop_common(&self, name: &str) {
+        if let Err(e) = self.store.delete_snapshot(name) {
+            tracing::warn!(
+                relationship = self.rel.cfg.name,
+                "deleting {name} here: {e}"
+            );
+        }
+        if let Err(e) = self.secondary_delete_snapshot(name) {
+            tracing::warn!(
+                relationship = self.rel.cfg.name,
+                "deleting {name} on the secondary: {e}"
+            );
+        }
+    }
+
+    fn secondary_snapshot(&self, name: &str) -> Result<(), String> {
+        let (store, vol) = split_lvol(&self.rel.cfg.secondary_volume)?;
+        match &self.rel.cfg.control {
+            SecondaryControl::Local => Store::find(store)
+                .and_then(|s| s.snapshot(name, Some(vol)))
+                .map(|_| ())
+                .map_err(|e| format!("snapshot {name} on the secondary: {e}")),
+            SecondaryControl::Remote { socket } => crate::rpc::client::call(
+                socket,
+                "bdev_lvol_snapshot",
+                &json!({"lvol_name": self.rel.cfg.secondary_volume, "snapshot_name": name}),
+                Duration::from_secs(30),
+            )
+            .map(|_| ())
+            .map_err(|e| format!("snapshot {name} on the secondary: {e}")),
+        }
+    }
+
+    fn secondary_delete_snapshot(&self, name: &str) -> Result<(), String> {
+        let (store, _) = split_lvol(&self.rel.cfg.secondary_volume)?;
+        match &self.rel.cfg.control {
+            SecondaryControl::Local => Store::find(store)
+                .and_then(|s| s.delete_snapshot(name))
+                .map_err(|e| e.to_string()),
+            SecondaryControl::Remote { socket } => crate::rpc::client::call(
+                socket,
+                "bdev_lvol_delete",
+                &json!({"name": format!("{store}/{name}")}),
+                Duration::from_secs(30),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        }
+    }
+}

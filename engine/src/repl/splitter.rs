@@ -1,0 +1,543 @@
+//! The splitter: a write tap ([`crate::bdev::tap`]) on the primary volume that sends each client
+//! change to the primary and, by the relationship's state and the write's regions
+//! ([`super::state::route`]), to the secondary too, and completes the client's request when
+//! every side it went to is done.
+//!
+//! **Data path.** Everything here runs on the reactor that submitted the write, to completion:
+//! the state is one atomic byte, the dirty region log is atomic words, the per-write record
+//! lives in a slab owned by this reactor's tap channel (it grows only until it holds the
+//! reactor's peak depth), the secondary's copy of the data goes into pool buffers, and the
+//! counters are per reactor. No lock, no blocking system call, and no allocation per write in
+//! steady state.
+//!
+//! **Ordering.** A write marks its regions active before it reads the state and the regions'
+//! bits ([`Drl::enter`]); the scanner marks a region copying before it looks for active writes
+//! ([`Drl::begin_copy`]). Writes the relationship may not split yet (`Local` routes, before
+//! establishing) are counted before the state is read, so that switching to establishing can
+//! wait for the last of them ([`Splitter::local_writes`]) before it computes what differs.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+
+use super::drl::{Admit, Drl};
+use super::state::{route, Route, State, STATES};
+use crate::bdev::tap::{Primary, TapChannel, WriteTap};
+use crate::bdev::{BdevIo, Channel, Desc, Errno, Error, IoCallback, IoDone, IoError, IoType};
+use crate::mem::{self, DmaBuf, Sgl, LARGE_BUF};
+use crate::reactor::{self, Messenger, ReactorLocal, MAX_REACTORS};
+
+/// Counters of one reactor's tap channel, written only by that reactor.
+#[derive(Default)]
+pub struct SplitCounters {
+    /// Writes sent to both sides, and their bytes.
+    pub split: AtomicU64,
+    pub split_bytes: AtomicU64,
+    /// Writes to the primary only, logged as dirty.
+    pub primary_only: AtomicU64,
+    /// Writes before the relationship splits (a snapshot transfer carries them).
+    pub local: AtomicU64,
+    /// Writes refused under StrictSync while out of sync.
+    pub refused: AtomicU64,
+    /// Writes the secondary failed or refused.
+    pub secondary_errors: AtomicU64,
+    /// Writes started and finished, for the in-flight count.
+    pub started: AtomicU64,
+    pub finished: AtomicU64,
+}
+
+/// Sums of every reactor's [`SplitCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SplitTotals {
+    pub split: u64,
+    pub split_bytes: u64,
+    pub primary_only: u64,
+    pub local: u64,
+    pub refused: u64,
+    pub secondary_errors: u64,
+    pub in_flight: u64,
+}
+
+/// The tap on one primary volume. Shared by every reactor.
+pub struct Splitter {
+    name: String,
+    drl: Arc<Drl>,
+    state: AtomicU8,
+    strict: AtomicBool,
+    secondary: Desc,
+    /// Writes routed `Local` and not yet done.
+    local_in_flight: CachePadded<AtomicU64>,
+    /// Set by the first failure of the secondary since the relationship last looked.
+    secondary_failed: AtomicBool,
+    /// A barrier: new writes wait in their reactor's channel until [`Splitter::release`].
+    held: AtomicBool,
+    counters: Box<[CachePadded<SplitCounters>]>,
+}
+
+impl Splitter {
+    pub fn new(name: &str, drl: Arc<Drl>, secondary: Desc, strict: bool) -> Splitter {
+        Splitter {
+            name: name.to_owned(),
+            drl,
+            state: AtomicU8::new(State::Uninitialized as u8),
+            strict: AtomicBool::new(strict),
+            secondary,
+            local_in_flight: CachePadded::new(AtomicU64::new(0)),
+            secondary_failed: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+            counters: (0..MAX_REACTORS).map(|_| Default::default()).collect(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn state(&self) -> State {
+        STATES[self.state.load(Ordering::SeqCst) as usize]
+    }
+
+    /// Publish the relationship's state to the data path (the relationship's driver does this
+    /// after every transition).
+    pub fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::SeqCst);
+    }
+
+    pub fn set_strict(&self, strict: bool) {
+        self.strict.store(strict, Ordering::SeqCst);
+    }
+
+    pub fn drl(&self) -> &Arc<Drl> {
+        &self.drl
+    }
+
+    /// Writes routed before the relationship splits that are still in flight. After the
+    /// state leaves the snapshot-transfer states this only falls: when it reaches 0, every
+    /// write not split or logged is on the primary (and so in a diff of the live volume).
+    pub fn local_writes(&self) -> u64 {
+        self.local_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Whether the secondary failed a write since the last call (and forget it).
+    pub fn take_secondary_failed(&self) -> bool {
+        self.secondary_failed.swap(false, Ordering::SeqCst)
+    }
+
+    pub fn note_secondary_failed(&self) {
+        self.secondary_failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Hold new writes (a barrier, for a snapshot common to both sides): each waits in its
+    /// reactor's channel. The caller then waits for [`SplitTotals::in_flight`] to reach 0
+    /// (a writer counts itself started before it looks at the barrier, so none slips by).
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Lift the barrier and send the writes that waited on their way, on their reactors.
+    pub fn release(self: &Arc<Self>, messenger: &Messenger) {
+        self.held.store(false, Ordering::SeqCst);
+        for r in messenger.reactors() {
+            let sp = Arc::clone(self);
+            let sent = messenger.send_patiently(r, move || {
+                TAPS.with(|taps| {
+                    let live: Vec<Rc<Inner>> = taps
+                        .borrow()
+                        .iter()
+                        .filter_map(Weak::upgrade)
+                        .filter(|i| Arc::ptr_eq(&i.sp, &sp))
+                        .collect();
+                    for inner in live {
+                        inner.unpark();
+                    }
+                })
+                .ok();
+            });
+            if sent.is_err() {
+                tracing::warn!(
+                    relationship = self.name,
+                    "a reactor did not take the release of held writes"
+                );
+            }
+        }
+    }
+
+    pub fn totals(&self) -> SplitTotals {
+        let mut t = SplitTotals::default();
+        let (mut started, mut finished) = (0, 0);
+        for c in self.counters.iter() {
+            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            t.split += get(&c.split);
+            t.split_bytes += get(&c.split_bytes);
+            t.primary_only += get(&c.primary_only);
+            t.local += get(&c.local);
+            t.refused += get(&c.refused);
+            t.secondary_errors += get(&c.secondary_errors);
+            started += get(&c.started);
+            finished += get(&c.finished);
+        }
+        t.in_flight = started.saturating_sub(finished);
+        t
+    }
+}
+
+/// What is set on the primary bdev: the splitter as a write tap.
+pub struct SplitTap(pub Arc<Splitter>);
+
+impl WriteTap for SplitTap {
+    fn open_channel(&self) -> Result<Rc<dyn TapChannel>, Error> {
+        let reactor = reactor::current().ok_or(Error::NotOnReactor)?;
+        let secondary = self.0.secondary.channel()?;
+        let sec = secondary.bdev();
+        let inner = Rc::new(Inner {
+            sp: Arc::clone(&self.0),
+            secondary,
+            sec_unmap: sec.supports(IoType::Unmap),
+            sec_zeroes: sec.supports(IoType::WriteZeroes) || sec.supports(IoType::Write),
+            reactor: reactor.0 as usize,
+            ops: RefCell::new(Slab::default()),
+            parked: RefCell::new(VecDeque::new()),
+        });
+        TAPS.with(|t| {
+            let mut t = t.borrow_mut();
+            t.retain(|w| w.strong_count() > 0);
+            t.push(Rc::downgrade(&inner));
+        })
+        .map_err(|_| Error::NotOnReactor)?;
+        Ok(Rc::new(SplitChannel(inner)))
+    }
+}
+
+/// One write in flight through the splitter.
+struct Op {
+    cb: Option<IoCallback>,
+    /// The client's buffers, back from the primary.
+    sgl: Sgl,
+    io_type: IoType,
+    off: u64,
+    len: u64,
+    route: Route,
+    pending: u8,
+    primary: Result<(), IoError>,
+    secondary_ok: bool,
+}
+
+/// Ops by index, reusing freed slots.
+#[derive(Default)]
+struct Slab {
+    ops: Vec<Option<Op>>,
+    free: Vec<usize>,
+}
+
+impl Slab {
+    fn insert(&mut self, op: Op) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.ops[i] = Some(op);
+                i
+            }
+            None => {
+                self.ops.push(Some(op));
+                self.ops.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize) -> Op {
+        let op = self.ops[i].take().expect("a live op");
+        self.free.push(i);
+        op
+    }
+}
+
+struct Inner {
+    sp: Arc<Splitter>,
+    secondary: Channel,
+    sec_unmap: bool,
+    sec_zeroes: bool,
+    reactor: usize,
+    ops: RefCell<Slab>,
+    /// Writes waiting for a barrier to lift, with the path they came by.
+    parked: RefCell<VecDeque<(Primary, BdevIo)>>,
+}
+
+/// This reactor's splitter channels, so that lifting a barrier finds the writes it held.
+static TAPS: ReactorLocal<RefCell<Vec<Weak<Inner>>>> =
+    ReactorLocal::new(|| RefCell::new(Vec::new()));
+
+struct SplitChannel(Rc<Inner>);
+
+/// A failure the client sees for a write StrictSync refuses or the secondary failed under
+/// StrictSync: the link to the secondary is down.
+const STRICT_REFUSED: IoError = IoError::Device(Errno(libc::ENOLINK));
+
+impl TapChannel for SplitChannel {
+    fn submit(&self, primary: &Primary, io: BdevIo) -> Result<(), (Error, BdevIo)> {
+        let inner = &self.0;
+        let sp = &inner.sp;
+        let c = &sp.counters[inner.reactor];
+        let strict = sp.strict.load(Ordering::SeqCst);
+        let bs = primary.block_size() as u64;
+        let (io_type, ob, nb) = (io.io_type, io.offset_blocks, io.num_blocks);
+        let (off, len) = (ob * bs, nb * bs);
+        c.started.fetch_add(1, Ordering::SeqCst);
+        if sp.held.load(Ordering::SeqCst) {
+            c.finished.fetch_add(1, Ordering::SeqCst);
+            primary.park();
+            inner.parked.borrow_mut().push_back((primary.clone(), io));
+            return Ok(());
+        }
+        let route = if io_type == IoType::Flush {
+            // A flush covers both sides while they split; it changes no region.
+            match route(sp.state(), false, strict) {
+                Route::Both => Route::Both,
+                _ => {
+                    c.finished.fetch_add(1, Ordering::SeqCst);
+                    return primary.submit(io);
+                }
+            }
+        } else {
+            sp.local_in_flight.fetch_add(1, Ordering::SeqCst);
+            let state = sp.state();
+            if route(state, false, strict) == Route::Local {
+                Route::Local
+            } else {
+                sp.local_in_flight.fetch_sub(1, Ordering::SeqCst);
+                let busy = sp.drl.enter(off, len);
+                let r = route(state, busy, strict);
+                if r != Route::Both {
+                    sp.drl.mark_dirty(off, len);
+                }
+                // The log is kept in memory for now (every region counts as on disk): a
+                // write never waits here yet.
+                debug_assert_eq!(sp.drl.admit(off, len), Admit::Go);
+                r
+            }
+        };
+        match route {
+            Route::Local => c.local.fetch_add(1, Ordering::Relaxed),
+            Route::PrimaryOnly => c.primary_only.fetch_add(1, Ordering::Relaxed),
+            Route::Refuse => c.refused.fetch_add(1, Ordering::Relaxed),
+            Route::Both => {
+                c.split_bytes.fetch_add(len, Ordering::Relaxed);
+                c.split.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        if route == Route::Refuse {
+            // Nothing was written anywhere: the regions stay as they were.
+            sp.drl.end_write(off, len, true);
+            c.finished.fetch_add(1, Ordering::SeqCst);
+            primary.complete(io, Err(STRICT_REFUSED));
+            return Ok(());
+        }
+        // The secondary's copy of the data, made before the primary owns the buffers.
+        let copy = if route == Route::Both && io_type == IoType::Write {
+            Some(copy_of(&io.sgl, len as usize))
+        } else {
+            None
+        };
+        let (cb, sgl) = io.into_parts();
+        let slot = inner.ops.borrow_mut().insert(Op {
+            cb: Some(cb),
+            sgl: Sgl::new(),
+            io_type,
+            off,
+            len,
+            route,
+            pending: if route == Route::Both { 2 } else { 1 },
+            primary: Ok(()),
+            secondary_ok: route == Route::Both,
+        });
+        let held = Rc::clone(inner);
+        let pio = BdevIo::new(
+            io_type,
+            ob,
+            nb,
+            sgl,
+            IoCallback::new(move |d: IoDone| Inner::primary_done(&held, slot, d)),
+        );
+        if let Err((e, pio)) = primary.submit(pio) {
+            // Refused before anything was issued: undo, and hand the request back whole.
+            let op = inner.ops.borrow_mut().remove(slot);
+            inner.undo(&op);
+            c.finished.fetch_add(1, Ordering::SeqCst);
+            let (_, sgl) = pio.into_parts();
+            let cb = op.cb.expect("the client's callback");
+            return Err((e, BdevIo::new(io_type, ob, nb, sgl, cb)));
+        }
+        if route == Route::Both {
+            inner.to_secondary(slot, io_type, ob, nb, copy);
+        }
+        Ok(())
+    }
+}
+
+/// A copy of `src`'s first `len` bytes in pool buffers (a fresh buffer only when the pool is
+/// empty).
+fn copy_of(src: &Sgl, len: usize) -> Sgl {
+    let mut out = Sgl::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(LARGE_BUF);
+        let pushed = match mem::take_large() {
+            Some(b) => out.push(b, 0, n),
+            None => match DmaBuf::new(n) {
+                Ok(b) => out.push(b, 0, n),
+                Err(_) => break,
+            },
+        };
+        if pushed.is_err() {
+            break;
+        }
+        left -= n;
+    }
+    let mut at = 0;
+    for seg in src.segs() {
+        at += out.copy_at(at, seg.as_slice());
+    }
+    out
+}
+
+impl Inner {
+    /// Send the writes a barrier held on their way (or fail those the primary now refuses).
+    fn unpark(self: &Rc<Self>) {
+        let parked: Vec<(Primary, BdevIo)> = self.parked.borrow_mut().drain(..).collect();
+        let ch = SplitChannel(Rc::clone(self));
+        for (primary, io) in parked {
+            primary.unpark();
+            if let Err((e, io)) = ch.submit(&primary, io) {
+                tracing::warn!(relationship = self.sp.name(), "a held write: {e}");
+                primary.complete(io, Err(IoError::Aborted));
+            }
+        }
+    }
+
+    fn to_secondary(
+        self: &Rc<Self>,
+        slot: usize,
+        io_type: IoType,
+        ob: u64,
+        nb: u64,
+        copy: Option<Sgl>,
+    ) {
+        let held = Rc::clone(self);
+        let cb = move |d: IoDone| Inner::secondary_done(&held, slot, d.status.is_ok());
+        let sec = &self.secondary;
+        let sent = match io_type {
+            IoType::Write => match copy {
+                Some(sgl) if sgl.len() as u64 == nb * self.sp_block_size() => {
+                    sec.write(ob, nb, sgl, cb).map_err(|(e, _)| e)
+                }
+                _ => Err(Error::InvalidArgument(
+                    "no buffer for the secondary's copy".into(),
+                )),
+            },
+            IoType::Flush => sec.flush(ob, nb, cb),
+            IoType::Unmap if self.sec_unmap => sec.unmap(ob, nb, cb),
+            IoType::Unmap | IoType::WriteZeroes if self.sec_zeroes => sec.write_zeroes(ob, nb, cb),
+            other => Err(Error::Unsupported {
+                bdev: sec.bdev().name().to_owned(),
+                io_type: other,
+            }),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(
+                relationship = self.sp.name(),
+                "secondary refused a write: {e}"
+            );
+            // Counted as a failure of the secondary; the primary's completion finishes the op.
+            self.secondary_done_now(slot, false);
+        }
+    }
+
+    fn sp_block_size(&self) -> u64 {
+        self.secondary.bdev().block_size() as u64
+    }
+
+    fn primary_done(self: &Rc<Self>, slot: usize, d: IoDone) {
+        {
+            let mut ops = self.ops.borrow_mut();
+            let op = ops.ops[slot].as_mut().expect("a live op");
+            op.primary = d.status;
+            op.sgl = d.sgl;
+            op.pending -= 1;
+            if op.pending > 0 {
+                return;
+            }
+        }
+        self.finish(slot);
+    }
+
+    fn secondary_done(self: &Rc<Self>, slot: usize, ok: bool) {
+        if self.secondary_done_now(slot, ok) {
+            self.finish(slot);
+        }
+    }
+
+    /// Record the secondary's outcome; true when the op is complete.
+    fn secondary_done_now(&self, slot: usize, ok: bool) -> bool {
+        if !ok {
+            self.sp.counters[self.reactor]
+                .secondary_errors
+                .fetch_add(1, Ordering::Relaxed);
+            self.sp.note_secondary_failed();
+        }
+        let mut ops = self.ops.borrow_mut();
+        let op = ops.ops[slot].as_mut().expect("a live op");
+        op.secondary_ok &= ok;
+        op.pending -= 1;
+        op.pending == 0
+    }
+
+    /// Release what admitting `op` took, for an op that was never issued.
+    fn undo(&self, op: &Op) {
+        match op.route {
+            Route::Local => {
+                self.sp.local_in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+            _ if op.io_type != IoType::Flush => self.sp.drl.end_write(op.off, op.len, true),
+            _ => {}
+        }
+    }
+
+    fn finish(self: &Rc<Self>, slot: usize) {
+        let mut op = self.ops.borrow_mut().remove(slot);
+        let sp = &self.sp;
+        let primary_ok = op.primary.is_ok();
+        match op.route {
+            Route::Local => {
+                sp.local_in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+            _ if op.io_type == IoType::Flush => {}
+            // The regions stay clean only if the bytes reached both sides; a primary that
+            // failed while the secondary wrote leaves them different too.
+            Route::Both => sp
+                .drl
+                .end_write(op.off, op.len, primary_ok && op.secondary_ok),
+            _ => sp.drl.end_write(op.off, op.len, false),
+        }
+        sp.counters[self.reactor]
+            .finished
+            .fetch_add(1, Ordering::SeqCst);
+        let status = match op.primary {
+            Err(e) => Err(e),
+            Ok(())
+                if op.route == Route::Both
+                    && !op.secondary_ok
+                    && sp.strict.load(Ordering::SeqCst) =>
+            {
+                Err(STRICT_REFUSED)
+            }
+            Ok(()) => Ok(()),
+        };
+        let cb = op.cb.take().expect("the client's callback");
+        cb.call(IoDone {
+            status,
+            sgl: std::mem::take(&mut op.sgl),
+        });
+    }
+}

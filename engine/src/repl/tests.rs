@@ -1,0 +1,297 @@
+//! Relationships in one process, on real reactors: a primary volume in one store, the secondary
+//! volume in another (reached as a local bdev, or through an error bdev for faults), a writer
+//! that never stops, and a byte-for-byte comparison at the end of each.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::relationship::{self, Config, Policy, Relationship};
+use super::state::State;
+use crate::bdev::error::{self, Action, ErrorOpts, Fault, IoTypes};
+use crate::bdev::malloc::{self, MallocOpts};
+use crate::bdev::IoError;
+use crate::reactor::sim::SimRng;
+use crate::store::runtime_tests::{unique, Rig};
+
+const VOL: u64 = 16 << 20;
+const BLOCKS: u64 = VOL / 4096;
+
+struct Pair {
+    rig: Arc<Rig>,
+    primary: String,
+    /// The secondary volume's bdev, and the bdev the relationship writes it through.
+    secondary: String,
+    secondary_volume: String,
+    via: String,
+}
+
+fn pair(via_error_bdev: bool) -> Pair {
+    let rig = Arc::new(Rig::new(2));
+    let mut names = Vec::new();
+    for side in ["p", "s"] {
+        let base = unique(&format!("repl_{side}"));
+        malloc::create(MallocOpts {
+            name: base.clone(),
+            num_blocks: (64 << 20) / 4096,
+            block_size: 4096,
+            uuid: 0,
+        })
+        .expect("a malloc bdev");
+        let store = rig.new_store(&base, 64 << 10);
+        store.create_volume("v", VOL, false).expect("a volume");
+        names.push(format!("{}/v", store.name()));
+    }
+    let secondary = names.pop().unwrap();
+    let primary = names.pop().unwrap();
+    let via = if via_error_bdev {
+        error::create(ErrorOpts {
+            name: Some(unique("EE_sec")),
+            base: secondary.clone(),
+            uuid: 0,
+        })
+        .expect("an error bdev")
+        .name()
+        .to_owned()
+    } else {
+        secondary.clone()
+    };
+    Pair {
+        rig,
+        primary,
+        secondary_volume: secondary.clone(),
+        secondary,
+        via,
+    }
+}
+
+impl Pair {
+    fn relationship(&self, policy: Policy) -> Arc<Relationship> {
+        let mut cfg = Config::new(
+            &unique("r"),
+            &self.primary,
+            &self.via,
+            &self.secondary_volume,
+        );
+        cfg.policy = policy;
+        relationship::create(cfg, self.rig.m.clone(), self.rig.owner()).expect("a relationship")
+    }
+
+    /// Every byte of both volumes equal.
+    fn assert_equal(&self) {
+        let step = 256u64;
+        for at in (0..BLOCKS).step_by(step as usize) {
+            let a = self.rig.read(0, &self.primary, at, step);
+            let b = self.rig.read(1, &self.secondary, at, step);
+            if a != b {
+                let i = a.iter().zip(&b).position(|(x, y)| x != y).unwrap();
+                panic!(
+                    "primary and secondary differ at byte {}",
+                    at * 4096 + i as u64
+                );
+            }
+        }
+    }
+}
+
+/// Writes 4 KiB blocks at random places, each stamped with its number, until told to stop;
+/// counts the writes and the failures.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    longest_us: Arc<AtomicU64>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(rig: &Arc<Rig>, bdev: &str, seed: u64) -> Writer {
+        let (stop, ok, failed, longest_us) = Default::default();
+        let w = Writer {
+            stop: Arc::clone(&stop),
+            ok: Arc::clone(&ok),
+            failed: Arc::clone(&failed),
+            longest_us: Arc::clone(&longest_us),
+            join: None,
+        };
+        let rig = Arc::clone(rig);
+        let bdev = bdev.to_owned();
+        let join = std::thread::spawn(move || {
+            let mut rng = SimRng::new(seed);
+            let mut n = 0u64;
+            // Bounded: a test's writer never runs past a minute.
+            let until = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                n += 1;
+                let block = rng.below(BLOCKS as usize) as u64;
+                let mut data = vec![0u8; 4096];
+                for (i, c) in data.chunks_mut(8).enumerate() {
+                    c.copy_from_slice(&(n ^ (block << 20) ^ i as u64).to_le_bytes());
+                }
+                let t = Instant::now();
+                match rig.write((n % 2) as usize, &bdev, block, data) {
+                    Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(_) => failed.fetch_add(1, Ordering::SeqCst),
+                };
+                longest_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::SeqCst);
+            }
+        });
+        Writer {
+            join: Some(join),
+            ..w
+        }
+    }
+
+    fn stop(mut self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join.take().unwrap().join().unwrap();
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            self.longest_us.load(Ordering::SeqCst),
+        )
+    }
+}
+
+fn wait_for(rel: &Relationship, want: State, within: Duration) {
+    let t = Instant::now();
+    while rel.state() != want {
+        assert!(
+            t.elapsed() < within,
+            "{} did not reach {} in {within:?}: {}",
+            rel.name(),
+            want.name(),
+            rel.to_json()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn fill(p: &Pair, seed: u64) {
+    let mut rng = SimRng::new(seed);
+    for _ in 0..64 {
+        let block = rng.below(BLOCKS as usize - 16) as u64;
+        let data: Vec<u8> = (0..16 * 4096).map(|i| (i as u64 ^ block) as u8).collect();
+        p.rig.write(0, &p.primary, block, data).unwrap();
+    }
+}
+
+#[test]
+fn establishing_under_writes_ends_in_sync_with_equal_volumes() {
+    let p = pair(false);
+    fill(&p, 1);
+    let rel = p.relationship(Policy::Sync);
+    assert_eq!(rel.state(), State::Uninitialized);
+    let w = Writer::start(&p.rig, &p.primary, 2);
+    std::thread::sleep(Duration::from_millis(50));
+    rel.start().unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(60));
+    // Writes go on in sync: each on both sides.
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, failed, _) = w.stop();
+    assert_eq!(failed, 0, "client writes failed while establishing");
+    assert!(ok > 100, "the writer made {ok} writes");
+    assert_eq!(rel.state(), State::InSync, "{}", rel.to_json());
+    p.assert_equal();
+    let st = rel.status();
+    assert!(
+        st.transfers.len() >= 2,
+        "a baseline and an incremental: {:?}",
+        st.transfers
+    );
+    assert!(
+        st.transfers[0] >= 64 * 16 * 4096 / 2,
+        "the baseline sent the filled data"
+    );
+    let t = rel.splitter().totals();
+    assert!(t.split > 0 && t.local > 0, "{t:?}");
+    assert_eq!(t.in_flight, 0);
+    relationship::delete(rel.name()).unwrap();
+    assert!(relationship::get(rel.name()).is_none());
+}
+
+#[test]
+fn a_failing_secondary_puts_the_pair_out_of_sync_and_it_resyncs_by_itself() {
+    let p = pair(true);
+    fill(&p, 3);
+    let rel = p.relationship(Policy::Sync);
+    rel.start().unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(60));
+    let w = Writer::start(&p.rig, &p.primary, 4);
+    std::thread::sleep(Duration::from_millis(50));
+    error::set_fault(&p.via, Fault::every(Action::Fail, IoTypes::WRITES)).unwrap();
+    wait_for(&rel, State::OutOfSync, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(rel.splitter().drl().dirty_regions() > 0);
+    error::clear(&p.via).unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    let (ok, failed, _) = w.stop();
+    assert_eq!(
+        failed, 0,
+        "under Sync, client writes succeed while the secondary fails"
+    );
+    assert!(ok > 0);
+    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    p.assert_equal();
+    let st = rel.status();
+    assert!(st.resynced_bytes > 0);
+    relationship::delete(rel.name()).unwrap();
+}
+
+#[test]
+fn strict_sync_fails_writes_while_out_of_sync_and_recovers() {
+    let p = pair(true);
+    let rel = p.relationship(Policy::StrictSync);
+    rel.start().unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(60));
+    error::set_fault(&p.via, Fault::every(Action::Fail, IoTypes::WRITES)).unwrap();
+    // The write that finds the secondary failing fails, and so do the writes after it.
+    let r = p.rig.write(0, &p.primary, 7, vec![1; 4096]);
+    assert_eq!(r, Err(IoError::Device(crate::bdev::Errno(libc::ENOLINK))));
+    wait_for(&rel, State::OutOfSync, Duration::from_secs(10));
+    let r = p.rig.write(1, &p.primary, 9, vec![2; 4096]);
+    assert_eq!(r, Err(IoError::Device(crate::bdev::Errno(libc::ENOLINK))));
+    assert!(rel.splitter().totals().refused >= 1);
+    error::clear(&p.via).unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    p.rig.write(0, &p.primary, 11, vec![3; 4096]).unwrap();
+    p.assert_equal();
+    relationship::delete(rel.name()).unwrap();
+}
+
+#[test]
+fn quiesce_takes_a_common_snapshot_under_writes_and_resume_drains_what_came_after() {
+    let p = pair(false);
+    fill(&p, 5);
+    let rel = p.relationship(Policy::Sync);
+    rel.start().unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(60));
+    let w = Writer::start(&p.rig, &p.primary, 6);
+    std::thread::sleep(Duration::from_millis(100));
+    rel.quiesce().unwrap();
+    assert_eq!(rel.state(), State::Quiesced);
+    let snap = rel
+        .status()
+        .last_common_snapshot
+        .expect("a common snapshot");
+    std::thread::sleep(Duration::from_millis(100));
+    // Both sides' snapshots are the same image.
+    let (ps, ss) = (
+        p.primary.split('/').next().unwrap().to_owned(),
+        p.secondary.split('/').next().unwrap().to_owned(),
+    );
+    for at in (0..BLOCKS).step_by(512) {
+        assert_eq!(
+            p.rig.read(0, &format!("{ps}/{snap}"), at, 512),
+            p.rig.read(1, &format!("{ss}/{snap}"), at, 512),
+            "the common snapshot differs at block {at}"
+        );
+    }
+    rel.resume().unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    let (_, failed, _) = w.stop();
+    assert_eq!(failed, 0);
+    p.assert_equal();
+    assert!(rel.status().max_pause_us > 0);
+    relationship::delete(rel.name()).unwrap();
+}
