@@ -217,7 +217,10 @@ fn main() {
         write_spread(0);
         s.snapshot("base", None).unwrap();
         write_spread(1);
-        assert_eq!(s.block_diff("base", None, "v").unwrap().runs.len(), 1000);
+        assert_eq!(
+            s.block_diff(Some("base"), None, "v").unwrap().runs.len(),
+            1000
+        );
         stores.push((label, s));
     }
     let mut g = c.benchmark_group("store_meta");
@@ -241,7 +244,12 @@ fn main() {
             })
         });
         g.bench_function(BenchmarkId::new("block_diff_1000", label), |b| {
-            b.iter(|| assert_eq!(s.block_diff("base", None, "v").unwrap().runs.len(), 1000))
+            b.iter(|| {
+                assert_eq!(
+                    s.block_diff(Some("base"), None, "v").unwrap().runs.len(),
+                    1000
+                )
+            })
         });
     }
     g.finish();

@@ -35,7 +35,10 @@ impl Daemon {
     pub fn spawn(args: &[&str]) -> Daemon {
         let mut child = Command::new(bin("tandemd"))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TANDEMD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -75,6 +78,14 @@ impl Daemon {
             "tandemd never logged {needle:?}; log:\n{}",
             self.log.join("\n")
         );
+    }
+
+    /// Everything logged so far (for a failing test's message).
+    pub fn log_so_far(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        self.log.join("\n")
     }
 
     pub fn signal(&self, sig: i32) {
@@ -129,6 +140,7 @@ pub fn run_tandemd(args: &[&str]) -> (Option<i32>, String) {
 }
 
 pub mod nvme_tcp;
+pub mod proxy;
 
 /// A TCP port on 127.0.0.1 that nothing listens on now.
 pub fn free_port() -> u16 {

@@ -289,7 +289,7 @@ impl Copier {
             let mut sgl = Sgl::new();
             if sgl.push(buf, 0, len as usize).is_err() {
                 drop(c);
-                Copier::end(this, off, len, region, false, None);
+                Copier::end(this, len, region, false, None);
                 return;
             }
             c.in_flight += 1;
@@ -302,14 +302,14 @@ impl Copier {
         });
         if let Err((e, sgl)) = read {
             tracing::warn!("replication copy: read at {off}: {e}");
-            Copier::end(this, off, len, region, false, Some(sgl));
+            Copier::end(this, len, region, false, Some(sgl));
         }
     }
 
     fn read_done(this: &Rc<RefCell<Copier>>, off: u64, len: u64, region: Option<u64>, d: IoDone) {
         if let Err(e) = d.status {
             tracing::warn!("replication copy: read at {off}: {e}");
-            return Copier::end(this, off, len, region, false, Some(d.sgl));
+            return Copier::end(this, len, region, false, Some(d.sgl));
         }
         let bs = this.borrow().block_size;
         let held = Rc::clone(this);
@@ -317,23 +317,18 @@ impl Copier {
             .borrow()
             .dst
             .write(off / bs, len / bs, d.sgl, move |d: IoDone| {
-                let ok = d.status.is_ok();
-                Copier::end(&held, off, len, region, ok, Some(d.sgl))
+                if let Err(e) = &d.status {
+                    tracing::debug!("replication copy: write at {off}: {e}");
+                }
+                Copier::end(&held, len, region, d.status.is_ok(), Some(d.sgl))
             });
         if let Err((e, sgl)) = write {
             tracing::warn!("replication copy: write at {off}: {e}");
-            Copier::end(this, off, len, region, false, Some(sgl));
+            Copier::end(this, len, region, false, Some(sgl));
         }
     }
 
-    fn end(
-        this: &Rc<RefCell<Copier>>,
-        off: u64,
-        len: u64,
-        region: Option<u64>,
-        ok: bool,
-        sgl: Option<Sgl>,
-    ) {
+    fn end(this: &Rc<RefCell<Copier>>, len: u64, region: Option<u64>, ok: bool, sgl: Option<Sgl>) {
         let mut c = this.borrow_mut();
         if let Some(sgl) = sgl {
             for b in sgl.into_bufs() {
@@ -346,7 +341,6 @@ impl Copier {
         if ok {
             c.progress.done.fetch_add(len, Ordering::SeqCst);
         } else {
-            tracing::debug!("replication copy of [{off}, +{len}) failed");
             c.progress.errors.fetch_add(1, Ordering::SeqCst);
         }
         match (&c.work, region) {

@@ -134,7 +134,43 @@ enum Command {
     Stop,
 }
 
-type Reply = Sender<Result<(), String>>;
+type Reply = Sender<Result<(), Error>>;
+
+/// Why a relationship operation was refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Exists(String),
+    /// A parameter or the configuration is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The operation does not apply in the relationship's state.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Error {
+    /// The negative errno a C caller (and a JSON-RPC error code) carries.
+    pub fn errno(&self) -> i32 {
+        -match self {
+            Error::NotFound(_) => libc::ENOENT,
+            Error::Exists(_) => libc::EEXIST,
+            Error::Invalid(_) => libc::EINVAL,
+            Error::Refused(_) => libc::EPERM,
+            Error::Failed(_) => libc::EIO,
+        }
+    }
+}
+
+impl From<String> for Error {
+    fn from(s: String) -> Error {
+        Error::Failed(s)
+    }
+}
 
 pub struct Relationship {
     cfg: Config,
@@ -174,41 +210,45 @@ pub fn create(
     cfg: Config,
     messenger: Messenger,
     owner: ReactorId,
-) -> Result<Arc<Relationship>, String> {
+) -> Result<Arc<Relationship>, Error> {
     if cfg.name.is_empty() || cfg.name.len() > 64 || cfg.name.contains(['/', '\0', '.']) {
-        return Err(format!(
+        return Err(Error::Invalid(format!(
             "{:?}: a relationship's name is 1 to 64 bytes without '/', '.' or NUL",
             cfg.name
-        ));
+        )));
     }
     if registry().contains_key(&cfg.name) {
-        return Err(format!("a relationship named {:?} exists", cfg.name));
+        return Err(Error::Exists(format!(
+            "a relationship named {:?} exists",
+            cfg.name
+        )));
     }
     if registry().values().any(|r| r.cfg.primary == cfg.primary) {
-        return Err(format!("{} is already a primary", cfg.primary));
+        return Err(Error::Exists(format!(
+            "{} is already the primary of a relationship",
+            cfg.primary
+        )));
     }
-    let (store_name, _) = split_lvol(&cfg.primary)?;
-    let store = Store::find(store_name).map_err(|e| e.to_string())?;
-    split_lvol(&cfg.secondary_volume)?;
-    let primary =
-        bdev::get(&cfg.primary).ok_or_else(|| format!("no bdev named {:?}", cfg.primary))?;
-    if primary.product_name() != "Logical Volume"
-        && !store
-            .volumes()
-            .map_err(|e| e.to_string())?
-            .iter()
-            .any(|v| format!("{}/{}", store.name(), v.name) == cfg.primary)
+    let (store_name, volume) = split_lvol(&cfg.primary).map_err(Error::Invalid)?;
+    split_lvol(&cfg.secondary_volume).map_err(Error::Invalid)?;
+    let store = Store::find(store_name).map_err(|e| Error::NotFound(e.to_string()))?;
+    if !store
+        .volumes()
+        .map_err(|e| Error::Failed(e.to_string()))?
+        .iter()
+        .any(|v| v.name == volume)
     {
-        return Err(format!(
-            "{} is not a volume of store {}",
-            cfg.primary,
-            store.name()
-        ));
+        return Err(Error::NotFound(format!(
+            "no volume {volume:?} in store {store_name}"
+        )));
     }
-    let secondary: Desc = bdev::open(&cfg.secondary_bdev, true, None).map_err(|e| e.to_string())?;
+    let primary = bdev::get(&cfg.primary)
+        .ok_or_else(|| Error::NotFound(format!("no bdev named {:?}", cfg.primary)))?;
+    let secondary: Desc =
+        bdev::open(&cfg.secondary_bdev, true, None).map_err(|e| Error::NotFound(e.to_string()))?;
     let sb = secondary.bdev();
     if sb.block_size() != primary.block_size() || sb.size_bytes() < primary.size_bytes() {
-        return Err(format!(
+        return Err(Error::Invalid(format!(
             "the secondary {} ({} blocks of {} bytes) cannot hold the primary {} ({} blocks of {} bytes)",
             sb.name(),
             sb.num_blocks(),
@@ -216,9 +256,15 @@ pub fn create(
             primary.name(),
             primary.num_blocks(),
             primary.block_size()
-        ));
+        )));
     }
-    let drl = Arc::new(Drl::new(primary.size_bytes(), cfg.region_size)?);
+    if cfg.copy.depth == 0 || cfg.copy.depth > 64 {
+        return Err(Error::Invalid(format!(
+            "copy depth {}: 1 to 64",
+            cfg.copy.depth
+        )));
+    }
+    let drl = Arc::new(Drl::new(primary.size_bytes(), cfg.region_size).map_err(Error::Invalid)?);
     // The log is kept in memory for now: every region counts as on disk.
     drl.flushed(&vec![!0u64; (drl.regions().div_ceil(64)) as usize]);
     let splitter = Arc::new(Splitter::new(
@@ -259,7 +305,7 @@ pub fn create(
     let handle = std::thread::Builder::new()
         .name(format!("repl-{}", cfg.name))
         .spawn(move || d.run(rx))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Error::Failed(e.to_string()))?;
     *lock(&rel.driver) = Some(handle);
     registry().insert(cfg.name.clone(), Arc::clone(&rel));
     Ok(rel)
@@ -277,10 +323,10 @@ pub fn list() -> Vec<Arc<Relationship>> {
 
 /// Stop the relationship's driver, take the splitter off the primary, and forget it. The
 /// secondary keeps its last consistent image; the primary's replication snapshots go.
-pub fn delete(name: &str) -> Result<(), String> {
+pub fn delete(name: &str) -> Result<(), Error> {
     let rel = registry()
         .remove(name)
-        .ok_or_else(|| format!("no relationship named {name:?}"))?;
+        .ok_or_else(|| Error::NotFound(format!("no relationship named {name:?}")))?;
     let r = rel.command(Command::Stop);
     if let Some(h) = lock(&rel.driver).take() {
         let _ = h.join();
@@ -310,30 +356,29 @@ impl Relationship {
         lock(&self.status).clone()
     }
 
-    fn command(&self, c: Command) -> Result<(), String> {
-        let tx = lock(&self.commands)
-            .clone()
-            .ok_or_else(|| format!("relationship {:?} is deleted", self.cfg.name))?;
+    fn command(&self, c: Command) -> Result<(), Error> {
+        let gone = || Error::NotFound(format!("relationship {:?} is deleted", self.cfg.name));
+        let tx = lock(&self.commands).clone().ok_or_else(gone)?;
         let (rtx, rrx) = mpsc::channel();
-        tx.send((c, rtx))
-            .map_err(|_| format!("relationship {:?} has stopped", self.cfg.name))?;
-        rrx.recv_timeout(Duration::from_secs(120))
-            .map_err(|_| format!("relationship {:?} did not answer", self.cfg.name))?
+        tx.send((c, rtx)).map_err(|_| gone())?;
+        rrx.recv_timeout(Duration::from_secs(120)).map_err(|_| {
+            Error::Failed(format!("relationship {:?} did not answer", self.cfg.name))
+        })?
     }
 
-    pub fn start(&self) -> Result<(), String> {
+    pub fn start(&self) -> Result<(), Error> {
         self.command(Command::Start)
     }
-    pub fn quiesce(&self) -> Result<(), String> {
+    pub fn quiesce(&self) -> Result<(), Error> {
         self.command(Command::Quiesce)
     }
-    pub fn resume(&self) -> Result<(), String> {
+    pub fn resume(&self) -> Result<(), Error> {
         self.command(Command::Resume)
     }
-    pub fn break_off(&self) -> Result<(), String> {
+    pub fn break_off(&self) -> Result<(), Error> {
         self.command(Command::Break)
     }
-    pub fn resync(&self) -> Result<(), String> {
+    pub fn resync(&self) -> Result<(), Error> {
         self.command(Command::Resync)
     }
 
@@ -463,7 +508,7 @@ impl Driver {
         loop {
             match rx.recv_timeout(TICK) {
                 Ok((Command::Stop, reply)) => {
-                    let _ = reply.send(self.stop());
+                    let _ = reply.send(self.stop().map_err(Error::Failed));
                     return;
                 }
                 Ok((c, reply)) => {
@@ -513,44 +558,53 @@ impl Driver {
         }
     }
 
-    fn command(&mut self, c: Command) -> Result<(), String> {
+    /// A transition the state machine refuses, as the caller sees it.
+    fn check(&self, e: Event) -> Result<(), Error> {
+        super::state::next(self.machine.state(), e)
+            .map(|_| ())
+            .map_err(Error::Refused)
+    }
+
+    fn command(&mut self, c: Command) -> Result<(), Error> {
         match c {
             Command::Start => {
-                super::state::next(self.machine.state(), Event::Start)?;
+                self.check(Event::Start)?;
                 self.rel
                     .primary_bdev
                     .set_tap(Some(Arc::new(SplitTap(Arc::clone(&self.rel.splitter)))))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Error::Failed(e.to_string()))?;
                 self.apply(Event::Start)?;
                 self.begin_phase();
                 Ok(())
             }
             Command::Quiesce => {
-                super::state::next(self.machine.state(), Event::Quiesce)?;
-                self.quiesce()
+                self.check(Event::Quiesce)?;
+                Ok(self.quiesce()?)
             }
             Command::Resume => {
+                self.check(Event::Resume)?;
                 self.apply(Event::Resume)?;
                 self.begin_phase();
                 Ok(())
             }
             Command::Break => {
+                self.check(Event::Break)?;
                 self.apply(Event::Break)?;
                 Ok(())
             }
-            Command::Resync => match self.machine.state() {
-                State::OutOfSync => {
-                    self.apply(Event::Resync)?;
-                    self.begin_phase();
-                    Ok(())
+            Command::Resync => {
+                self.check(Event::Resync)?;
+                if self.machine.state() == State::Broken {
+                    return Err(Error::Refused(
+                        "resync after a break (rolling the secondary back to the common snapshot) is not built yet"
+                            .into(),
+                    ));
                 }
-                State::Broken => Err(
-                    "resync after a break (rolling the secondary back to the common snapshot) is not built yet"
-                        .into(),
-                ),
-                s => super::state::next(s, Event::Resync).map(|_| ()),
-            },
-            Command::Stop => self.stop(),
+                self.apply(Event::Resync)?;
+                self.begin_phase();
+                Ok(())
+            }
+            Command::Stop => Ok(self.stop()?),
         }
     }
 

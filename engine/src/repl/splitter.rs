@@ -131,6 +131,16 @@ impl Splitter {
         self.secondary_failed.store(true, Ordering::SeqCst);
     }
 
+    /// Say why the secondary failed a write, once per episode (the flag is still clear).
+    fn log_secondary_failure(&self, e: &dyn std::fmt::Display) {
+        if !self.secondary_failed.load(Ordering::SeqCst) {
+            tracing::warn!(
+                relationship = self.name,
+                "the secondary failed a write: {e}"
+            );
+        }
+    }
+
     /// Hold new writes (a barrier, for a snapshot common to both sides): each waits in its
     /// reactor's channel. The caller then waits for [`SplitTotals::in_flight`] to reach 0
     /// (a writer counts itself started before it looks at the barrier, so none slips by).
@@ -425,7 +435,12 @@ impl Inner {
         copy: Option<Sgl>,
     ) {
         let held = Rc::clone(self);
-        let cb = move |d: IoDone| Inner::secondary_done(&held, slot, d.status.is_ok());
+        let cb = move |d: IoDone| {
+            if let Err(e) = &d.status {
+                held.sp.log_secondary_failure(e);
+            }
+            Inner::secondary_done(&held, slot, d.status.is_ok())
+        };
         let sec = &self.secondary;
         let sent = match io_type {
             IoType::Write => match copy {
@@ -524,7 +539,10 @@ impl Inner {
             .finished
             .fetch_add(1, Ordering::SeqCst);
         let status = match op.primary {
-            Err(e) => Err(e),
+            Err(e) => {
+                tracing::debug!(relationship = sp.name(), "the primary failed a write: {e}");
+                Err(e)
+            }
             Ok(())
                 if op.route == Route::Both
                     && !op.secondary_ok

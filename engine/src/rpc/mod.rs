@@ -16,6 +16,7 @@ mod bdev_methods;
 pub mod client;
 mod nvmf_methods;
 mod params;
+mod repl_methods;
 mod server;
 mod store_methods;
 mod store_ns_methods;
@@ -136,6 +137,14 @@ const METHODS: &[(&str, Method)] = &[
     ("store_clone_file", store_ns_methods::clone_file),
     ("store_clone_range", store_ns_methods::clone_range),
     ("store_diff", store_ns_methods::diff),
+    ("repl_create", repl_methods::create),
+    ("repl_start", repl_methods::start),
+    ("repl_get", repl_methods::get),
+    ("repl_quiesce", repl_methods::quiesce),
+    ("repl_resume", repl_methods::resume),
+    ("repl_break", repl_methods::break_off),
+    ("repl_resync", repl_methods::resync),
+    ("repl_delete", repl_methods::delete),
     ("nvmf_create_transport", nvmf_methods::create_transport),
     ("nvmf_get_transports", nvmf_methods::get_transports),
     ("nvmf_create_subsystem", nvmf_methods::create_subsystem),

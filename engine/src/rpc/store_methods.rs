@@ -25,7 +25,7 @@ impl From<store::Error> for RpcError {
 }
 
 /// The engine the stores run on, and the reactor that owns new ones (the first).
-fn engine() -> Result<(Messenger, ReactorId), RpcError> {
+pub(super) fn engine() -> Result<(Messenger, ReactorId), RpcError> {
     let m = crate::nvmf::target::messenger()
         .ok_or_else(|| RpcError::new(-(libc::ENODEV as i64), "no engine is running"))?;
     let owner = *m

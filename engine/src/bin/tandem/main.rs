@@ -1,9 +1,12 @@
 //! tandem: the command-line tool. `tandem rpc` calls a running tandemd's JSON-RPC methods;
-//! `tandem perf` drives any NVMe/TCP target, as spdk_nvme_perf does.
+//! `tandem perf` drives any NVMe/TCP target, as spdk_nvme_perf does; `tandem repl` drives
+//! replication relationships; `tandem store` works on a store no tandemd has loaded.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod repl;
 use tandem::reactor::CoreMask;
 
 #[derive(Parser, Debug)]
@@ -75,6 +78,14 @@ enum Command {
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+    /// Replication relationships of a running tandemd.
+    Repl {
+        /// tandemd's RPC socket.
+        #[arg(short = 's', long = "socket", default_value = "/var/tmp/tandem.sock")]
+        socket: std::path::PathBuf,
+        #[command(subcommand)]
+        command: repl::ReplCommand,
     },
 }
 
@@ -261,6 +272,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Store { command } => store(command),
+        Command::Repl { socket, command } => repl::run(&socket, command),
         Command::Cores { mask } => {
             match CoreMask::parse(&mask).and_then(|m| m.check_present().map(|()| m)) {
                 Ok(m) => {

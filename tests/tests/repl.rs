@@ -1,0 +1,411 @@
+//! Synchronous replication between two real tandemd processes on loopback.
+//!
+//! The primary serves a volume of its store over NVMe/TCP and reaches the secondary's volume
+//! through an `nvmf` bdev (directly, or through a proxy whose connections the test cuts); the
+//! secondary keeps its store in a file (io_uring), so that it survives `kill -9`. A client
+//! (`tandem perf --verify`: every write read back and checked) never stops while the pair
+//! establishes and while faults hit it; each test ends with both volumes read over NVMe/TCP
+//! and compared byte for byte.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tandem_tests::nvme_tcp::{Host, HOSTNQN};
+use tandem_tests::proxy::Proxy;
+use tandem_tests::{bin, free_port, rpc, start_bare, Daemon};
+
+const NQN_P: &str = "nqn.2016-06.io.tandem:repl-primary";
+const NQN_S: &str = "nqn.2016-06.io.tandem:repl-secondary";
+const VOL_MIB: u64 = 32;
+/// Room for the volume and a snapshot of all of it (the last common snapshot pins what the
+/// client overwrites since), and metadata.
+const STORE_MIB: u64 = 3 * VOL_MIB;
+
+fn sock(tag: &str) -> String {
+    format!("/tmp/tandem-repl-{}-{tag}.sock", std::process::id())
+}
+
+fn ok(sock: &str, method: &str, params: Value) -> Value {
+    rpc(sock, method, params.clone()).unwrap_or_else(|e| panic!("{method} {params}: {e:?}"))
+}
+
+fn export(sock: &str, nqn: &str, bdev: &str, port: u16) {
+    ok(sock, "nvmf_create_transport", json!({"trtype": "TCP"}));
+    ok(
+        sock,
+        "nvmf_create_subsystem",
+        json!({"nqn": nqn, "allow_any_host": true}),
+    );
+    ok(
+        sock,
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": nqn, "namespace": {"bdev_name": bdev}}),
+    );
+    ok(
+        sock,
+        "nvmf_subsystem_add_listener",
+        json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
+               "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
+    );
+}
+
+/// The secondary: a tandemd whose store lives in a file, exporting its volume (through an
+/// error bdev when asked).
+struct Secondary {
+    daemon: Option<Daemon>,
+    sock: String,
+    port: u16,
+    file: PathBuf,
+    error_bdev: bool,
+}
+
+impl Secondary {
+    fn start(tag: &str, error_bdev: bool) -> Secondary {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let file = dir.join(format!("repl-{}-{tag}.img", std::process::id()));
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(STORE_MIB << 20)
+            .unwrap();
+        let mut s = Secondary {
+            daemon: None,
+            sock: sock(&format!("{tag}-s")),
+            port: free_port(),
+            file,
+            error_bdev,
+        };
+        s.serve(true);
+        s
+    }
+
+    /// Start tandemd, open the file (a store in it loads by itself), and export the volume.
+    fn serve(&mut self, fresh: bool) {
+        let _ = std::fs::remove_file(&self.sock);
+        self.daemon = Some(start_bare(&self.sock, &[]));
+        let s = &self.sock;
+        ok(
+            s,
+            "bdev_uring_create",
+            json!({"filename": self.file.to_str().unwrap(), "name": "uring0", "block_size": 4096}),
+        );
+        if fresh {
+            ok(
+                s,
+                "bdev_lvol_create_lvstore",
+                json!({"bdev_name": "uring0", "lvs_name": "lvs1", "cluster_sz": 65536}),
+            );
+            ok(
+                s,
+                "bdev_lvol_create",
+                json!({"lvs_name": "lvs1", "lvol_name": "vol", "size_in_mib": VOL_MIB}),
+            );
+        }
+        let exported = if self.error_bdev {
+            ok(s, "bdev_error_create", json!({"base_name": "lvs1/vol"}));
+            "EE_lvs1/vol"
+        } else {
+            "lvs1/vol"
+        };
+        export(s, NQN_S, exported, self.port);
+    }
+
+    fn kill(&mut self) {
+        let mut d = self.daemon.take().expect("a running secondary");
+        d.signal(libc::SIGKILL);
+        d.wait_exit(Duration::from_secs(10));
+    }
+}
+
+impl Drop for Secondary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// The primary: a volume in a RAM store, exported, and the secondary attached as `secn1`
+/// through `sec_port`.
+struct Primary {
+    daemon: Daemon,
+    sock: String,
+    port: u16,
+}
+
+fn primary(tag: &str, sec_port: u16) -> Primary {
+    let s = sock(&format!("{tag}-p"));
+    let daemon = start_bare(&s, &[]);
+    ok(
+        &s,
+        "bdev_malloc_create",
+        json!({"name": "m0", "num_blocks": (STORE_MIB << 20) / 4096, "block_size": 4096}),
+    );
+    ok(
+        &s,
+        "bdev_lvol_create_lvstore",
+        json!({"bdev_name": "m0", "lvs_name": "lvs0", "cluster_sz": 65536}),
+    );
+    ok(
+        &s,
+        "bdev_lvol_create",
+        json!({"lvs_name": "lvs0", "lvol_name": "vol", "size_in_mib": VOL_MIB}),
+    );
+    let port = free_port();
+    export(&s, NQN_P, "lvs0/vol", port);
+    let names = ok(
+        &s,
+        "bdev_nvme_attach_controller",
+        json!({"name": "sec", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+               "trsvcid": sec_port.to_string(), "subnqn": NQN_S, "reconnect_delay_sec": 1}),
+    );
+    assert_eq!(names, json!(["secn1"]));
+    Primary {
+        daemon,
+        sock: s,
+        port,
+    }
+}
+
+impl Primary {
+    fn create(&self, name: &str, sec: &Secondary, policy: &str) -> Value {
+        ok(
+            &self.sock,
+            "repl_create",
+            json!({"name": name, "primary": "lvs0/vol", "secondary_bdev": "secn1",
+                   "secondary_volume": "lvs1/vol", "secondary_rpc": sec.sock,
+                   "policy": policy}),
+        )
+    }
+
+    fn get(&self, name: &str) -> Value {
+        ok(&self.sock, "repl_get", json!({"name": name}))
+    }
+
+    fn wait_state(&self, name: &str, want: &str, within: Duration) -> Value {
+        let t = Instant::now();
+        loop {
+            let v = self.get(name);
+            if v["state"] == want {
+                return v;
+            }
+            assert!(t.elapsed() < within, "not {want} after {within:?}: {v}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `tandem perf --verify` against the primary's volume, in the background.
+fn perf(port: u16, secs: u32) -> Child {
+    let cores = tandem::reactor::available_cores();
+    Command::new(bin("tandem"))
+        .args([
+            "perf",
+            "-r",
+            &format!("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{NQN_P}"),
+            "-c",
+            &format!("[{}]", cores[cores.len() - 1]),
+            "--mode",
+            "adaptive",
+            "--json",
+            "-q",
+            "8",
+            "-o",
+            "4096",
+            "-w",
+            "randwrite",
+            "--verify",
+            "-t",
+            &secs.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tandem perf")
+}
+
+/// Wait for perf: its report's totals, after checking that no I/O failed and every block
+/// read back what was written.
+fn perf_report(child: Child, primary: &mut Daemon) -> Value {
+    let out = child.wait_with_output().expect("perf ends");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let total = report["total"].clone();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "perf: {report} {}\nthe primary's log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        primary.log_so_far()
+    );
+    assert_eq!(total["errors"], 0, "{report}");
+    assert_eq!(total["verify_mismatches"], 0, "{report}");
+    assert!(total["ios"].as_u64().unwrap() > 100, "{report}");
+    total
+}
+
+/// Every byte of the namespace `nqn` serves on `port`.
+fn read_all(port: u16, nqn: &str) -> Vec<u8> {
+    let mut admin = Host::new(port, false, false);
+    let cntlid = admin.admin(nqn, 30_000);
+    let mut io = Host::new(port, false, false);
+    let c = io.connect(nqn, HOSTNQN, 1, cntlid, 0);
+    assert!(c.status().is_success(), "I/O connect to {nqn}");
+    let chunk = 128 << 10;
+    let mut out = Vec::with_capacity((VOL_MIB << 20) as usize);
+    for i in 0..(VOL_MIB << 20) / chunk {
+        let d = io.read(1, i * chunk / 4096, 4096, chunk as usize);
+        assert!(d.status().is_success(), "read {nqn} at {}", i * chunk);
+        out.extend_from_slice(&d.data);
+    }
+    out
+}
+
+fn assert_equal(p: &Primary, s: &Secondary) {
+    let a = read_all(p.port, NQN_P);
+    let b = read_all(s.port, NQN_S);
+    assert_eq!(a.len(), b.len());
+    if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
+        panic!("primary and secondary differ at byte {i}");
+    }
+    assert!(a.iter().any(|&x| x != 0), "the client wrote something");
+}
+
+#[test]
+fn establishing_under_verified_load_never_disrupts_the_client() {
+    let sec = Secondary::start("est", false);
+    let mut p = primary("est", sec.port);
+    let made = p.create("r1", &sec, "sync");
+    assert_eq!(made["state"], "uninitialized");
+    let load = perf(p.port, 12);
+    std::thread::sleep(Duration::from_millis(1500));
+    // The CLI starts it and shows the progress until the pair is in sync.
+    let out = Command::new(bin("tandem"))
+        .args([
+            "repl",
+            "-s",
+            &p.sock,
+            "start",
+            "r1",
+            "--wait",
+            "--timeout",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tandem repl start --wait: {err}");
+    assert!(err.contains("in_sync"), "{err}");
+    let v = p.get("r1");
+    assert_eq!(v["state"], "in_sync", "{v}");
+    let transfers = v["transfers"].as_array().unwrap();
+    assert!(transfers.len() >= 2, "a baseline and incrementals: {v}");
+    assert!(
+        transfers[0].as_u64().unwrap() > 0,
+        "the baseline carried data: {v}"
+    );
+    let total = perf_report(load, &mut p.daemon);
+    let v = p.get("r1");
+    assert_eq!(v["state"], "in_sync", "{v}");
+    assert!(v["counters"]["split_writes"].as_u64().unwrap() > 0, "{v}");
+    println!(
+        "establishing under load: {} I/Os, 0 errors; longest I/O {} us; transfers {:?}",
+        total["ios"], total["latency_us"]["max"], v["transfers"]
+    );
+    assert_equal(&p, &sec);
+    // Quiesce gives a snapshot both sides hold; the state is reported through the CLI too.
+    let q = ok(&p.sock, "repl_quiesce", json!({"name": "r1"}));
+    let snap = q["common_snapshot"].as_str().unwrap().to_owned();
+    let list = ok(
+        &sec.sock,
+        "store_snapshot_list",
+        json!({"lvs_name": "lvs1"}),
+    );
+    assert!(
+        list.as_array().unwrap().iter().any(|s| s["name"] == snap),
+        "{list}"
+    );
+    let out = Command::new(bin("tandem"))
+        .args(["repl", "-s", &p.sock, "get", "r1"])
+        .output()
+        .unwrap();
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["state"], "quiesced");
+    assert_eq!(got["last_common_snapshot"], json!(snap));
+    // Refusals are JSON-RPC errors, not panics.
+    let e = rpc(&p.sock, "repl_quiesce", json!({"name": "r1"})).unwrap_err();
+    assert_eq!(e.0, -(libc::EPERM as i64), "{e:?}");
+    let e = rpc(&p.sock, "repl_get", json!({"name": "nope"})).unwrap_err();
+    assert_eq!(e.0, -(libc::ENOENT as i64), "{e:?}");
+    let e = rpc(
+        &p.sock,
+        "repl_create",
+        json!({"name": "r2", "primary": "lvs0/vol", "secondary_bdev": "secn1",
+               "secondary_volume": "lvs1/vol"}),
+    )
+    .unwrap_err();
+    assert_eq!(e.0, -(libc::EEXIST as i64), "{e:?}");
+    ok(&p.sock, "repl_resume", json!({"name": "r1"}));
+    p.wait_state("r1", "in_sync", Duration::from_secs(30));
+    ok(&p.sock, "repl_delete", json!({"name": "r1"}));
+    assert_eq!(ok(&p.sock, "repl_get", json!({})), json!([]));
+}
+
+#[test]
+fn cuts_failing_writes_and_a_killed_secondary_end_in_sync_and_equal() {
+    let mut sec = Secondary::start("faults", true);
+    let proxy = Proxy::start(sec.port);
+    let mut p = primary("faults", proxy.port);
+    p.create("r1", &sec, "sync");
+    ok(&p.sock, "repl_start", json!({"name": "r1"}));
+    p.wait_state("r1", "in_sync", Duration::from_secs(60));
+    let load = perf(p.port, 25);
+    std::thread::sleep(Duration::from_millis(500));
+    let out_of_sync = |v: &Value| v["entered"]["out_of_sync"].as_u64().unwrap();
+
+    // The link cut again and again.
+    for _ in 0..4 {
+        proxy.cut();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let v = p.wait_state("r1", "in_sync", Duration::from_secs(30));
+    assert!(
+        out_of_sync(&v) >= 1,
+        "the cuts took the pair out of sync: {v}"
+    );
+    let before = out_of_sync(&v);
+
+    // The secondary's device fails writes.
+    ok(
+        &sec.sock,
+        "bdev_error_inject_error",
+        json!({"name": "EE_lvs1/vol", "io_type": "write", "error_type": "failure", "num": 50}),
+    );
+    let v = p.wait_state("r1", "out_of_sync", Duration::from_secs(10));
+    assert!(
+        v["counters"]["secondary_errors"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    let v = p.wait_state("r1", "in_sync", Duration::from_secs(30));
+    assert!(out_of_sync(&v) > before, "{v}");
+    let before = out_of_sync(&v);
+
+    // The secondary killed and restarted: its store comes back from its file.
+    sec.kill();
+    let v = p.wait_state("r1", "out_of_sync", Duration::from_secs(10));
+    assert!(
+        v["dirty_bytes"].as_u64().unwrap() > 0
+            || v["counters"]["primary_only_writes"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    sec.serve(false);
+    let v = p.wait_state("r1", "in_sync", Duration::from_secs(60));
+    assert!(out_of_sync(&v) > before, "{v}");
+    let resynced = v["resynced_bytes"].as_u64().unwrap();
+    let total = perf_report(load, &mut p.daemon);
+    println!(
+        "faults under load: {} I/Os, 0 errors; longest I/O {} us; {} bytes resynced; {} out-of-sync episodes",
+        total["ios"], total["latency_us"]["max"], resynced, out_of_sync(&v)
+    );
+    p.wait_state("r1", "in_sync", Duration::from_secs(30));
+    assert_equal(&p, &sec);
+}
