@@ -10,8 +10,16 @@ use std::path::Path;
 use serde_json::Value;
 
 /// Subsystems whose sections tandemd understands (SPDK's names).
-pub const KNOWN_SUBSYSTEMS: &[&str] =
-    &["bdev", "nvmf", "iobuf", "accel", "sock", "vmd", "scheduler"];
+pub const KNOWN_SUBSYSTEMS: &[&str] = &[
+    "bdev",
+    "repl",
+    "nvmf",
+    "iobuf",
+    "accel",
+    "sock",
+    "vmd",
+    "scheduler",
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigCall {

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tandem_tests::nvme_tcp::{Host, HOSTNQN};
+use tandem_tests::nvme_tcp::{rw_sqe, Host, HOSTNQN};
 use tandem_tests::proxy::Proxy;
 use tandem_tests::{bin, free_port, rpc, start_bare, Daemon};
 
@@ -408,4 +408,246 @@ fn cuts_failing_writes_and_a_killed_secondary_end_in_sync_and_equal() {
     );
     p.wait_state("r1", "in_sync", Duration::from_secs(30));
     assert_equal(&p, &sec);
+}
+
+/// A client of its own: one write at a time over NVMe/TCP to the primary, each block stamped
+/// with the write's number, remembering the last acknowledged write of each block and the one
+/// in flight when the connection died.
+struct Stamper {
+    io: Host,
+    seq: u64,
+    acked: std::collections::HashMap<u64, u64>,
+    in_flight: Option<(u64, u64)>,
+}
+
+fn stamp(block: u64, seq: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    for (i, c) in b.chunks_mut(16).enumerate() {
+        c[..8].copy_from_slice(&block.to_le_bytes());
+        c[8..].copy_from_slice(&(seq ^ i as u64).to_le_bytes());
+    }
+    b
+}
+
+impl Stamper {
+    fn connect(port: u16) -> Stamper {
+        let mut admin = Host::new(port, false, false);
+        let cntlid = admin.admin(NQN_P, 0);
+        let mut io = Host::new(port, false, false);
+        assert!(io
+            .connect(NQN_P, HOSTNQN, 1, cntlid, 0)
+            .status()
+            .is_success());
+        std::mem::forget(admin);
+        Stamper {
+            io,
+            seq: 0,
+            acked: Default::default(),
+            in_flight: None,
+        }
+    }
+
+    /// Write `n` blocks at random in `[first, first + blocks)`; false once the target is gone.
+    fn write(&mut self, first: u64, blocks: u64, n: u64, seed: &mut u64) -> bool {
+        for _ in 0..n {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let block = first + (*seed >> 33) % blocks;
+            self.seq += 1;
+            self.in_flight = Some((block, self.seq));
+            let sqe = rw_sqe(tandem::nvme::io::WRITE, 1, block, 1);
+            let d = match self.io.0.run(sqe, &stamp(block, self.seq), 0) {
+                Ok(d) => d,
+                Err(_) => return false,
+            };
+            if !d.status().is_success() {
+                return false;
+            }
+            self.acked.insert(block, self.seq);
+            self.in_flight = None;
+        }
+        true
+    }
+
+    /// Every acknowledged write is in `image` (or the write in flight at the end replaced it).
+    fn check(&self, image: &[u8]) {
+        for (&block, &seq) in &self.acked {
+            let at = &image[(block * 4096) as usize..][..4096];
+            let later = self
+                .in_flight
+                .filter(|&(b, _)| b == block)
+                .map(|(b, s)| stamp(b, s));
+            assert!(
+                at == stamp(block, seq).as_slice() || later.as_deref() == Some(at),
+                "block {block}: the acknowledged write {seq} is not there"
+            );
+        }
+    }
+}
+
+/// A primary whose store lives in a file, so that it survives `kill -9`.
+fn file_primary(
+    tag: &str,
+    file: &std::path::Path,
+    sec_port: u16,
+    config: Option<&std::path::Path>,
+) -> Primary {
+    let s = sock(&format!("{tag}-p"));
+    let _ = std::fs::remove_file(&s);
+    if let Some(c) = config {
+        let daemon = start_bare(&s, &["-c", c.to_str().unwrap()]);
+        let subs = ok(&s, "nvmf_get_subsystems", json!({}));
+        let port = subs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["nqn"] == NQN_P)
+            .and_then(|x| x["listen_addresses"][0]["trsvcid"].as_str())
+            .expect("the primary's listener came back from its config")
+            .parse()
+            .unwrap();
+        return Primary {
+            daemon,
+            sock: s,
+            port,
+        };
+    }
+    let daemon = start_bare(&s, &[]);
+    ok(
+        &s,
+        "bdev_uring_create",
+        json!({"filename": file.to_str().unwrap(), "name": "upri", "block_size": 4096}),
+    );
+    ok(
+        &s,
+        "bdev_lvol_create_lvstore",
+        json!({"bdev_name": "upri", "lvs_name": "lvs0", "cluster_sz": 65536}),
+    );
+    ok(
+        &s,
+        "bdev_lvol_create",
+        json!({"lvs_name": "lvs0", "lvol_name": "vol", "size_in_mib": VOL_MIB}),
+    );
+    let port = free_port();
+    export(&s, NQN_P, "lvs0/vol", port);
+    ok(
+        &s,
+        "bdev_nvme_attach_controller",
+        json!({"name": "sec", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+               "trsvcid": sec_port.to_string(), "subnqn": NQN_S}),
+    );
+    Primary {
+        daemon,
+        sock: s,
+        port,
+    }
+}
+
+#[test]
+fn a_primary_killed_in_sync_and_while_resyncing_resumes_from_its_log() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let file = dir.join(format!("repl-{}-pkill-primary.img", std::process::id()));
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(STORE_MIB << 20)
+        .unwrap();
+    let config = dir.join(format!("repl-{}-pkill.json", std::process::id()));
+    let sec = Secondary::start("pkill", false);
+    let proxy = Proxy::start(sec.port);
+    let mut p = file_primary("pkill", &file, proxy.port, None);
+    ok(
+        &p.sock,
+        "repl_create",
+        json!({"name": "r1", "primary": "lvs0/vol", "secondary_bdev": "secn1",
+               "secondary_volume": "lvs1/vol", "secondary_rpc": sec.sock,
+               "rate_mib_per_sec": 1}),
+    );
+    ok(&p.sock, "repl_start", json!({"name": "r1"}));
+    p.wait_state("r1", "in_sync", Duration::from_secs(60));
+    let saved = ok(&p.sock, "save_config", json!({}));
+    std::fs::write(&config, saved.to_string()).unwrap();
+    let region = 256 << 10;
+    let mut seed = 7u64;
+
+    // 1. Killed in sync, in the middle of writes to the first 4 regions.
+    let mut w = Stamper::connect(p.port);
+    assert!(w.write(0, 4 * region / 4096, 300, &mut seed));
+    let killer = {
+        let pid = p.daemon.child.id() as i32;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: kill(2) on the primary's pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        })
+    };
+    while w.write(0, 4 * region / 4096, 50, &mut seed) {}
+    killer.join().unwrap();
+    p.daemon.wait_exit(Duration::from_secs(10));
+    let p2 = file_primary("pkill", &file, proxy.port, Some(&config));
+    let v = p2.get("r1");
+    let recovered = v["recovered_dirty_bytes"].as_u64().unwrap();
+    assert!(
+        recovered > 0,
+        "the log held the regions written in flight: {v}"
+    );
+    assert!(
+        recovered <= 4 * region,
+        "the log held only the regions in use: {v}"
+    );
+    let v = p2.wait_state("r1", "in_sync", Duration::from_secs(30));
+    assert_eq!(
+        v["resynced_bytes"].as_u64().unwrap(),
+        recovered,
+        "the resync copied what the log held, no more: {v}"
+    );
+    println!(
+        "primary killed in sync: {} writes acknowledged; the log held {recovered} bytes; resynced {}",
+        w.acked.len(),
+        v["resynced_bytes"]
+    );
+    let image = read_all(p2.port, NQN_P);
+    w.check(&image);
+    assert_eq!(
+        image,
+        read_all(sec.port, NQN_S),
+        "the pair differs after the resync"
+    );
+    drop(w);
+
+    // 2. Killed while resyncing: the link down, writes to 16 regions, the link up, and the
+    // primary killed while the (rate-limited) scanner copies them.
+    let mut p = p2;
+    proxy.down();
+    let mut w = Stamper::connect(p.port);
+    assert!(w.write(8 * region / 4096, 16 * region / 4096, 2000, &mut seed));
+    p.wait_state("r1", "out_of_sync", Duration::from_secs(10));
+    proxy.up();
+    let v = p.wait_state("r1", "resyncing", Duration::from_secs(10));
+    assert!(v["dirty_bytes"].as_u64().unwrap() >= 8 * region, "{v}");
+    std::thread::sleep(Duration::from_millis(700));
+    p.daemon.signal(libc::SIGKILL);
+    p.daemon.wait_exit(Duration::from_secs(10));
+    let p3 = file_primary("pkill", &file, proxy.port, Some(&config));
+    let v = p3.get("r1");
+    let recovered = v["recovered_dirty_bytes"].as_u64().unwrap();
+    assert!(
+        recovered > 0 && recovered <= 16 * region,
+        "the log held what the resync had left: {v}"
+    );
+    let v = p3.wait_state("r1", "in_sync", Duration::from_secs(60));
+    assert_eq!(v["resynced_bytes"].as_u64().unwrap(), recovered, "{v}");
+    println!(
+        "primary killed while resyncing: the log held {recovered} of {} bytes written out of sync",
+        16 * region
+    );
+    let image = read_all(p3.port, NQN_P);
+    w.check(&image);
+    assert_eq!(
+        image,
+        read_all(sec.port, NQN_S),
+        "the pair differs after the resync"
+    );
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&config);
 }

@@ -20,7 +20,10 @@
 //! (and keeps the region). So after a primary crash at any instant, the log on disk covers
 //! every region that may differ, and, while in sync, not much more than the writes in flight.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
 
 /// The smallest and largest region, and the default.
 pub const MIN_REGION: u64 = 64 << 10;
@@ -43,6 +46,12 @@ pub struct Drl {
     copying: Box<[AtomicU64]>,
     durable: Box<[AtomicU64]>,
     active: Box<[AtomicU32]>,
+    /// The flush epoch each region was last written in: a flush keeps a region durable while
+    /// it was used in the last few epochs (an activity log's hysteresis), so that a region
+    /// written again soon does not wait for a flush each time.
+    used_in: Box<[AtomicU64]>,
+    /// Flushes begun.
+    epoch: AtomicU64,
 }
 
 fn words(regions: u64) -> usize {
@@ -71,6 +80,8 @@ impl Drl {
             copying: zeros(words(regions)),
             durable: zeros(words(regions)),
             active: (0..regions).map(|_| AtomicU32::new(0)).collect(),
+            used_in: (0..regions).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -130,8 +141,12 @@ impl Drl {
     /// [`Drl::admit`].
     pub fn enter(&self, off: u64, len: u64) -> bool {
         let rs = self.regions_of(off, len);
+        let epoch = self.epoch.load(Relaxed);
         for r in rs.clone() {
             self.active[r as usize].fetch_add(1, SeqCst);
+            if self.used_in[r as usize].load(Relaxed) != epoch {
+                self.used_in[r as usize].store(epoch, Relaxed);
+            }
         }
         rs.into_iter().any(|r| {
             let (w, b) = bit(r);
@@ -213,6 +228,14 @@ impl Drl {
         true
     }
 
+    /// Regions the log on disk covers now.
+    pub fn durable_regions(&self) -> u64 {
+        self.durable
+            .iter()
+            .map(|w| w.load(SeqCst).count_ones() as u64)
+            .sum()
+    }
+
     /// Regions being copied now.
     pub fn copying_regions(&self) -> u64 {
         self.copying
@@ -245,6 +268,14 @@ impl Drl {
     /// to write: what stays durable and everything in use. Once it is on disk, call
     /// [`Drl::flushed`] with it.
     pub fn begin_flush(&self) -> Vec<u64> {
+        self.begin_flush_keeping(0)
+    }
+
+    /// [`Drl::begin_flush`], but a region written during the last `keep` flush epochs stays
+    /// durable even when no write to it is in flight. The log on disk then covers the regions
+    /// written since the flush `keep` flushes ago, besides everything that may differ.
+    pub fn begin_flush_keeping(&self, keep_epochs: u64) -> Vec<u64> {
+        let epoch = self.epoch.fetch_add(1, SeqCst) + 1;
         let mut out = vec![0u64; self.dirty.len()];
         for (i, o) in out.iter_mut().enumerate() {
             let durable = self.durable[i].load(SeqCst);
@@ -254,7 +285,9 @@ impl Drl {
                 let b = bits & bits.wrapping_neg();
                 bits &= !b;
                 let r = i as u64 * 64 + b.trailing_zeros() as u64;
-                if !self.in_use(r) {
+                let idle = epoch.saturating_sub(self.used_in[r as usize].load(Relaxed));
+                let recent = idle <= keep_epochs;
+                if !recent && !self.in_use(r) {
                     self.durable[i].fetch_and(!b, SeqCst);
                     if self.in_use(r) {
                         // A writer came between: it may have seen the bit; keep the region.

@@ -6,10 +6,12 @@
 //! | [`state`] | the relationship's states, the one transition function, the splitter's table |
 //! | [`splitter`] | the write tap on the primary: each write to one side or both, by state and region |
 //! | [`copier`] | snapshot transfers and the cutover scanner: bytes to the secondary from one reactor |
+//! | [`persist`] | a relationship's record and log in the primary's store, for a restart |
 //! | [`relationship`] | a relationship's configuration, its driver thread, and the registry |
 
 pub mod copier;
 pub mod drl;
+pub mod persist;
 pub mod relationship;
 pub mod splitter;
 pub mod state;

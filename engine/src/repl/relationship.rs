@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 
 use super::copier::{self, CopyOpts, Progress, Work};
 use super::drl::{Drl, DEFAULT_REGION};
+use super::persist::{self, Record};
 use super::splitter::{SplitTap, Splitter};
 use super::state::{Event, Machine, State};
 use crate::bdev::{self, Desc};
@@ -123,6 +124,10 @@ pub struct Status {
     /// The longest pause of client writes (a quiesce barrier), in microseconds.
     pub max_pause_us: u64,
     pub last_error: Option<String>,
+    /// Dirty bytes the log on disk held when the primary restarted.
+    pub recovered_dirty_bytes: u64,
+    /// Flushes of the dirty region log to the store.
+    pub log_flushes: u64,
 }
 
 enum Command {
@@ -264,9 +269,45 @@ pub fn create(
             cfg.copy.depth
         )));
     }
+    // A record in the store: this relationship existed before the primary restarted.
+    let failed = |e: crate::store::Error| Error::Failed(e.to_string());
+    let record = match store
+        .get_object(&persist::record_object(&cfg.name))
+        .map_err(failed)?
+    {
+        Some(b) => Some(Record::decode(&b).map_err(Error::Invalid)?),
+        None => None,
+    };
+    let mut cfg = cfg;
+    if let Some(r) = &record {
+        if r.primary != cfg.primary || r.secondary_volume != cfg.secondary_volume {
+            return Err(Error::Invalid(format!(
+                "the store holds relationship {:?} from {} to {}, not from {} to {}",
+                cfg.name, r.primary, r.secondary_volume, cfg.primary, cfg.secondary_volume
+            )));
+        }
+        // The log on disk has the recorded geometry.
+        cfg.region_size = r.region_size;
+    }
     let drl = Arc::new(Drl::new(primary.size_bytes(), cfg.region_size).map_err(Error::Invalid)?);
-    // The log is kept in memory for now: every region counts as on disk.
-    drl.flushed(&vec![!0u64; (drl.regions().div_ceil(64)) as usize]);
+    let mut recovered = 0;
+    if record.is_some() {
+        if let Some(b) = store
+            .get_object(&persist::log_object(&cfg.name))
+            .map_err(failed)?
+        {
+            let (rs, regions, set) = super::drl::decode(&b).map_err(Error::Invalid)?;
+            if rs != drl.region_size() || regions != drl.regions() {
+                return Err(Error::Invalid(format!(
+                    "the log on disk has {regions} regions of {rs} bytes; the volume needs {} of {}",
+                    drl.regions(),
+                    drl.region_size()
+                )));
+            }
+            drl.recover(&set).map_err(Error::Invalid)?;
+            recovered = drl.dirty_regions() * drl.region_size();
+        }
+    }
     let splitter = Arc::new(Splitter::new(
         &cfg.name,
         drl,
@@ -286,25 +327,54 @@ pub fn create(
         driver: Mutex::new(None),
         watchers: Mutex::new(Vec::new()),
     });
+    let log = Arc::new(Log {
+        drl: Arc::clone(rel.splitter.drl()),
+        store: store.clone(),
+        object: persist::log_object(&cfg.name),
+        lock: Mutex::new(()),
+        flushes: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let state = record
+        .as_ref()
+        .map_or(State::Uninitialized, Record::resume_state);
     let mut d = Driver {
         rel: Arc::clone(&rel),
         store,
-        messenger,
+        messenger: messenger.clone(),
         owner,
-        machine: Machine::new(),
-        seq: 0,
+        machine: Machine::at(state),
+        seq: record.as_ref().map_or(0, |r| r.seq),
         transfer: None,
         scanner: None,
         pending: None,
-        last_common: None,
+        last_common: record.as_ref().and_then(|r| r.last_common.clone()),
         last_diff: u64::MAX,
         incrementals: 0,
         retry_at: None,
         next_probe: Instant::now(),
+        log: Arc::clone(&log),
+        saved: None,
     };
+    if record.is_some() {
+        d.resume(recovered)?;
+    }
+    let flusher = {
+        let (log, sp, m) = (Arc::clone(&log), Arc::clone(&rel.splitter), messenger);
+        std::thread::Builder::new()
+            .name(format!("repl-{}-log", cfg.name))
+            .spawn(move || log.run(&sp, &m))
+            .map_err(|e| Error::Failed(e.to_string()))?
+    };
+    rel.splitter.set_flusher(flusher.thread().clone());
     let handle = std::thread::Builder::new()
         .name(format!("repl-{}", cfg.name))
-        .spawn(move || d.run(rx))
+        .spawn(move || {
+            d.run(rx);
+            log.stop.store(true, Ordering::SeqCst);
+            flusher.thread().unpark();
+            let _ = flusher.join();
+        })
         .map_err(|e| Error::Failed(e.to_string()))?;
     *lock(&rel.driver) = Some(handle);
     registry().insert(cfg.name.clone(), Arc::clone(&rel));
@@ -442,7 +512,9 @@ impl Relationship {
             "region_size": drl.region_size(),
             "dirty_regions": drl.dirty_regions(),
             "dirty_bytes": dirty,
-            "drl_durable": false,
+            "durable_regions": drl.durable_regions(),
+            "log_flushes": st.log_flushes,
+            "recovered_dirty_bytes": st.recovered_dirty_bytes,
             "bytes_transferred": st.bytes_transferred,
             "transfers": st.transfers,
             "resynced_bytes": st.resynced_bytes,
@@ -488,6 +560,65 @@ struct Driver {
     /// A failed transfer is tried again from here on.
     retry_at: Option<Instant>,
     next_probe: Instant,
+    log: Arc<Log>,
+    /// What the store's record says now: (state, last common snapshot, sequence).
+    saved: Option<(State, Option<String>, u64)>,
+}
+
+/// The dirty region log's place on disk, and the flushes that put it there (one at a time:
+/// a set written late must never replace a newer one).
+struct Log {
+    drl: Arc<Drl>,
+    store: Store,
+    object: String,
+    lock: Mutex<()>,
+    flushes: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// How often the flusher trims the log of regions no longer written.
+const TRIM_EVERY: Duration = Duration::from_millis(500);
+/// Flushes a region stays on disk after its last write (an activity log's hysteresis).
+const KEEP_FLUSHES: u64 = 2;
+
+impl Log {
+    /// Write the log: everything in use and what stays durable, in one store commit.
+    fn flush(&self) -> Result<(), String> {
+        let _one = lock(&self.lock);
+        let set = self.drl.begin_flush_keeping(KEEP_FLUSHES);
+        let bytes = super::drl::encode(self.drl.region_size(), self.drl.regions(), &set);
+        self.store
+            .put_object(&self.object, bytes)
+            .map_err(|e| format!("writing the dirty region log: {e}"))?;
+        self.drl.flushed(&set);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The flusher thread: a flush when writes wait (woken by the splitter), a trim every
+    /// [`TRIM_EVERY`], and then the waiting writes go on.
+    fn run(&self, sp: &Arc<Splitter>, messenger: &Messenger) {
+        let mut last_trim = Instant::now();
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::park_timeout(TRIM_EVERY);
+            let wanted = sp.take_flush_wanted();
+            if !wanted && last_trim.elapsed() < TRIM_EVERY {
+                continue;
+            }
+            last_trim = Instant::now();
+            match self.flush() {
+                Ok(()) => sp.flushed(messenger),
+                Err(e) => {
+                    tracing::warn!(relationship = sp.name(), "{e}");
+                    if wanted {
+                        // Writes still wait: try again soon.
+                        std::thread::sleep(Duration::from_millis(20));
+                        sp.want_flush();
+                    }
+                }
+            }
+        }
+    }
 }
 
 struct Transfer {
@@ -512,7 +643,10 @@ impl Driver {
                     return;
                 }
                 Ok((c, reply)) => {
-                    let r = self.command(c);
+                    // A command is answered once its outcome is on disk.
+                    let r = self
+                        .command(c)
+                        .and_then(|()| self.save().map_err(Error::Failed));
                     let _ = reply.send(r);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -521,7 +655,7 @@ impl Driver {
                     return;
                 }
             }
-            if let Err(e) = self.tick() {
+            if let Err(e) = self.tick().and_then(|()| self.save()) {
                 tracing::warn!(relationship = self.rel.cfg.name, "{e}");
                 lock(&self.rel.status).last_error = Some(e);
             }
@@ -545,6 +679,7 @@ impl Driver {
         let mut st = lock(&self.rel.status);
         st.state = Some(self.machine.state());
         st.transitions = self.machine.transitions;
+        st.log_flushes = self.log.flushes.load(Ordering::Relaxed);
         st.entered = super::state::STATES
             .iter()
             .map(|&s| (s, self.machine.entered(s)))
@@ -632,6 +767,84 @@ impl Driver {
                 let _ = self.store.delete_snapshot(&s.name);
             }
         }
+        let name = self.rel.cfg.name.clone();
+        self.store
+            .transact(move |c| {
+                c.delete_object(&persist::record_object(&name))?;
+                c.delete_object(&persist::log_object(&name))
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Put the record in the store when what it says changed, after flushing the log (so
+    /// that a record saying "establishing" never stands without the regions it implies).
+    fn save(&mut self) -> Result<(), String> {
+        let now = (self.machine.state(), self.last_common.clone(), self.seq);
+        if self.saved.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        self.log.flush()?;
+        let cfg = &self.rel.cfg;
+        let rec = Record {
+            name: cfg.name.clone(),
+            primary: cfg.primary.clone(),
+            secondary_volume: cfg.secondary_volume.clone(),
+            policy: cfg.policy,
+            region_size: cfg.region_size,
+            state: now.0,
+            last_common: now.1.clone(),
+            seq: now.2,
+        };
+        self.store
+            .put_object(&persist::record_object(&cfg.name), rec.encode())
+            .map_err(|e| format!("saving the relationship's record: {e}"))?;
+        self.saved = Some(now);
+        Ok(())
+    }
+
+    /// A primary restarted: tap the volume again (before any client can write), drop the
+    /// replication snapshots a crash left besides the common one, and go on from the
+    /// recorded state: out of sync with the log read back, or transferring again from the
+    /// last common snapshot.
+    fn resume(&mut self, recovered: u64) -> Result<(), Error> {
+        let state = self.machine.state();
+        self.rel.splitter.set_state(state);
+        if state != State::Uninitialized {
+            self.rel
+                .primary_bdev
+                .set_tap(Some(Arc::new(SplitTap(Arc::clone(&self.rel.splitter)))))
+                .map_err(|e| Error::Failed(e.to_string()))?;
+        }
+        let prefix = self.snap_prefix();
+        for s in self
+            .store
+            .snapshots()
+            .map_err(|e| Error::Failed(e.to_string()))?
+        {
+            if let Some(n) = s
+                .name
+                .strip_prefix(&prefix)
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                self.seq = self.seq.max(n);
+                if Some(&s.name) != self.last_common.as_ref() {
+                    let _ = self.store.delete_snapshot(&s.name);
+                }
+            }
+        }
+        tracing::info!(
+            relationship = self.rel.cfg.name,
+            state = state.name(),
+            recovered_dirty_bytes = recovered,
+            last_common = self.last_common.as_deref().unwrap_or("(none)"),
+            "resuming from the store"
+        );
+        let mut st = lock(&self.rel.status);
+        st.recovered_dirty_bytes = recovered;
+        st.last_common_snapshot = self.last_common.clone();
+        drop(st);
+        self.begin_phase();
         Ok(())
     }
 

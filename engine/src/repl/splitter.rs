@@ -16,6 +16,10 @@
 //! establishing) are counted before the state is read, so that switching to establishing can
 //! wait for the last of them ([`Splitter::local_writes`]) before it computes what differs.
 
+// A refused request comes back to its submitter by value, as the bdev layer's contract says:
+// the large `Err` is the design (see `crate::bdev`).
+#![allow(clippy::result_large_err)]
+
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
@@ -75,6 +79,10 @@ pub struct Splitter {
     secondary_failed: AtomicBool,
     /// A barrier: new writes wait in their reactor's channel until [`Splitter::release`].
     held: AtomicBool,
+    /// Writes wait for the log to cover their regions: the flusher has work.
+    flush_wanted: AtomicBool,
+    /// The thread that flushes the log, woken when writes wait.
+    flusher: std::sync::OnceLock<std::thread::Thread>,
     counters: Box<[CachePadded<SplitCounters>]>,
 }
 
@@ -89,6 +97,8 @@ impl Splitter {
             local_in_flight: CachePadded::new(AtomicU64::new(0)),
             secondary_failed: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            flush_wanted: AtomicBool::new(false),
+            flusher: std::sync::OnceLock::new(),
             counters: (0..MAX_REACTORS).map(|_| Default::default()).collect(),
         }
     }
@@ -151,27 +161,51 @@ impl Splitter {
     /// Lift the barrier and send the writes that waited on their way, on their reactors.
     pub fn release(self: &Arc<Self>, messenger: &Messenger) {
         self.held.store(false, Ordering::SeqCst);
+        self.on_each_reactor(messenger, Inner::unpark);
+    }
+
+    /// The thread to wake when writes wait for the log.
+    pub fn set_flusher(&self, t: std::thread::Thread) {
+        let _ = self.flusher.set(t);
+    }
+
+    /// Whether writes asked for a flush since the last call (and forget it).
+    pub fn take_flush_wanted(&self) -> bool {
+        self.flush_wanted.swap(false, Ordering::SeqCst)
+    }
+
+    /// A write waits for the log: wake the flusher (a futex wake, only when it sleeps).
+    pub fn want_flush(&self) {
+        self.flush_wanted.store(true, Ordering::SeqCst);
+        if let Some(t) = self.flusher.get() {
+            t.unpark();
+        }
+    }
+
+    /// A flush landed: on every reactor, issue the writes whose regions it covers.
+    pub fn flushed(self: &Arc<Self>, messenger: &Messenger) {
+        self.on_each_reactor(messenger, Inner::admit_waiting);
+    }
+
+    fn on_each_reactor(self: &Arc<Self>, messenger: &Messenger, f: fn(&Rc<Inner>)) {
         for r in messenger.reactors() {
             let sp = Arc::clone(self);
             let sent = messenger.send_patiently(r, move || {
-                TAPS.with(|taps| {
-                    let live: Vec<Rc<Inner>> = taps
-                        .borrow()
-                        .iter()
-                        .filter_map(Weak::upgrade)
-                        .filter(|i| Arc::ptr_eq(&i.sp, &sp))
-                        .collect();
-                    for inner in live {
-                        inner.unpark();
-                    }
-                })
-                .ok();
+                let live: Vec<Rc<Inner>> = TAPS
+                    .with(|taps| {
+                        taps.borrow()
+                            .iter()
+                            .filter_map(Weak::upgrade)
+                            .filter(|i| Arc::ptr_eq(&i.sp, &sp))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for inner in &live {
+                    f(inner);
+                }
             });
             if sent.is_err() {
-                tracing::warn!(
-                    relationship = self.name,
-                    "a reactor did not take the release of held writes"
-                );
+                tracing::warn!(relationship = self.name, "a reactor did not take a message");
             }
         }
     }
@@ -211,6 +245,7 @@ impl WriteTap for SplitTap {
             reactor: reactor.0 as usize,
             ops: RefCell::new(Slab::default()),
             parked: RefCell::new(VecDeque::new()),
+            waiting: RefCell::new(VecDeque::new()),
         });
         TAPS.with(|t| {
             let mut t = t.borrow_mut();
@@ -273,6 +308,17 @@ struct Inner {
     ops: RefCell<Slab>,
     /// Writes waiting for a barrier to lift, with the path they came by.
     parked: RefCell<VecDeque<(Primary, BdevIo)>>,
+    /// Writes routed and waiting for the log on disk to cover their regions.
+    waiting: RefCell<VecDeque<Waiting>>,
+}
+
+/// A write admitted and routed, waiting for a flush of the log.
+struct Waiting {
+    primary: Primary,
+    io: BdevIo,
+    route: Route,
+    off: u64,
+    len: u64,
 }
 
 /// This reactor's splitter channels, so that lifting a barrier finds the writes it held.
@@ -322,9 +368,6 @@ impl TapChannel for SplitChannel {
                 if r != Route::Both {
                     sp.drl.mark_dirty(off, len);
                 }
-                // The log is kept in memory for now (every region counts as on disk): a
-                // write never waits here yet.
-                debug_assert_eq!(sp.drl.admit(off, len), Admit::Go);
                 r
             }
         };
@@ -344,45 +387,22 @@ impl TapChannel for SplitChannel {
             primary.complete(io, Err(STRICT_REFUSED));
             return Ok(());
         }
-        // The secondary's copy of the data, made before the primary owns the buffers.
-        let copy = if route == Route::Both && io_type == IoType::Write {
-            Some(copy_of(&io.sgl, len as usize))
-        } else {
-            None
-        };
-        let (cb, sgl) = io.into_parts();
-        let slot = inner.ops.borrow_mut().insert(Op {
-            cb: Some(cb),
-            sgl: Sgl::new(),
-            io_type,
-            off,
-            len,
-            route,
-            pending: if route == Route::Both { 2 } else { 1 },
-            primary: Ok(()),
-            secondary_ok: route == Route::Both,
-        });
-        let held = Rc::clone(inner);
-        let pio = BdevIo::new(
-            io_type,
-            ob,
-            nb,
-            sgl,
-            IoCallback::new(move |d: IoDone| Inner::primary_done(&held, slot, d)),
-        );
-        if let Err((e, pio)) = primary.submit(pio) {
-            // Refused before anything was issued: undo, and hand the request back whole.
-            let op = inner.ops.borrow_mut().remove(slot);
-            inner.undo(&op);
-            c.finished.fetch_add(1, Ordering::SeqCst);
-            let (_, sgl) = pio.into_parts();
-            let cb = op.cb.expect("the client's callback");
-            return Err((e, BdevIo::new(io_type, ob, nb, sgl, cb)));
+        // Write intent: a write that may leave the sides different is issued only once the
+        // log on disk covers its regions.
+        let logged = matches!(route, Route::Both | Route::PrimaryOnly) && io_type != IoType::Flush;
+        if logged && sp.drl.admit(off, len) == Admit::Wait {
+            primary.park();
+            inner.waiting.borrow_mut().push_back(Waiting {
+                primary: primary.clone(),
+                io,
+                route,
+                off,
+                len,
+            });
+            sp.want_flush();
+            return Ok(());
         }
-        if route == Route::Both {
-            inner.to_secondary(slot, io_type, ob, nb, copy);
-        }
-        Ok(())
+        inner.issue(primary, io, route, off, len)
     }
 }
 
@@ -413,6 +433,85 @@ fn copy_of(src: &Sgl, len: usize) -> Sgl {
 }
 
 impl Inner {
+    /// Issue a routed write: to the primary, and to the secondary when split.
+    fn issue(
+        self: &Rc<Self>,
+        primary: &Primary,
+        io: BdevIo,
+        route: Route,
+        off: u64,
+        len: u64,
+    ) -> Result<(), (Error, BdevIo)> {
+        let sp = &self.sp;
+        let (io_type, ob, nb) = (io.io_type, io.offset_blocks, io.num_blocks);
+        // The secondary's copy of the data, made before the primary owns the buffers.
+        let copy = if route == Route::Both && io_type == IoType::Write {
+            Some(copy_of(&io.sgl, len as usize))
+        } else {
+            None
+        };
+        let (cb, sgl) = io.into_parts();
+        let slot = self.ops.borrow_mut().insert(Op {
+            cb: Some(cb),
+            sgl: Sgl::new(),
+            io_type,
+            off,
+            len,
+            route,
+            pending: if route == Route::Both { 2 } else { 1 },
+            primary: Ok(()),
+            secondary_ok: route == Route::Both,
+        });
+        let held = Rc::clone(self);
+        let pio = BdevIo::new(
+            io_type,
+            ob,
+            nb,
+            sgl,
+            IoCallback::new(move |d: IoDone| Inner::primary_done(&held, slot, d)),
+        );
+        if let Err((e, pio)) = primary.submit(pio) {
+            // Refused before anything was issued: undo, and hand the request back whole.
+            let op = self.ops.borrow_mut().remove(slot);
+            self.undo(&op);
+            sp.counters[self.reactor]
+                .finished
+                .fetch_add(1, Ordering::SeqCst);
+            let (_, sgl) = pio.into_parts();
+            let cb = op.cb.expect("the client's callback");
+            return Err((e, BdevIo::new(io_type, ob, nb, sgl, cb)));
+        }
+        if route == Route::Both {
+            self.to_secondary(slot, io_type, ob, nb, copy);
+        }
+        Ok(())
+    }
+
+    /// A flush landed: issue the waiting writes it covers; ask for another if some remain.
+    fn admit_waiting(self: &Rc<Self>) {
+        let n = self.waiting.borrow().len();
+        for _ in 0..n {
+            let Some(w) = self.waiting.borrow_mut().pop_front() else {
+                break;
+            };
+            if self.sp.drl.admit(w.off, w.len) == Admit::Wait {
+                self.waiting.borrow_mut().push_back(w);
+                continue;
+            }
+            w.primary.unpark();
+            if let Err((e, io)) = self.issue(&w.primary, w.io, w.route, w.off, w.len) {
+                tracing::warn!(
+                    relationship = self.sp.name(),
+                    "a write that waited for the log: {e}"
+                );
+                w.primary.complete(io, Err(IoError::Aborted));
+            }
+        }
+        if !self.waiting.borrow().is_empty() {
+            self.sp.want_flush();
+        }
+    }
+
     /// Send the writes a barrier held on their way (or fail those the primary now refuses).
     fn unpark(self: &Rc<Self>) {
         let parked: Vec<(Primary, BdevIo)> = self.parked.borrow_mut().drain(..).collect();

@@ -172,6 +172,16 @@ impl Machine {
         }
     }
 
+    /// A machine resuming at `state` (a primary restarting from its record).
+    pub fn at(state: State) -> Machine {
+        let mut m = Machine::new();
+        if state != State::Uninitialized {
+            m.entered[state as usize] += 1;
+        }
+        m.state = state;
+        m
+    }
+
     pub fn state(&self) -> State {
         self.state
     }

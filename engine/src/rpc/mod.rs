@@ -207,13 +207,19 @@ fn framework_wait_init(p: &Params) -> RpcResult {
 }
 
 /// The subsystems whose configuration tandemd saves, in start-up order, each with those it
-/// depends on (namespaces need their bdevs).
-const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("nvmf", &["bdev"])];
+/// depends on (namespaces need their bdevs; a relationship taps its volume before any
+/// namespace exports it, so that no client write escapes it after a restart).
+const SUBSYSTEMS: &[(&str, &[&str])] = &[
+    ("bdev", &[]),
+    ("repl", &["bdev"]),
+    ("nvmf", &["bdev", "repl"]),
+];
 
 fn subsystem_config(name: &str) -> Option<Vec<Value>> {
     match name {
         "bdev" => Some(bdev_methods::save()),
         "nvmf" => Some(nvmf_methods::save()),
+        "repl" => Some(repl_methods::save()),
         _ => None,
     }
 }

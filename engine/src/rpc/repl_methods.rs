@@ -124,3 +124,31 @@ pub(super) fn get(p: &Params) -> RpcResult {
         )),
     }
 }
+
+/// `repl_create` for each relationship: replayed at start-up, each resumes from its record in
+/// the primary's store.
+pub(super) fn save() -> Vec<Value> {
+    relationship::list()
+        .iter()
+        .map(|r| {
+            let c = r.config();
+            let mut p = json!({
+                "name": c.name,
+                "primary": c.primary,
+                "secondary_bdev": c.secondary_bdev,
+                "secondary_volume": c.secondary_volume,
+                "policy": c.policy.name(),
+                "region_size": c.region_size,
+                "copy_depth": c.copy.depth,
+                "max_incrementals": c.max_incrementals,
+            });
+            if let SecondaryControl::Remote { socket } = &c.control {
+                p["secondary_rpc"] = json!(socket);
+            }
+            if c.copy.rate > 0 {
+                p["rate_mib_per_sec"] = json!(c.copy.rate >> 20);
+            }
+            json!({"method": "repl_create", "params": p})
+        })
+        .collect()
+}
