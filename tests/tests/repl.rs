@@ -431,13 +431,16 @@ fn stamp(block: u64, seq: u64) -> Vec<u8> {
 
 impl Stamper {
     fn connect(port: u16) -> Stamper {
+        Stamper::connect_to(port, NQN_P)
+    }
+
+    fn connect_to(port: u16, nqn: &str) -> Stamper {
         let mut admin = Host::new(port, false, false);
-        let cntlid = admin.admin(NQN_P, 0);
+        let cntlid = admin.admin(nqn, 0);
         let mut io = Host::new(port, false, false);
-        assert!(io
-            .connect(NQN_P, HOSTNQN, 1, cntlid, 0)
-            .status()
-            .is_success());
+        assert!(io.connect(nqn, HOSTNQN, 1, cntlid, 0).status().is_success());
+        // The admin queue stays open while the stamper writes (closing it would end the
+        // controller); the process ends it.
         std::mem::forget(admin);
         Stamper {
             io,
@@ -650,4 +653,104 @@ fn a_primary_killed_in_sync_and_while_resyncing_resumes_from_its_log() {
     );
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&config);
+}
+
+/// Make the primary's volume reachable from the secondary's tandemd as `prin1`.
+fn attach_primary_at_secondary(sec: &Secondary, p: &Primary) {
+    let names = ok(
+        &sec.sock,
+        "bdev_nvme_attach_controller",
+        json!({"name": "pri", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+               "trsvcid": p.port.to_string(), "subnqn": NQN_P}),
+    );
+    assert_eq!(names, json!(["prin1"]));
+}
+
+fn wait_state_at(sock: &str, name: &str, want: &str, within: Duration) -> Value {
+    let t = Instant::now();
+    loop {
+        let v = ok(sock, "repl_get", json!({"name": name}));
+        if v["state"] == want {
+            return v;
+        }
+        assert!(t.elapsed() < within, "not {want} after {within:?}: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn failover_then_failback_and_swap_back() {
+    let sec = Secondary::start("failover", false);
+    let p = primary("failover", sec.port);
+    let region = 256 << 10;
+    let mut seed = 11u64;
+    let mut wp = Stamper::connect(p.port);
+    assert!(wp.write(0, 8 * region / 4096, 400, &mut seed));
+    p.create("r1", &sec, "sync");
+    ok(&p.sock, "repl_start", json!({"name": "r1"}));
+    p.wait_state("r1", "in_sync", Duration::from_secs(60));
+    assert!(wp.write(0, 8 * region / 4096, 200, &mut seed));
+
+    // Failover: the secondary takes the writes. The old primary is written too (a client
+    // that did not hear of the failover): split brain, in a region of its own.
+    ok(&p.sock, "repl_break", json!({"name": "r1"}));
+    assert_eq!(p.get("r1")["state"], "broken");
+    let common = p.get("r1")["last_common_snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = Stamper::connect_to(sec.port, NQN_S);
+    assert!(ws.write(16 * region / 4096, 4 * region / 4096, 300, &mut seed));
+    assert!(wp.write(40 * region / 4096, region / 4096, 50, &mut seed));
+    drop(wp);
+
+    // Failback: the relationship runs the other way from the common snapshot.
+    ok(&p.sock, "repl_delete", json!({"name": "r1"}));
+    attach_primary_at_secondary(&sec, &p);
+    ok(
+        &sec.sock,
+        "repl_create",
+        json!({"name": "back", "primary": "lvs1/vol", "secondary_bdev": "prin1",
+               "secondary_volume": "lvs0/vol", "secondary_rpc": p.sock,
+               "common_snapshot": common}),
+    );
+    ok(&sec.sock, "repl_start", json!({"name": "back"}));
+    let v = wait_state_at(&sec.sock, "back", "in_sync", Duration::from_secs(60));
+    let first = v["transfers"][0].as_u64().unwrap();
+    assert!(
+        first < (VOL_MIB << 20) / 2,
+        "the first transfer is the two sides' changes since {common}, not a baseline: {v}"
+    );
+    assert!(ws.write(16 * region / 4096, 4 * region / 4096, 100, &mut seed));
+    let image = read_all(sec.port, NQN_S);
+    ws.check(&image);
+    assert_eq!(
+        image,
+        read_all(p.port, NQN_P),
+        "failback left the sides different"
+    );
+
+    // Swap back: quiesce for a common snapshot, and the original direction again from it.
+    let q = ok(&sec.sock, "repl_quiesce", json!({"name": "back"}));
+    let common2 = q["common_snapshot"].as_str().unwrap().to_owned();
+    drop(ws);
+    ok(&sec.sock, "repl_delete", json!({"name": "back"}));
+    ok(
+        &p.sock,
+        "repl_create",
+        json!({"name": "r1", "primary": "lvs0/vol", "secondary_bdev": "secn1",
+               "secondary_volume": "lvs1/vol", "secondary_rpc": sec.sock,
+               "common_snapshot": common2}),
+    );
+    ok(&p.sock, "repl_start", json!({"name": "r1"}));
+    let v = p.wait_state("r1", "in_sync", Duration::from_secs(60));
+    assert_eq!(
+        v["transfers"][0], 0,
+        "nothing changed since the quiesce: {v}"
+    );
+    let mut wp = Stamper::connect(p.port);
+    assert!(wp.write(0, 8 * region / 4096, 100, &mut seed));
+    let image = read_all(p.port, NQN_P);
+    wp.check(&image);
+    assert_eq!(image, read_all(sec.port, NQN_S), "after the swap back");
 }

@@ -34,6 +34,10 @@ pub struct Record {
     pub last_common: Option<String>,
     /// The sequence number of the newest replication snapshot taken.
     pub seq: u64,
+    /// The secondary may have been written since the last common snapshot (a break, or a
+    /// relationship made from a common snapshot): the next transfer also sends what changed
+    /// there.
+    pub secondary_diverged: bool,
 }
 
 impl Record {
@@ -48,6 +52,7 @@ impl Record {
             "state": self.state.name(),
             "last_common": self.last_common,
             "seq": self.seq,
+            "secondary_diverged": self.secondary_diverged,
         })
         .to_string()
         .into_bytes()
@@ -91,6 +96,9 @@ impl Record {
                 _ => return Err("a replication record with a bad last_common".into()),
             },
             seq: u64_of("seq")?,
+            secondary_diverged: v["secondary_diverged"]
+                .as_bool()
+                .ok_or("a replication record without secondary_diverged")?,
         })
     }
 
@@ -122,6 +130,7 @@ mod tests {
             state: State::InSync,
             last_common: Some("repl.r1.7".into()),
             seq: 7,
+            secondary_diverged: true,
         }
     }
 

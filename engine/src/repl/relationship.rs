@@ -84,6 +84,9 @@ pub struct Config {
     pub copy: CopyOpts,
     /// Incremental transfers at most before establishing, however the diffs go.
     pub max_incrementals: u32,
+    /// A snapshot both volumes hold (left by an earlier relationship, either way): starting
+    /// sends only what changed since, on either side, instead of a baseline.
+    pub common_snapshot: Option<String>,
 }
 
 impl Config {
@@ -98,6 +101,7 @@ impl Config {
             region_size: DEFAULT_REGION,
             copy: CopyOpts::default(),
             max_incrementals: 8,
+            common_snapshot: None,
         }
     }
 }
@@ -247,6 +251,16 @@ pub fn create(
             "no volume {volume:?} in store {store_name}"
         )));
     }
+    if let Some(c) = &cfg.common_snapshot {
+        let snaps = store
+            .snapshots()
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        if !snaps.iter().any(|s| &s.name == c) {
+            return Err(Error::NotFound(format!(
+                "no snapshot {c:?} in store {store_name}"
+            )));
+        }
+    }
     let primary = bdev::get(&cfg.primary)
         .ok_or_else(|| Error::NotFound(format!("no bdev named {:?}", cfg.primary)))?;
     let secondary: Desc =
@@ -348,7 +362,11 @@ pub fn create(
         transfer: None,
         scanner: None,
         pending: None,
-        last_common: record.as_ref().and_then(|r| r.last_common.clone()),
+        last_common: match &record {
+            Some(r) => r.last_common.clone(),
+            None => cfg.common_snapshot.clone(),
+        },
+        secondary_diverged: record.as_ref().is_some_and(|r| r.secondary_diverged),
         last_diff: u64::MAX,
         incrementals: 0,
         retry_at: None,
@@ -561,8 +579,10 @@ struct Driver {
     retry_at: Option<Instant>,
     next_probe: Instant,
     log: Arc<Log>,
-    /// What the store's record says now: (state, last common snapshot, sequence).
-    saved: Option<(State, Option<String>, u64)>,
+    /// What the store's record says now: (state, last common snapshot, sequence, diverged).
+    saved: Option<(State, Option<String>, u64, bool)>,
+    /// See [`Record::secondary_diverged`].
+    secondary_diverged: bool,
 }
 
 /// The dirty region log's place on disk, and the flushes that put it there (one at a time:
@@ -703,12 +723,19 @@ impl Driver {
     fn command(&mut self, c: Command) -> Result<(), Error> {
         match c {
             Command::Start => {
-                self.check(Event::Start)?;
+                let from_common = self.last_common.is_some();
+                let e = if from_common {
+                    Event::StartFromCommon
+                } else {
+                    Event::Start
+                };
+                self.check(e)?;
                 self.rel
                     .primary_bdev
                     .set_tap(Some(Arc::new(SplitTap(Arc::clone(&self.rel.splitter)))))
                     .map_err(|e| Error::Failed(e.to_string()))?;
-                self.apply(Event::Start)?;
+                self.secondary_diverged = from_common;
+                self.apply(e)?;
                 self.begin_phase();
                 Ok(())
             }
@@ -730,10 +757,16 @@ impl Driver {
             Command::Resync => {
                 self.check(Event::Resync)?;
                 if self.machine.state() == State::Broken {
-                    return Err(Error::Refused(
-                        "resync after a break (rolling the secondary back to the common snapshot) is not built yet"
-                            .into(),
-                    ));
+                    // The secondary may have been written since the break, and nothing was
+                    // logged here: from the common snapshot, with both sides' changes.
+                    if self.last_common.is_none() {
+                        return Err(Error::Refused(
+                            "no snapshot common to both sides to resync from".into(),
+                        ));
+                    }
+                    self.secondary_diverged = true;
+                    self.last_diff = u64::MAX;
+                    self.incrementals = 0;
                 }
                 self.apply(Event::Resync)?;
                 self.begin_phase();
@@ -762,8 +795,11 @@ impl Driver {
             .primary_bdev
             .set_tap(None)
             .map_err(|e| e.to_string())?;
+        // The last common snapshot stays on both sides: a new relationship, either way, can
+        // start from it (`common_snapshot`) instead of a baseline.
         for s in self.store.snapshots().map_err(|e| e.to_string())? {
-            if s.name.starts_with(&self.snap_prefix()) {
+            if s.name.starts_with(&self.snap_prefix()) && Some(&s.name) != self.last_common.as_ref()
+            {
                 let _ = self.store.delete_snapshot(&s.name);
             }
         }
@@ -780,7 +816,12 @@ impl Driver {
     /// Put the record in the store when what it says changed, after flushing the log (so
     /// that a record saying "establishing" never stands without the regions it implies).
     fn save(&mut self) -> Result<(), String> {
-        let now = (self.machine.state(), self.last_common.clone(), self.seq);
+        let now = (
+            self.machine.state(),
+            self.last_common.clone(),
+            self.seq,
+            self.secondary_diverged,
+        );
         if self.saved.as_ref() == Some(&now) {
             return Ok(());
         }
@@ -795,6 +836,7 @@ impl Driver {
             state: now.0,
             last_common: now.1.clone(),
             seq: now.2,
+            secondary_diverged: now.3,
         };
         self.store
             .put_object(&persist::record_object(&cfg.name), rec.encode())
@@ -930,6 +972,7 @@ impl Driver {
         if let Some(old) = self.last_common.replace(t.snapshot.clone()) {
             self.drop_common(&old);
         }
+        self.secondary_diverged = false;
         {
             let mut st = lock(&self.rel.status);
             st.bytes_transferred += t.bytes;
@@ -971,7 +1014,21 @@ impl Driver {
             .block_diff(self.last_common.as_deref(), Some(&snap), &vol)
             .map_err(|e| e.to_string())?;
         let cs = diff.cluster_size as u64;
-        let extents: Vec<(u64, u64)> = diff.runs.iter().map(|&(f, n)| (f * cs, n * cs)).collect();
+        let mut extents: Vec<(u64, u64)> =
+            diff.runs.iter().map(|&(f, n)| (f * cs, n * cs)).collect();
+        if self.secondary_diverged {
+            let base = self
+                .last_common
+                .clone()
+                .ok_or("a diverged secondary without a common snapshot")?;
+            let theirs = self.secondary_changed_since(&base)?;
+            tracing::info!(
+                relationship = self.rel.cfg.name,
+                bytes = theirs.iter().map(|e| e.1).sum::<u64>(),
+                "the secondary changed since {base}: those extents go too"
+            );
+            extents = merge_extents(&extents, &theirs);
+        }
         let src = bdev::open(&format!("{}/{snap}", self.store.name()), false, None)
             .map_err(|e| e.to_string())?;
         let dst =
@@ -1167,6 +1224,35 @@ impl Driver {
         }
     }
 
+    /// The extents of the secondary volume that changed since snapshot `base` (bytes).
+    fn secondary_changed_since(&self, base: &str) -> Result<Vec<(u64, u64)>, String> {
+        let (store, vol) = split_lvol(&self.rel.cfg.secondary_volume)?;
+        let diff = match &self.rel.cfg.control {
+            SecondaryControl::Local => Store::find(store)
+                .and_then(|s| s.block_diff(Some(base), None, vol))
+                .map(|d| d.to_json())
+                .map_err(|e| e.to_string()),
+            SecondaryControl::Remote { socket } => crate::rpc::client::call(
+                socket,
+                "store_block_diff",
+                &json!({"lvs_name": store, "volume": vol, "from": base}),
+                Duration::from_secs(60),
+            )
+            .map_err(|e| e.to_string()),
+        }
+        .map_err(|e| format!("what changed on the secondary since {base}: {e}"))?;
+        let extents = diff["extents"]
+            .as_array()
+            .ok_or("a block diff without extents")?;
+        extents
+            .iter()
+            .map(|e| match (e["offset"].as_u64(), e["length"].as_u64()) {
+                (Some(o), Some(l)) => Ok((o, l)),
+                _ => Err(format!("a block diff extent {e}")),
+            })
+            .collect()
+    }
+
     fn secondary_delete_snapshot(&self, name: &str) -> Result<(), String> {
         let (store, _) = split_lvol(&self.rel.cfg.secondary_volume)?;
         match &self.rel.cfg.control {
@@ -1183,4 +1269,18 @@ impl Driver {
             .map_err(|e| e.to_string()),
         }
     }
+}
+
+/// The union of two ascending lists of byte extents, ascending and without overlaps.
+pub fn merge_extents(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().filter(|e| e.1 > 0).collect();
+    all.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+    for (off, len) in all {
+        match out.last_mut() {
+            Some((o, l)) if off <= *o + *l => *l = (*l).max(off + len - *o),
+            _ => out.push((off, len)),
+        }
+    }
+    out
 }

@@ -9,7 +9,10 @@
 //! InSync | Establishing | Resyncing --secondary_failed--> OutOfSync
 //! OutOfSync --secondary_back--> Resyncing --drained--> Establishing
 //! InSync --quiesce--> Quiesced --resume--> Establishing
-//! (any but Uninitialized) --break--> Broken --resync--> Resyncing
+//! Uninitialized --start_from_common--> Incremental   (a snapshot both sides hold already)
+//! OutOfSync --resync--> Resyncing
+//! (any but Uninitialized) --break--> Broken --resync--> Incremental   (the log cannot be
+//!     trusted after a break: an incremental from the common snapshot, then establishing)
 //! ```
 
 /// Where a relationship is.
@@ -66,6 +69,9 @@ impl State {
 pub enum Event {
     /// `repl_start`.
     Start,
+    /// `repl_start` of a relationship made from a snapshot both sides hold (`common_snapshot`):
+    /// no baseline.
+    StartFromCommon,
     /// A snapshot transfer ended with the matching snapshot on the secondary; `shrinking`: the
     /// diff was smaller than the one before, so another incremental is worth it.
     Transferred { shrinking: bool },
@@ -91,6 +97,7 @@ pub fn next(from: State, event: Event) -> Result<State, String> {
     use State as S;
     let to = match (from, event) {
         (S::Uninitialized, E::Start) => S::Baseline,
+        (S::Uninitialized, E::StartFromCommon) => S::Incremental,
         (S::Baseline, E::Transferred { .. }) => S::Incremental,
         (S::Incremental, E::Transferred { shrinking: true }) => S::Incremental,
         (S::Incremental, E::Transferred { shrinking: false }) => S::Establishing,
@@ -107,7 +114,8 @@ pub fn next(from: State, event: Event) -> Result<State, String> {
         }
         (S::Broken, E::Break) => return Err("already broken".into()),
         (_, E::Break) => S::Broken,
-        (S::Broken | S::OutOfSync, E::Resync) => S::Resyncing,
+        (S::OutOfSync, E::Resync) => S::Resyncing,
+        (S::Broken, E::Resync) => S::Incremental,
         _ => {
             return Err(format!(
                 "{:?} does not apply to a relationship that is {}",
@@ -218,6 +226,7 @@ mod tests {
     fn event() -> impl Strategy<Value = Event> {
         prop_oneof![
             Just(Event::Start),
+            Just(Event::StartFromCommon),
             any::<bool>().prop_map(|shrinking| Event::Transferred { shrinking }),
             Just(Event::Drained),
             Just(Event::SecondaryFailed),
@@ -245,7 +254,7 @@ mod tests {
             (Event::Quiesce, State::Quiesced),
             (Event::Resume, State::Establishing),
             (Event::Break, State::Broken),
-            (Event::Resync, State::Resyncing),
+            (Event::Resync, State::Incremental),
         ] {
             assert_eq!(m.apply("r", e), Ok(want), "{e:?}");
         }
@@ -257,9 +266,11 @@ mod tests {
         assert!(m.apply("r", Event::Start).is_err());
         assert_eq!(
             m.state(),
-            State::Resyncing,
+            State::Incremental,
             "a refused event changes nothing"
         );
+        let mut m = Machine::new();
+        assert_eq!(m.apply("r", Event::StartFromCommon), Ok(State::Incremental));
     }
 
     #[test]

@@ -295,3 +295,62 @@ fn quiesce_takes_a_common_snapshot_under_writes_and_resume_drains_what_came_afte
     assert!(rel.status().max_pause_us > 0);
     relationship::delete(rel.name()).unwrap();
 }
+
+#[test]
+fn break_then_resync_sends_both_sides_changes_since_the_common_snapshot() {
+    let p = pair(false);
+    fill(&p, 7);
+    let rel = p.relationship(Policy::Sync);
+    rel.start().unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(60));
+    rel.quiesce().unwrap();
+    rel.resume().unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    rel.break_off().unwrap();
+    assert_eq!(rel.state(), State::Broken);
+    // Split brain: both sides written after the break, in different places.
+    p.rig.write(0, &p.primary, 100, vec![0xaa; 8192]).unwrap();
+    p.rig
+        .write(1, &p.secondary, 2000, vec![0xbb; 4096])
+        .unwrap();
+    rel.resync().unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    p.assert_equal();
+    assert_eq!(
+        p.rig.read(0, &p.secondary, 2000, 1),
+        p.rig.read(0, &p.primary, 2000, 1)
+    );
+    assert_eq!(p.rig.read(0, &p.secondary, 100, 1), vec![0xaa; 4096]);
+    let common = rel.status().last_common_snapshot.unwrap();
+    relationship::delete(rel.name()).unwrap();
+
+    // The reverse direction from the snapshot the deleted relationship left on both sides.
+    p.rig
+        .write(1, &p.secondary, 3000, vec![0xcc; 4096])
+        .unwrap();
+    let mut cfg = Config::new(&unique("back"), &p.secondary, &p.primary, &p.primary);
+    cfg.common_snapshot = Some(common);
+    let back = relationship::create(cfg, p.rig.m.clone(), p.rig.owner()).unwrap();
+    back.start().unwrap();
+    wait_for(&back, State::InSync, Duration::from_secs(30));
+    let st = back.status();
+    assert!(
+        st.transfers[0] < VOL / 4,
+        "an incremental from the common snapshot, not a baseline: {:?}",
+        st.transfers
+    );
+    p.assert_equal();
+    assert_eq!(p.rig.read(0, &p.primary, 3000, 1), vec![0xcc; 4096]);
+    relationship::delete(back.name()).unwrap();
+}
+
+#[test]
+fn extents_merge_into_a_sorted_union() {
+    use super::relationship::merge_extents;
+    assert_eq!(
+        merge_extents(&[(0, 10), (20, 5)], &[(5, 10), (40, 1), (25, 0)]),
+        vec![(0, 15), (20, 5), (40, 1)]
+    );
+    assert_eq!(merge_extents(&[], &[(3, 4)]), vec![(3, 4)]);
+    assert_eq!(merge_extents(&[(0, 4)], &[(4, 4)]), vec![(0, 8)]);
+}

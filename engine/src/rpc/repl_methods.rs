@@ -34,6 +34,7 @@ pub(super) fn create(p: &Params) -> RpcResult {
         "copy_depth",
         "rate_mib_per_sec",
         "max_incrementals",
+        "common_snapshot",
     ])?;
     let mut cfg = Config::new(
         p.str("name")?,
@@ -63,6 +64,7 @@ pub(super) fn create(p: &Params) -> RpcResult {
     if let Some(n) = p.opt_u64("max_incrementals")? {
         cfg.max_incrementals = n.min(1000) as u32;
     }
+    cfg.common_snapshot = p.opt_str("common_snapshot")?.map(str::to_owned);
     let (m, owner) = super::store_methods::engine()?;
     let rel = relationship::create(cfg, m, owner)?;
     Ok(rel.to_json())
