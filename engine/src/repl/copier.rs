@@ -170,8 +170,14 @@ pub fn start(
             let _ = tx.send(made);
         })
         .map_err(|e| e.to_string())?;
-    rx.recv_timeout(Duration::from_secs(10))
-        .map_err(|_| "the copier's reactor did not answer".to_string())??;
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(made) => made?,
+        Err(_) => {
+            // If it starts after all, it stops at once.
+            progress.stop.store(true, Ordering::SeqCst);
+            return Err("the copier's reactor did not answer".into());
+        }
+    }
     Ok(progress)
 }
 
@@ -286,13 +292,16 @@ impl Copier {
         let (sgl, ob, nb) = {
             let mut c = this.borrow_mut();
             let buf = c.free.pop().expect("a free buffer");
+            c.in_flight += 1;
             let mut sgl = Sgl::new();
-            if sgl.push(buf, 0, len as usize).is_err() {
+            // A buffer is as long as a chunk, and a copy no longer: this holds, but a
+            // failure here still ends the copy cleanly.
+            let _ = sgl.push(buf, 0, len as usize);
+            if sgl.is_empty() {
                 drop(c);
                 Copier::end(this, len, region, false, None);
                 return;
             }
-            c.in_flight += 1;
             c.issued += len;
             (sgl, off / c.block_size, len / c.block_size)
         };

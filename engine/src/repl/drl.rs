@@ -216,16 +216,28 @@ impl Drl {
     pub fn begin_copy(&self, r: u64) -> bool {
         let (w, b) = bit(r);
         self.copying[w].fetch_or(b, SeqCst);
-        if self.dirty[w].fetch_and(!b, SeqCst) & b == 0 {
-            self.copying[w].fetch_and(!b, SeqCst);
-            return false;
-        }
-        if self.active[r as usize].load(SeqCst) != 0 {
-            self.dirty[w].fetch_or(b, SeqCst);
+        // Writes first: standing down must leave the region as dirty as it was, never clean
+        // for an instant (a cutover deciding then would miss it).
+        if self.active[r as usize].load(SeqCst) != 0 || self.dirty[w].fetch_and(!b, SeqCst) & b == 0
+        {
             self.copying[w].fetch_and(!b, SeqCst);
             return false;
         }
         true
+    }
+
+    /// The copy of `r` is done (`ok`) or failed (dirty again).
+    pub fn end_copy(&self, r: u64, ok: bool) {
+        let (w, b) = bit(r);
+        if !ok {
+            self.dirty[w].fetch_or(b, SeqCst);
+        }
+        self.copying[w].fetch_and(!b, SeqCst);
+    }
+
+    /// Every region may differ (the secondary lost what it had acknowledged).
+    pub fn mark_all_dirty(&self) {
+        self.mark_dirty(0, self.regions * self.region_size);
     }
 
     /// Regions the log on disk covers now.
@@ -247,15 +259,6 @@ impl Drl {
     /// Writes in flight over all regions (a region counted once per write touching it).
     pub fn active_writes(&self) -> u64 {
         self.active.iter().map(|a| a.load(SeqCst) as u64).sum()
-    }
-
-    /// The copy of `r` is done (`ok`) or failed (dirty again).
-    pub fn end_copy(&self, r: u64, ok: bool) {
-        let (w, b) = bit(r);
-        if !ok {
-            self.dirty[w].fetch_or(b, SeqCst);
-        }
-        self.copying[w].fetch_and(!b, SeqCst);
     }
 
     fn in_use(&self, r: u64) -> bool {

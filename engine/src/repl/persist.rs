@@ -26,6 +26,9 @@ pub fn log_object(name: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub name: String,
+    /// Random, fixed at creation: in the replication snapshots' names, so that they never
+    /// meet those of an earlier relationship of the same name.
+    pub id: String,
     pub primary: String,
     pub secondary_volume: String,
     pub policy: Policy,
@@ -45,6 +48,7 @@ impl Record {
         json!({
             "version": VERSION,
             "name": self.name,
+            "id": self.id,
             "primary": self.primary,
             "secondary_volume": self.secondary_volume,
             "policy": self.policy.name(),
@@ -80,6 +84,7 @@ impl Record {
         let state = str_of("state")?;
         Ok(Record {
             name: str_of("name")?,
+            id: str_of("id")?,
             primary: str_of("primary")?,
             secondary_volume: str_of("secondary_volume")?,
             policy: Policy::parse(&policy)
@@ -123,6 +128,7 @@ mod tests {
     fn rec() -> Record {
         Record {
             name: "r1".into(),
+            id: "0a1b2c3d".into(),
             primary: "lvs0/vms/vm1/disk0".into(),
             secondary_volume: "lvs1/v".into(),
             policy: Policy::StrictSync,

@@ -158,6 +158,9 @@ pub enum Error {
     /// The operation does not apply in the relationship's state.
     #[error("{0}")]
     Refused(String),
+    /// Something else holds what it needs (the volume, or writes that would not drain).
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -170,6 +173,7 @@ impl Error {
             Error::Exists(_) => libc::EEXIST,
             Error::Invalid(_) => libc::EINVAL,
             Error::Refused(_) => libc::EPERM,
+            Error::Busy(_) => libc::EBUSY,
             Error::Failed(_) => libc::EIO,
         }
     }
@@ -193,7 +197,7 @@ pub struct Relationship {
 }
 
 /// Told `(relationship, from, to)` on every transition, from the driver's thread.
-pub type Watcher = Box<dyn Fn(&str, State, State) + Send>;
+pub type Watcher = Arc<dyn Fn(&str, State, State) + Send + Sync>;
 
 fn registry() -> MutexGuard<'static, HashMap<String, Arc<Relationship>>> {
     static R: OnceLock<Mutex<HashMap<String, Arc<Relationship>>>> = OnceLock::new();
@@ -226,13 +230,15 @@ pub fn create(
             cfg.name
         )));
     }
-    if registry().contains_key(&cfg.name) {
+    // Checked and taken under one lock: two creates cannot both pass.
+    let mut reg = registry();
+    if reg.contains_key(&cfg.name) {
         return Err(Error::Exists(format!(
             "a relationship named {:?} exists",
             cfg.name
         )));
     }
-    if registry().values().any(|r| r.cfg.primary == cfg.primary) {
+    if reg.values().any(|r| r.cfg.primary == cfg.primary) {
         return Err(Error::Exists(format!(
             "{} is already the primary of a relationship",
             cfg.primary
@@ -266,6 +272,18 @@ pub fn create(
     let secondary: Desc =
         bdev::open(&cfg.secondary_bdev, true, None).map_err(|e| Error::NotFound(e.to_string()))?;
     let sb = secondary.bdev();
+    if sb.uuid() == primary.uuid() || sb.name() == primary.name() {
+        return Err(Error::Invalid(format!(
+            "{} cannot be its own secondary",
+            primary.name()
+        )));
+    }
+    if sb.has_tap() {
+        return Err(Error::Busy(format!(
+            "{} is the primary of a relationship: it cannot be a secondary too",
+            sb.name()
+        )));
+    }
     if sb.block_size() != primary.block_size() || sb.size_bytes() < primary.size_bytes() {
         return Err(Error::Invalid(format!(
             "the secondary {} ({} blocks of {} bytes) cannot hold the primary {} ({} blocks of {} bytes)",
@@ -352,6 +370,10 @@ pub fn create(
     let state = record
         .as_ref()
         .map_or(State::Uninitialized, Record::resume_state);
+    let id = match &record {
+        Some(r) => r.id.clone(),
+        None => format!("{:08x}", (crate::bdev::random_uuid() >> 64) as u32),
+    };
     let mut d = Driver {
         rel: Arc::clone(&rel),
         store,
@@ -373,6 +395,8 @@ pub fn create(
         next_probe: Instant::now(),
         log: Arc::clone(&log),
         saved: None,
+        id,
+        diff_marked: false,
     };
     if record.is_some() {
         d.resume(recovered)?;
@@ -395,7 +419,7 @@ pub fn create(
         })
         .map_err(|e| Error::Failed(e.to_string()))?;
     *lock(&rel.driver) = Some(handle);
-    registry().insert(cfg.name.clone(), Arc::clone(&rel));
+    reg.insert(cfg.name.clone(), Arc::clone(&rel));
     Ok(rel)
 }
 
@@ -583,6 +607,10 @@ struct Driver {
     saved: Option<(State, Option<String>, u64, bool)>,
     /// See [`Record::secondary_diverged`].
     secondary_diverged: bool,
+    /// See [`Record::id`].
+    id: String,
+    /// Establishing has logged what the last snapshot lacks: only then may it drain.
+    diff_marked: bool,
 }
 
 /// The dirty region log's place on disk, and the flushes that put it there (one at a time:
@@ -688,7 +716,12 @@ impl Driver {
         let to = self.machine.apply(&self.rel.cfg.name, e)?;
         self.rel.splitter.set_state(to);
         if to != from {
-            for (_, w) in lock(&self.rel.watchers).iter() {
+            // Called without the lock: a watcher may watch or unwatch.
+            let watchers: Vec<Watcher> = lock(&self.rel.watchers)
+                .iter()
+                .map(|(_, w)| Arc::clone(w))
+                .collect();
+            for w in watchers {
                 w(&self.rel.cfg.name, from, to);
             }
         }
@@ -733,7 +766,7 @@ impl Driver {
                 self.rel
                     .primary_bdev
                     .set_tap(Some(Arc::new(SplitTap(Arc::clone(&self.rel.splitter)))))
-                    .map_err(|e| Error::Failed(e.to_string()))?;
+                    .map_err(|e| Error::Busy(e.to_string()))?;
                 self.secondary_diverged = from_common;
                 self.apply(e)?;
                 self.begin_phase();
@@ -745,14 +778,26 @@ impl Driver {
             }
             Command::Resume => {
                 self.check(Event::Resume)?;
+                // Quiesced logged every write: the log is what differs.
+                self.diff_marked = true;
                 self.apply(Event::Resume)?;
                 self.begin_phase();
                 Ok(())
             }
             Command::Break => {
                 self.check(Event::Break)?;
-                self.apply(Event::Break)?;
-                Ok(())
+                // Nothing may reach the secondary once it is told it is on its own: stop a
+                // transfer, and let the split writes in flight land before answering.
+                if let Some(t) = self.transfer.take() {
+                    t.progress.stop.store(true, Ordering::SeqCst);
+                    self.pending = Some(t.snapshot);
+                }
+                let sp = Arc::clone(&self.rel.splitter);
+                sp.hold();
+                let drained = self.drain_writes(&sp, Duration::from_secs(30));
+                let r = drained.and_then(|()| self.apply(Event::Break).map_err(Error::Refused));
+                sp.release(&self.messenger);
+                r.map(|_| ())
             }
             Command::Resync => {
                 self.check(Event::Resync)?;
@@ -767,6 +812,8 @@ impl Driver {
                     self.secondary_diverged = true;
                     self.last_diff = u64::MAX;
                     self.incrementals = 0;
+                } else {
+                    self.diff_marked = true;
                 }
                 self.apply(Event::Resync)?;
                 self.begin_phase();
@@ -829,6 +876,7 @@ impl Driver {
         let cfg = &self.rel.cfg;
         let rec = Record {
             name: cfg.name.clone(),
+            id: self.id.clone(),
             primary: cfg.primary.clone(),
             secondary_volume: cfg.secondary_volume.clone(),
             policy: cfg.policy,
@@ -891,27 +939,35 @@ impl Driver {
     }
 
     fn snap_prefix(&self) -> String {
-        format!("repl.{}.", self.rel.cfg.name)
+        format!("repl.{}.{}.", self.rel.cfg.name, self.id)
     }
 
     fn tick(&mut self) -> Result<(), String> {
         let sp = Arc::clone(&self.rel.splitter);
-        if sp.take_secondary_failed()
-            && matches!(
-                self.machine.state(),
-                State::InSync | State::Establishing | State::Resyncing
-            )
-        {
+        let splitting = matches!(
+            self.machine.state(),
+            State::InSync | State::Establishing | State::Resyncing
+        );
+        // The flag is taken only where it moves the pair: elsewhere it waits (a quiesce
+        // looks at it too).
+        if splitting && sp.take_secondary_failed() {
             self.apply(Event::SecondaryFailed)?;
             self.next_probe = Instant::now() + RETRY;
         }
         match self.machine.state() {
             State::Baseline | State::Incremental => self.transfer_step(),
+            State::Establishing if !self.diff_marked => self.establish(),
             State::Establishing | State::Resyncing => {
                 self.ensure_scanner()?;
                 let drl = sp.drl();
-                if drl.dirty_regions() == 0 && drl.copying_regions() == 0 {
-                    self.apply(Event::Drained)?;
+                let drained = drl.dirty_regions() == 0 && drl.copying_regions() == 0;
+                if drained
+                    && self.apply(Event::Drained)? == State::InSync
+                    && (drl.dirty_regions() > 0 || drl.copying_regions() > 0)
+                {
+                    // A write routed before the cutover dirtied a region after the look:
+                    // the pair is not in sync after all.
+                    self.apply(Event::SecondaryFailed)?;
                 }
                 Ok(())
             }
@@ -920,6 +976,10 @@ impl Driver {
                 if Instant::now() >= self.next_probe {
                     self.next_probe = Instant::now() + RETRY;
                     if self.probe_secondary() {
+                        // The probe wrote the secondary's first block back: copy it again in
+                        // case a write to it landed in between.
+                        sp.drl().mark_dirty(0, 1);
+                        self.diff_marked = true;
                         self.apply(Event::SecondaryBack)?;
                         self.begin_phase();
                     }
@@ -989,6 +1049,7 @@ impl Driver {
         }
         self.last_diff = t.bytes;
         if self.apply(Event::Transferred { shrinking })? == State::Establishing {
+            self.diff_marked = false;
             self.establish()?;
         }
         Ok(())
@@ -1085,6 +1146,7 @@ impl Driver {
             dirty_bytes = copier::dirty_bytes(sp.drl()),
             "establishing: the scanner drains what the last snapshot lacks"
         );
+        self.diff_marked = true;
         self.begin_phase();
         self.ensure_scanner()
     }
@@ -1159,11 +1221,13 @@ impl Driver {
         let t0 = Instant::now();
         sp.hold();
         let result = (|| {
-            while sp.totals().in_flight > 0 {
-                if t0.elapsed() > Duration::from_secs(5) {
-                    return Err("writes in flight did not finish in 5 s: not quiesced".to_string());
-                }
-                std::thread::sleep(Duration::from_micros(50));
+            self.drain_writes(&sp, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            // A common snapshot only of sides that are equal now.
+            let drl = sp.drl();
+            if sp.secondary_failed_pending() || drl.dirty_regions() > 0 || drl.copying_regions() > 0
+            {
+                return Err("the secondary failed a write just now: not quiesced".to_string());
             }
             self.seq += 1;
             let snap = format!("{}{}", self.snap_prefix(), self.seq);
@@ -1187,6 +1251,20 @@ impl Driver {
         let mut st = lock(&self.rel.status);
         st.max_pause_us = st.max_pause_us.max(pause);
         st.last_common_snapshot = Some(snap);
+        Ok(())
+    }
+
+    /// With the barrier up, wait for the writes the splitter took to finish.
+    fn drain_writes(&self, sp: &Splitter, within: Duration) -> Result<(), Error> {
+        let t0 = Instant::now();
+        while sp.in_flight() > 0 {
+            if t0.elapsed() > within {
+                return Err(Error::Busy(format!(
+                    "writes in flight did not finish in {within:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
         Ok(())
     }
 

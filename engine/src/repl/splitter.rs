@@ -32,7 +32,7 @@ use super::drl::{Admit, Drl};
 use super::state::{route, Route, State, STATES};
 use crate::bdev::tap::{Primary, TapChannel, WriteTap};
 use crate::bdev::{BdevIo, Channel, Desc, Errno, Error, IoCallback, IoDone, IoError, IoType};
-use crate::mem::{self, DmaBuf, Sgl, LARGE_BUF};
+use crate::mem::{self, DmaBuf, Sgl, LARGE_BUF, MAX_SEGS};
 use crate::reactor::{self, Messenger, ReactorLocal, MAX_REACTORS};
 
 /// Counters of one reactor's tap channel, written only by that reactor.
@@ -210,9 +210,39 @@ impl Splitter {
         }
     }
 
+    /// Writes the splitter took and has not finished. Each reactor's `finished` is read before
+    /// its `started`, so a write that starts and ends between the two reads cannot hide
+    /// another one still in flight; a write that waits at a barrier takes its start back.
+    pub fn in_flight(&self) -> u64 {
+        let finished: u64 = self
+            .counters
+            .iter()
+            .map(|c| c.finished.load(Ordering::SeqCst))
+            .sum();
+        let started: u64 = self
+            .counters
+            .iter()
+            .map(|c| c.started.load(Ordering::SeqCst))
+            .sum();
+        started.saturating_sub(finished)
+    }
+
+    /// Whether a failure of the secondary waits for the relationship to look (without
+    /// taking it).
+    pub fn secondary_failed_pending(&self) -> bool {
+        self.secondary_failed.load(Ordering::SeqCst)
+    }
+
+    /// The data path marked regions dirty: if the pair is already in sync (the cutover came
+    /// between), it is not any more, and says so through the failure flag.
+    fn dirtied(&self) {
+        if self.state() == State::InSync {
+            self.note_secondary_failed();
+        }
+    }
+
     pub fn totals(&self) -> SplitTotals {
         let mut t = SplitTotals::default();
-        let (mut started, mut finished) = (0, 0);
         for c in self.counters.iter() {
             let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
             t.split += get(&c.split);
@@ -221,10 +251,8 @@ impl Splitter {
             t.local += get(&c.local);
             t.refused += get(&c.refused);
             t.secondary_errors += get(&c.secondary_errors);
-            started += get(&c.started);
-            finished += get(&c.finished);
         }
-        t.in_flight = started.saturating_sub(finished);
+        t.in_flight = self.in_flight();
         t
     }
 }
@@ -235,8 +263,17 @@ pub struct SplitTap(pub Arc<Splitter>);
 impl WriteTap for SplitTap {
     fn open_channel(&self) -> Result<Rc<dyn TapChannel>, Error> {
         let reactor = reactor::current().ok_or(Error::NotOnReactor)?;
-        let secondary = self.0.secondary.channel()?;
-        let sec = secondary.bdev();
+        // A secondary that cannot be reached from here fails the split writes' second half
+        // (out of sync), never the primary's writes.
+        let secondary = match self.0.secondary.channel() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.0.log_secondary_failure(&e);
+                self.0.note_secondary_failed();
+                None
+            }
+        };
+        let sec = self.0.secondary.bdev();
         let inner = Rc::new(Inner {
             sp: Arc::clone(&self.0),
             secondary,
@@ -301,7 +338,7 @@ impl Slab {
 
 struct Inner {
     sp: Arc<Splitter>,
-    secondary: Channel,
+    secondary: Option<Channel>,
     sec_unmap: bool,
     sec_zeroes: bool,
     reactor: usize,
@@ -342,7 +379,7 @@ impl TapChannel for SplitChannel {
         let (off, len) = (ob * bs, nb * bs);
         c.started.fetch_add(1, Ordering::SeqCst);
         if sp.held.load(Ordering::SeqCst) {
-            c.finished.fetch_add(1, Ordering::SeqCst);
+            c.started.fetch_sub(1, Ordering::SeqCst);
             primary.park();
             inner.parked.borrow_mut().push_back((primary.clone(), io));
             return Ok(());
@@ -365,8 +402,9 @@ impl TapChannel for SplitChannel {
                 sp.local_in_flight.fetch_sub(1, Ordering::SeqCst);
                 let busy = sp.drl.enter(off, len);
                 let r = route(state, busy, strict);
-                if r != Route::Both {
+                if r == Route::PrimaryOnly {
                     sp.drl.mark_dirty(off, len);
+                    sp.dirtied();
                 }
                 r
             }
@@ -410,7 +448,14 @@ impl TapChannel for SplitChannel {
 /// empty).
 fn copy_of(src: &Sgl, len: usize) -> Sgl {
     let mut out = Sgl::new();
-    let mut left = len;
+    if len > LARGE_BUF * MAX_SEGS {
+        // More than the pool's buffers can carry in one list: one buffer of its own (a
+        // write this large is not the steady state the pool is sized for).
+        if let Ok(b) = DmaBuf::new(len) {
+            let _ = out.push(b, 0, len);
+        }
+    }
+    let mut left = if out.is_empty() { len } else { 0 };
     while left > 0 {
         let n = left.min(LARGE_BUF);
         let pushed = match mem::take_large() {
@@ -540,10 +585,13 @@ impl Inner {
             }
             Inner::secondary_done(&held, slot, d.status.is_ok())
         };
-        let sec = &self.secondary;
+        let Some(sec) = &self.secondary else {
+            self.secondary_done_now(slot, false);
+            return;
+        };
         let sent = match io_type {
             IoType::Write => match copy {
-                Some(sgl) if sgl.len() as u64 == nb * self.sp_block_size() => {
+                Some(sgl) if sgl.len() as u64 == nb * sec.bdev().block_size() as u64 => {
                     sec.write(ob, nb, sgl, cb).map_err(|(e, _)| e)
                 }
                 _ => Err(Error::InvalidArgument(
@@ -566,10 +614,6 @@ impl Inner {
             // Counted as a failure of the secondary; the primary's completion finishes the op.
             self.secondary_done_now(slot, false);
         }
-    }
-
-    fn sp_block_size(&self) -> u64 {
-        self.secondary.bdev().block_size() as u64
     }
 
     fn primary_done(self: &Rc<Self>, slot: usize, d: IoDone) {
@@ -626,13 +670,24 @@ impl Inner {
             Route::Local => {
                 sp.local_in_flight.fetch_sub(1, Ordering::SeqCst);
             }
+            Route::Both if op.io_type == IoType::Flush => {
+                if !op.secondary_ok {
+                    // What the secondary acknowledged before may not be on its media: the log
+                    // no longer knows what differs, so everything does.
+                    sp.drl.mark_all_dirty();
+                    sp.dirtied();
+                }
+            }
             _ if op.io_type == IoType::Flush => {}
             // The regions stay clean only if the bytes reached both sides; a primary that
             // failed while the secondary wrote leaves them different too.
-            Route::Both => sp
-                .drl
-                .end_write(op.off, op.len, primary_ok && op.secondary_ok),
-            _ => sp.drl.end_write(op.off, op.len, false),
+            _ => {
+                let both = op.route == Route::Both && primary_ok && op.secondary_ok;
+                sp.drl.end_write(op.off, op.len, both);
+                if !both {
+                    sp.dirtied();
+                }
+            }
         }
         sp.counters[self.reactor]
             .finished
