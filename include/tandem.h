@@ -46,6 +46,19 @@ typedef enum tandem_log_level {
   TANDEM_LOG_TRACE = 4,
 } tandem_log_level;
 
+// A relationship's state (ARCHITECTURE.md, "Relationship lifecycle").
+typedef enum tandem_repl_state {
+  TANDEM_REPL_UNINITIALIZED = 0,
+  TANDEM_REPL_BASELINE = 1,
+  TANDEM_REPL_INCREMENTAL = 2,
+  TANDEM_REPL_ESTABLISHING = 3,
+  TANDEM_REPL_IN_SYNC = 4,
+  TANDEM_REPL_OUT_OF_SYNC = 5,
+  TANDEM_REPL_RESYNCING = 6,
+  TANDEM_REPL_QUIESCED = 7,
+  TANDEM_REPL_BROKEN = 8,
+} tandem_repl_state;
+
 // What a namespace entry is.
 typedef enum tandem_file_type {
   TANDEM_FILE_DIR = 1,
@@ -55,6 +68,14 @@ typedef enum tandem_file_type {
   TANDEM_FILE_VOLUME = 4,
 } tandem_file_type;
 
+// What happens to client writes while the secondary cannot take them.
+typedef enum tandem_repl_policy {
+  // Writes succeed on the primary and are logged; the pair resyncs by itself.
+  TANDEM_REPL_SYNC = 0,
+  // Writes fail while the pair is out of sync.
+  TANDEM_REPL_STRICT_SYNC = 1,
+} tandem_repl_policy;
+
 // A descriptor's I/O channel on one engine thread.
 typedef struct tandem_channel tandem_channel;
 
@@ -63,6 +84,9 @@ typedef struct tandem_desc tandem_desc;
 
 // A registered poller.
 typedef struct tandem_poller tandem_poller;
+
+// A relationship, from `tandem_repl_create` until `tandem_repl_delete`.
+typedef struct tandem_repl tandem_repl;
 
 // A loaded store.
 typedef struct tandem_store tandem_store;
@@ -162,6 +186,55 @@ typedef void (*tandem_log_fn)(void *cb_arg,
                               enum tandem_log_level level,
                               const char *module,
                               const char *msg);
+
+// Options of `tandem_repl_create`; fill with `tandem_repl_opts_init` first.
+typedef struct tandem_repl_opts {
+  size_t opts_size;
+  const char *name;
+  // The primary volume's bdev, `<store>/<volume>`.
+  const char *primary;
+  // The bdev here that reaches the secondary volume.
+  const char *secondary_bdev;
+  // The secondary volume as its own engine names it, `<store>/<volume>`.
+  const char *secondary_volume;
+  // The secondary tandemd's RPC socket; NULL: its store is in this process.
+  const char *secondary_rpc;
+  // A `tandem_repl_policy` value (an int, so that a wrong value is refused, not undefined).
+  int policy;
+  // Bytes per dirty region: a power of two from 64 KiB to 1 MiB (default 256 KiB).
+  uint64_t region_size;
+  // Copies in flight for transfers and the scanner (default 8).
+  uint32_t copy_depth;
+  // Bytes per second for transfers and the scanner; 0: no limit.
+  uint64_t rate_bytes_per_sec;
+  // A snapshot both volumes hold, to start from instead of a baseline; NULL: none.
+  const char *common_snapshot;
+} tandem_repl_opts;
+
+// What `tandem_repl_get_status` tells.
+typedef struct tandem_repl_status {
+  enum tandem_repl_state state;
+  // Bytes the log says differ.
+  uint64_t dirty_bytes;
+  // Bytes sent by snapshot transfers, and by the scanner.
+  uint64_t bytes_transferred;
+  uint64_t resynced_bytes;
+  // Progress of the transfer or resync under way, 0 to 100.
+  double progress_percent;
+  uint64_t split_writes;
+  uint64_t secondary_errors;
+  // The longest pause of client writes (a quiesce barrier), microseconds.
+  uint64_t max_pause_us;
+  uint64_t transitions;
+} tandem_repl_status;
+
+// Told of a state change: the relationship's name, the old and the new state. Called on
+// the relationship's driver thread; it must not call back into this relationship's
+// lifecycle functions (they wait for that thread), but may read its status.
+typedef void (*tandem_repl_state_fn)(void *cb_arg,
+                                     const char *name,
+                                     enum tandem_repl_state from,
+                                     enum tandem_repl_state to);
 
 // What `tandem_store_stat` tells. Times are nanoseconds since the Unix epoch.
 typedef struct tandem_stat {
@@ -384,6 +457,52 @@ int tandem_log_set_callback(tandem_log_fn cb, void *cb_arg);
 // Log only lines at `level` or more severe. Any thread.
 int tandem_log_set_level(int level);
 
+// Fill `opts` with defaults. `opts_size` is `sizeof(struct tandem_repl_opts)`.
+int tandem_repl_opts_init(struct tandem_repl_opts *opts, size_t opts_size);
+
+// Make a relationship (uninitialized; a record of it left in the primary's store by an
+// earlier run is resumed instead) and write its handle to `*out`. Any thread but a reactor.
+int tandem_repl_create(const struct tandem_repl_opts *opts, struct tandem_repl **out);
+
+// Start: baseline (or an incremental from the common snapshot), incrementals while the
+// diffs shrink, establishing, in sync. Returns once started; the state callback and
+// `tandem_repl_get_status` tell the rest.
+int tandem_repl_start(const struct tandem_repl *r);
+
+// Stop splitting at a snapshot common to both sides (in sync only).
+int tandem_repl_quiesce(const struct tandem_repl *r);
+
+// Split again after a quiesce: the writes logged meanwhile are drained.
+int tandem_repl_resume(const struct tandem_repl *r);
+
+// Make the secondary writable (failover): nothing replicates until a resync.
+int tandem_repl_break(const struct tandem_repl *r);
+
+// Resync: from the log when out of sync; after a break, from the common snapshot with what
+// changed on both sides.
+int tandem_repl_resync(const struct tandem_repl *r);
+
+// Delete the relationship (the last common snapshot stays on both sides); the handle is
+// stale afterwards.
+int tandem_repl_delete(struct tandem_repl *r);
+
+// The relationship's status into `*out`. Any thread but a reactor.
+int tandem_repl_get_status(const struct tandem_repl *r, struct tandem_repl_status *out);
+
+// Call `cb(cb_arg, name, from, to)` on every state change from now on; `*id` (may be NULL)
+// receives an id for `tandem_repl_unwatch`. Any thread.
+int tandem_repl_watch(const struct tandem_repl *r,
+                      tandem_repl_state_fn cb,
+                      void *cb_arg,
+                      uint64_t *id);
+
+// Stop calling the callback `tandem_repl_watch` gave `id` for. Any thread.
+int tandem_repl_unwatch(const struct tandem_repl *r, uint64_t id);
+
+// A state's name ("in_sync", ...) as a static string, for a `tandem_repl_state` value; NULL
+// for a value out of range. Any thread.
+const char *tandem_repl_state_name(int state);
+
 // Format bdev `bdev` as a new store named `name` with clusters of `cluster_size` bytes (a
 // power of two, 4 KiB to 1 MiB), load it, and write its handle to `*out`. The engine must
 // be running. Any thread but a reactor.
@@ -391,6 +510,14 @@ int tandem_store_create(const char *bdev,
                         const char *name,
                         uint32_t cluster_size,
                         struct tandem_store **out);
+
+// Make volume `path` of `size` bytes (a multiple of 4 KiB): a file of the namespace that is
+// also a bdev, `<store>/<path>`, exportable as an NVMe namespace and replicable. `thick`
+// reserves every cluster now. Any thread but a reactor.
+int tandem_store_create_volume(const struct tandem_store *st,
+                               const char *path,
+                               uint64_t size,
+                               bool thick);
 
 // Load the store on bdev `bdev` and write its handle to `*out`. Any thread but a reactor.
 int tandem_store_load(const char *bdev, struct tandem_store **out);

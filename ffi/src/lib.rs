@@ -25,6 +25,7 @@ mod env;
 #[doc(hidden)]
 pub mod handle;
 mod log;
+mod repl;
 mod store;
 
 use std::ffi::{c_char, c_int, CStr};
@@ -33,6 +34,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub use bdev::*;
 pub use env::*;
 pub use log::*;
+pub use repl::*;
 pub use store::*;
 
 /// Run an export's body, turning a panic into `-ENOTRECOVERABLE`.

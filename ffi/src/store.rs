@@ -161,6 +161,23 @@ pub extern "C" fn tandem_store_create(
     })
 }
 
+/// Make volume `path` of `size` bytes (a multiple of 4 KiB): a file of the namespace that is
+/// also a bdev, `<store>/<path>`, exportable as an NVMe namespace and replicable. `thick`
+/// reserves every cluster now. Any thread but a reactor.
+#[no_mangle]
+pub extern "C" fn tandem_store_create_volume(
+    st: *const tandem_store,
+    path: *const c_char,
+    size: u64,
+    thick: bool,
+) -> c_int {
+    with_store(st, |s| {
+        let path = arg!(path_of(path));
+        s.create_volume(path.trim_start_matches('/'), size, thick)
+            .map(|_| 0)
+    })
+}
+
 /// Load the store on bdev `bdev` and write its handle to `*out`. Any thread but a reactor.
 #[no_mangle]
 pub extern "C" fn tandem_store_load(bdev: *const c_char, out: *mut *mut tandem_store) -> c_int {

@@ -359,6 +359,11 @@ pub fn decode(b: &[u8]) -> Result<(u64, u64, Vec<u64>), String> {
     }
     let word = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
     let (region_size, regions) = (word(0), word(1));
+    if !region_size.is_power_of_two() || !(MIN_REGION..=MAX_REGION).contains(&region_size) {
+        return Err(format!(
+            "a dirty region log with regions of {region_size} bytes"
+        ));
+    }
     let set: Vec<u64> = (2..b.len() / 8).map(word).collect();
     if set.len() as u64 != regions.div_ceil(64) {
         return Err(format!(
