@@ -40,6 +40,8 @@ pub struct Progress {
     pub stop: AtomicBool,
     /// Set when the poller has let go of everything.
     pub stopped: AtomicBool,
+    /// A transfer: microseconds from its start to its last copy done.
+    pub elapsed_us: AtomicU64,
 }
 
 impl Progress {
@@ -207,7 +209,12 @@ impl Copier {
         let transfer_done = matches!(c.work, Work::Extents(_))
             && c.in_flight == 0
             && (c.halted || c.extents_exhausted());
-        if transfer_done && !c.progress.finished.swap(true, Ordering::SeqCst) {
+        if transfer_done && !c.progress.finished.load(Ordering::SeqCst) {
+            let took = reactor::now().unwrap_or_default().saturating_sub(c.started);
+            c.progress
+                .elapsed_us
+                .store(took.as_micros() as u64, Ordering::SeqCst);
+            c.progress.finished.store(true, Ordering::SeqCst);
             busy = true;
         }
         if c.in_flight == 0 && (c.progress.stop.load(Ordering::SeqCst) || transfer_done) {

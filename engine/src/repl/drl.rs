@@ -271,14 +271,22 @@ impl Drl {
     /// to write: what stays durable and everything in use. Once it is on disk, call
     /// [`Drl::flushed`] with it.
     pub fn begin_flush(&self) -> Vec<u64> {
+        self.next_epoch();
         self.begin_flush_keeping(0)
     }
 
-    /// [`Drl::begin_flush`], but a region written during the last `keep` flush epochs stays
+    /// End the log's epoch: regions written before now count as idle for one more epoch.
+    pub fn next_epoch(&self) {
+        self.epoch.fetch_add(1, SeqCst);
+    }
+
+    /// [`Drl::begin_flush`], but a region written during the last `keep_epochs` epochs stays
     /// durable even when no write to it is in flight. The log on disk then covers the regions
-    /// written since the flush `keep` flushes ago, besides everything that may differ.
+    /// written since `keep_epochs` epochs ago, besides everything that may differ. The caller
+    /// ends an epoch with [`Drl::next_epoch`] (on a clock: a trim); `u64::MAX` drops nothing
+    /// (a flush for waiting writes).
     pub fn begin_flush_keeping(&self, keep_epochs: u64) -> Vec<u64> {
-        let epoch = self.epoch.fetch_add(1, SeqCst) + 1;
+        let epoch = self.epoch.load(SeqCst);
         let mut out = vec![0u64; self.dirty.len()];
         for (i, o) in out.iter_mut().enumerate() {
             let durable = self.durable[i].load(SeqCst);

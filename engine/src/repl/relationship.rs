@@ -119,8 +119,9 @@ pub struct Status {
     pub phase_total: u64,
     pub phase_done: u64,
     pub phase_started: Option<Instant>,
-    /// Bytes each transfer sent, in order (baseline first).
+    /// Bytes each transfer sent, in order (baseline first), and the seconds each took.
     pub transfers: Vec<u64>,
+    pub transfer_secs: Vec<f64>,
     /// Bytes the scanner copied, in total.
     pub resynced_bytes: u64,
     /// The scanner's total when the phase under way began.
@@ -559,6 +560,7 @@ impl Relationship {
             "recovered_dirty_bytes": st.recovered_dirty_bytes,
             "bytes_transferred": st.bytes_transferred,
             "transfers": st.transfers,
+            "transfer_seconds": st.transfer_secs,
             "resynced_bytes": st.resynced_bytes,
             "progress_percent": (progress * 10.0).round() / 10.0,
             "rate_bytes_per_sec": rate.round(),
@@ -626,14 +628,22 @@ struct Log {
 
 /// How often the flusher trims the log of regions no longer written.
 const TRIM_EVERY: Duration = Duration::from_millis(500);
-/// Flushes a region stays on disk after its last write (an activity log's hysteresis).
-const KEEP_FLUSHES: u64 = 2;
+/// Trims a region stays on disk after its last write (an activity log's hysteresis: a region
+/// written again within a second or so does not wait for a flush).
+const KEEP_TRIMS: u64 = 2;
 
 impl Log {
-    /// Write the log: everything in use and what stays durable, in one store commit.
-    fn flush(&self) -> Result<(), String> {
+    /// Write the log: everything in use and what stays durable, in one store commit. A
+    /// `trim` also drops the regions idle for [`KEEP_TRIMS`] trims; other flushes only add.
+    fn flush(&self, trim: bool) -> Result<(), String> {
         let _one = lock(&self.lock);
-        let set = self.drl.begin_flush_keeping(KEEP_FLUSHES);
+        let keep = if trim {
+            self.drl.next_epoch();
+            KEEP_TRIMS
+        } else {
+            u64::MAX
+        };
+        let set = self.drl.begin_flush_keeping(keep);
         let bytes = super::drl::encode(self.drl.region_size(), self.drl.regions(), &set);
         self.store
             .put_object(&self.object, bytes)
@@ -650,11 +660,14 @@ impl Log {
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::park_timeout(TRIM_EVERY);
             let wanted = sp.take_flush_wanted();
-            if !wanted && last_trim.elapsed() < TRIM_EVERY {
+            let trim = last_trim.elapsed() >= TRIM_EVERY;
+            if !wanted && !trim {
                 continue;
             }
-            last_trim = Instant::now();
-            match self.flush() {
+            if trim {
+                last_trim = Instant::now();
+            }
+            match self.flush(trim) {
                 Ok(()) => sp.flushed(messenger),
                 Err(e) => {
                     tracing::warn!(relationship = sp.name(), "{e}");
@@ -872,7 +885,7 @@ impl Driver {
         if self.saved.as_ref() == Some(&now) {
             return Ok(());
         }
-        self.log.flush()?;
+        self.log.flush(false)?;
         let cfg = &self.rel.cfg;
         let rec = Record {
             name: cfg.name.clone(),
@@ -1037,6 +1050,8 @@ impl Driver {
             let mut st = lock(&self.rel.status);
             st.bytes_transferred += t.bytes;
             st.transfers.push(t.bytes);
+            st.transfer_secs
+                .push(t.progress.elapsed_us.load(Ordering::SeqCst) as f64 / 1e6);
             st.last_common_snapshot = Some(t.snapshot.clone());
         }
         let from = self.machine.state();

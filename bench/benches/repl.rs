@@ -1,0 +1,564 @@
+//! Synchronous replication against the same work without it, in the same run:
+//! - **splitter overhead**: 4 KiB random writes at queue depths 32 and 1 on a replicated
+//!   volume and on an unreplicated volume of the same store, in alternating rounds (median
+//!   IOPS and mean latency, and their ratios), first with the secondary a second volume in
+//!   this process, then with it a volume of a tandemd on loopback (a process of this build,
+//!   on the other core, attached through the `nvmf` bdev);
+//! - **the dirty region log's cost per write** (criterion): what the splitter does to the log
+//!   for a write in sync (`enter`, `admit`, `end_write`) against one atomic add;
+//! - **resync**: the secondary failing writes while 4 KiB writes dirty regions, then back:
+//!   bytes resynced against bytes dirtied at region granularity, and the resync's throughput
+//!   against a plain copy of the same bytes (read the primary, write the secondary, same depth
+//!   and size, the same run);
+//! - **transfers**: the incremental transfer of 1% of a large sparse volume's data against
+//!   its baseline transfer.
+//!
+//! `cargo bench -p tandem-bench --bench repl` (TANDEM_BENCH_SECS per round, default 2;
+//! TANDEM_BENCH_ROUNDS, default 3).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use tandem::bdev::error::{self as ebdev, Action, ErrorOpts, Fault, IoTypes};
+use tandem::bdev::{self, malloc, IoDone, IoType};
+use tandem::host::HostOpts;
+use tandem::mem::{DmaBuf, Sgl};
+use tandem::reactor::{
+    available_cores, CoreMask, Engine, EngineOpts, Messenger, Mode, Reactor, ReactorId,
+};
+use tandem::repl::drl::{Drl, DEFAULT_REGION};
+use tandem::repl::relationship::{self, Config, Relationship, SecondaryControl};
+use tandem::repl::state::State;
+use tandem::store::{CreateOpts, Store};
+use tandem_bench::io_job::Job;
+
+const MIB: u64 = 1 << 20;
+/// Whether this is `cargo test --benches` (a smoke pass, debug build): small sizes.
+fn smoke() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// The replicated volumes' size: 256 MiB, 16 MiB in a smoke pass.
+fn vol() -> u64 {
+    if smoke() {
+        16 * MIB
+    } else {
+        256 * MIB
+    }
+}
+const CLUSTER: u32 = 65536;
+const NQN: &str = "nqn.2016-06.io.tandem:bench-secondary";
+
+fn ram(name: &str, bytes: u64) {
+    malloc::create(malloc::MallocOpts {
+        name: name.into(),
+        num_blocks: bytes / 4096,
+        block_size: 4096,
+        uuid: 0,
+    })
+    .unwrap();
+}
+
+fn store(m: &Messenger, owner: ReactorId, name: &str, bytes: u64) -> Store {
+    let base = format!("{name}_base");
+    ram(&base, bytes);
+    Store::create(
+        &CreateOpts {
+            base,
+            name: name.into(),
+            cluster_size: CLUSTER,
+        },
+        m,
+        owner,
+    )
+    .unwrap()
+}
+
+/// Write every block of `name` once (64 KiB writes, 32 in flight), so that later writes
+/// allocate nothing.
+fn fill(reactor: &Reactor, name: &str) {
+    let job = Job::open(reactor, name, IoType::Write, 65536);
+    let ios = bdev::get(name).unwrap().size_bytes() / 65536;
+    // Random data where the random pass lands; a sequential pass allocates the rest.
+    job.run(reactor, 32, ios);
+    seq_copy(
+        reactor,
+        name,
+        name,
+        0,
+        bdev::get(name).unwrap().size_bytes(),
+        32,
+    );
+}
+
+/// Read `[off, off + len)` of `src` and write it to `dst` at the same place, in 256 KiB
+/// copies, `depth` in flight: a plain copy. Seconds.
+fn seq_copy(reactor: &Reactor, src: &str, dst: &str, off: u64, len: u64, depth: usize) -> f64 {
+    let chunk = 256 * 1024u64;
+    let next = Rc::new(Cell::new(off));
+    let done = Rc::new(Cell::new(0u64));
+    let total = len / chunk;
+    let start = Instant::now();
+    reactor.enter(|| {
+        let (s, d) = (
+            bdev::open(src, false, None).unwrap(),
+            bdev::open(dst, true, None).unwrap(),
+        );
+        let (sc, dc) = (Rc::new(s.channel().unwrap()), Rc::new(d.channel().unwrap()));
+        std::mem::forget((s, d));
+        fn step(
+            sc: Rc<bdev::Channel>,
+            dc: Rc<bdev::Channel>,
+            sgl: Sgl,
+            next: Rc<Cell<u64>>,
+            done: Rc<Cell<u64>>,
+            end: u64,
+        ) {
+            let at = next.get();
+            if at >= end {
+                return;
+            }
+            next.set(at + 256 * 1024);
+            let (sc2, dc2) = (Rc::clone(&sc), Rc::clone(&dc));
+            sc.read(at / 4096, 64, sgl, move |r: IoDone| {
+                assert!(r.status.is_ok());
+                let dc3 = Rc::clone(&dc2);
+                dc2.write(at / 4096, 64, r.sgl, move |w: IoDone| {
+                    assert!(w.status.is_ok());
+                    done.set(done.get() + 1);
+                    step(sc2, dc3, w.sgl, next, done, end);
+                })
+                .map_err(|(e, _)| e)
+                .unwrap();
+            })
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+        for _ in 0..depth {
+            let b = DmaBuf::new(chunk as usize).unwrap();
+            step(
+                Rc::clone(&sc),
+                Rc::clone(&dc),
+                Sgl::single(b),
+                Rc::clone(&next),
+                Rc::clone(&done),
+                off + len,
+            );
+        }
+    });
+    while done.get() < total {
+        reactor.poll();
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// IOPS of `job` at `depth` for about `secs`.
+fn iops(reactor: &Reactor, job: &Rc<Job>, depth: usize, secs: f64) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    let batch = if depth == 1 { 2_000 } else { 20_000 };
+    while start.elapsed().as_secs_f64() < secs {
+        job.run(reactor, depth, batch);
+        n += batch;
+    }
+    assert_eq!(
+        job.errors(),
+        0,
+        "{:?}",
+        relationship::list()
+            .iter()
+            .map(|r| r.to_json())
+            .collect::<Vec<_>>()
+    );
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn wait(rel: &Relationship, want: State, within: Duration) {
+    let t = Instant::now();
+    while rel.state() != want {
+        assert!(
+            t.elapsed() < within,
+            "{} not {}: {}",
+            rel.name(),
+            want.name(),
+            rel.to_json()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Replicated against unreplicated, alternating rounds: prints medians and ratios.
+fn overhead(reactor: &Reactor, replicated: &str, plain: &str, label: &str) {
+    let (secs, rounds) = tandem_bench::run_shape(2);
+    println!("\n== splitter overhead, secondary {label}: 4 KiB randwrite, {rounds} alternating rounds of {secs} s ==");
+    for depth in [32usize, 1] {
+        let (rj, pj) = (
+            Job::open(reactor, replicated, IoType::Write, 4096),
+            Job::open(reactor, plain, IoType::Write, 4096),
+        );
+        let (mut r, mut p) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            r.push(iops(reactor, &rj, depth, secs as f64));
+            p.push(iops(reactor, &pj, depth, secs as f64));
+        }
+        let (r, p) = (tandem_bench::median(r), tandem_bench::median(p));
+        let lat = |iops: f64| depth as f64 / iops * 1e6;
+        println!(
+            "qd{depth:<3} replicated {r:>9.0} IOPS {:>7.1} us   unreplicated {p:>9.0} IOPS {:>7.1} us   IOPS ratio {:.2}   latency ratio {:.2}",
+            lat(r),
+            lat(p),
+            r / p,
+            lat(r) / lat(p)
+        );
+    }
+}
+
+fn drl_cost(c: &mut Criterion) {
+    let drl = Drl::new(vol(), DEFAULT_REGION).unwrap();
+    drl.flushed(&vec![!0u64; drl.regions().div_ceil(64) as usize]);
+    let counter = AtomicU64::new(0);
+    let mut g = c.benchmark_group("repl_drl");
+    let mut i = 0u64;
+    g.bench_function("write_in_sync", |b| {
+        b.iter(|| {
+            i = (i + 7919) % (vol() / 4096);
+            let off = i * 4096;
+            let busy = drl.enter(off, 4096);
+            let admit = drl.admit(off, 4096);
+            drl.end_write(off, 4096, true);
+            (busy, admit)
+        })
+    });
+    g.bench_function("one_atomic_add", |b| {
+        b.iter(|| counter.fetch_add(1, Ordering::SeqCst))
+    });
+    g.finish();
+    tandem_bench::print_ratios(
+        "the log's work per write in sync against one atomic add",
+        &[("repl_drl/write_in_sync", "repl_drl/one_atomic_add")],
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    drl_cost(&mut c);
+
+    let core = available_cores()[0];
+    let engine = Engine::start(EngineOpts {
+        core_mask: Some(CoreMask::from_cores([core]).unwrap()),
+        mode: Mode::Adaptive,
+        pin: false,
+        ..EngineOpts::default()
+    })
+    .unwrap();
+    let owner = engine.reactor_ids()[0];
+    let m = engine.messenger();
+    let reactor = engine.create_thread("bench").unwrap();
+
+    // Room for each volume twice: a replication snapshot is of the whole store, so every
+    // volume's clusters move on their next write (copy on write) while it lives.
+    let ps = store(&m, owner, "prim", 9 * vol());
+    let ss = store(&m, owner, "sec", 5 * vol());
+    for v in ["rep", "rep_tcp", "plain"] {
+        ps.create_volume(v, vol(), false).unwrap();
+        fill(&reactor, &format!("prim/{v}"));
+    }
+    ss.create_volume("local", vol(), false).unwrap();
+
+    // ---- the secondary a local volume ----
+    let rel = relationship::create(
+        Config::new("bench_local", "prim/rep", "sec/local", "sec/local"),
+        m.clone(),
+        owner,
+    )
+    .unwrap();
+    rel.start().unwrap();
+    wait(&rel, State::InSync, Duration::from_secs(120));
+    // The common snapshot shares every cluster of the store: write each once more, so that
+    // the rounds measure replication, not first copies on write.
+    for v in ["prim/rep", "prim/plain"] {
+        seq_copy(&reactor, v, v, 0, vol(), 32);
+    }
+    overhead(&reactor, "prim/rep", "prim/plain", "a local volume");
+
+    // ---- the secondary a tandemd on loopback (a process of its own, on the other core) ----
+    let remote = Remote::start();
+    let names = bdev::nvmf::attach(
+        "rsec",
+        HostOpts::new("127.0.0.1", &remote.port.to_string(), NQN),
+    )
+    .unwrap();
+    let mut cfg = Config::new("bench_tcp", "prim/rep_tcp", &names[0], "rsec/vol");
+    cfg.control = SecondaryControl::Remote {
+        socket: remote.sock.clone(),
+    };
+    let rel_tcp = relationship::create(cfg, m.clone(), owner).unwrap();
+    rel_tcp.start().unwrap();
+    wait(&rel_tcp, State::InSync, Duration::from_secs(300));
+    for v in ["prim/rep_tcp", "prim/plain"] {
+        seq_copy(&reactor, v, v, 0, vol(), 32);
+    }
+    overhead(
+        &reactor,
+        "prim/rep_tcp",
+        "prim/plain",
+        "a tandemd on loopback",
+    );
+    relationship::delete("bench_tcp").unwrap();
+    bdev::nvmf::detach("rsec").unwrap();
+    drop(remote);
+
+    // ---- resync: dirty regions while the secondary fails writes, then drain ----
+    relationship::delete("bench_local").unwrap();
+    let ee = ebdev::create(ErrorOpts {
+        name: Some("EE_local".into()),
+        base: "sec/local".into(),
+        uuid: 0,
+    })
+    .unwrap();
+    let mut cfg = Config::new("bench_resync", "prim/rep", ee.name(), "sec/local");
+    cfg.common_snapshot = rel.status().last_common_snapshot.clone();
+    drop(rel);
+    let rel = relationship::create(cfg, m.clone(), owner).unwrap();
+    rel.start().unwrap();
+    wait(&rel, State::InSync, Duration::from_secs(120));
+    println!("\n== resync: bytes and throughput against a plain copy of the same bytes ==");
+    for (writes, label) in [
+        (2_000u64, "2,000 random 4 KiB writes"),
+        (40_000, "40,000 random 4 KiB writes"),
+    ] {
+        ebdev::set_fault("EE_local", Fault::every(Action::Fail, IoTypes::WRITES)).unwrap();
+        let job = Job::open(&reactor, "prim/rep", IoType::Write, 4096);
+        job.run(&reactor, 32, writes);
+        wait(&rel, State::OutOfSync, Duration::from_secs(10));
+        let drl = Arc::clone(rel.splitter().drl());
+        let dirtied = drl.dirty_regions() * drl.region_size();
+        // The status the driver publishes every few milliseconds settles first.
+        std::thread::sleep(Duration::from_millis(50));
+        let before = rel.status().resynced_bytes;
+        ebdev::clear("EE_local").unwrap();
+        wait(&rel, State::Resyncing, Duration::from_secs(10));
+        let t0 = Instant::now();
+        wait(&rel, State::InSync, Duration::from_secs(120));
+        let secs = t0.elapsed().as_secs_f64();
+        let resynced = rel.status().resynced_bytes - before;
+        // The same bytes as a plain copy: 256 KiB copies, read and written, the same depth
+        // (in passes over the volume when the resync copied more than it holds).
+        let mut copy_secs = 0.0;
+        let mut left = resynced;
+        while left > 0 {
+            let n = left.min(vol());
+            copy_secs += seq_copy(&reactor, "prim/rep", "sec/local", 0, n, 8);
+            left -= n;
+        }
+        println!(
+            "{label:<28} dirtied {:>6.1} MiB (regions)  resynced {:>6.1} MiB  ratio {:.3}   resync {:>7.1} MiB/s  plain copy {:>7.1} MiB/s  ratio {:.2}",
+            dirtied as f64 / MIB as f64,
+            resynced as f64 / MIB as f64,
+            resynced as f64 / dirtied as f64,
+            resynced as f64 / MIB as f64 / secs,
+            resynced as f64 / MIB as f64 / copy_secs,
+            copy_secs / secs
+        );
+    }
+    relationship::delete("bench_resync").unwrap();
+
+    // ---- transfers: 1% of a large sparse volume against its baseline ----
+    let big = if smoke() { 256 * MIB } else { 8 << 30 };
+    let bs = store(&m, owner, "bigp", 3 * big / 16 + 256 * MIB);
+    let bss = store(&m, owner, "bigs", 3 * big / 16 + 256 * MIB);
+    bs.create_volume("v", big, false).unwrap();
+    bss.create_volume("v", big, false).unwrap();
+    // A sixteenth of the volume written: every 16th MiB.
+    let written = big / 16;
+    let src_mib = vol() / MIB;
+    for i in 0..written / MIB {
+        let from = (i % src_mib) * MIB;
+        seq_copy_at(&reactor, "prim/plain", "bigp/v", from, i * 16 * MIB, MIB);
+    }
+    let rel = relationship::create(
+        Config::new("bench_big", "bigp/v", "bigs/v", "bigs/v"),
+        m.clone(),
+        owner,
+    )
+    .unwrap();
+    rel.start().unwrap();
+    wait(&rel, State::InSync, Duration::from_secs(600));
+    rel.quiesce().unwrap();
+    let common = rel.status().last_common_snapshot.clone();
+    let baseline = (rel.status().transfers[0], rel.status().transfer_secs[0]);
+    relationship::delete("bench_big").unwrap();
+    // 1% of the data changes, spread over the volume (1 MiB copies from another place).
+    let changes = (written / MIB / 100).max(1);
+    for i in 0..changes {
+        let at = (i * 97 % (written / MIB)) * 16 * MIB;
+        let from = (src_mib - 1 - i % src_mib) * MIB;
+        seq_copy_at(&reactor, "prim/plain", "bigp/v", from, at, MIB);
+    }
+    let mut cfg = Config::new("bench_big2", "bigp/v", "bigs/v", "bigs/v");
+    cfg.common_snapshot = common;
+    let rel = relationship::create(cfg, m.clone(), owner).unwrap();
+    rel.start().unwrap();
+    wait(&rel, State::InSync, Duration::from_secs(120));
+    let inc = (rel.status().transfers[0], rel.status().transfer_secs[0]);
+    println!(
+        "\n== transfers: a {} MiB sparse volume with {} MiB written, then {} MiB changed ==",
+        big / MIB,
+        written / MIB,
+        changes
+    );
+    println!(
+        "baseline    {:>7.1} MiB in {:>7.3} s\nincremental {:>7.1} MiB in {:>7.3} s   bytes {:.2}%   time {:.2}% of the baseline's",
+        baseline.0 as f64 / MIB as f64,
+        baseline.1,
+        inc.0 as f64 / MIB as f64,
+        inc.1,
+        100.0 * inc.0 as f64 / baseline.0 as f64,
+        100.0 * inc.1 / baseline.1
+    );
+    relationship::delete("bench_big2").unwrap();
+    c.final_summary();
+}
+
+/// Copy `len` bytes of `src` at `from` to `dst` at `to` (one 1 MiB copy at a time).
+fn seq_copy_at(reactor: &Reactor, src: &str, dst: &str, from: u64, to: u64, len: u64) {
+    let done = Rc::new(Cell::new(false));
+    reactor.enter(|| {
+        let (s, d) = (
+            bdev::open(src, false, None).unwrap(),
+            bdev::open(dst, true, None).unwrap(),
+        );
+        let (sc, dc) = (s.channel().unwrap(), d.channel().unwrap());
+        std::mem::forget((s, d));
+        let b = DmaBuf::new(len as usize).unwrap();
+        let done = Rc::clone(&done);
+        let n = len / 4096;
+        sc.read(from / 4096, n, Sgl::single(b), move |r: IoDone| {
+            assert!(r.status.is_ok());
+            dc.write(to / 4096, n, r.sgl, move |w: IoDone| {
+                assert!(w.status.is_ok());
+                done.set(true);
+            })
+            .map_err(|(e, _)| e)
+            .unwrap();
+        })
+        .map_err(|(e, _)| e)
+        .unwrap();
+    });
+    while !done.get() {
+        reactor.poll();
+    }
+}
+
+/// A tandemd of this build (release, built here if missing) serving a 256 MiB volume in a
+/// RAM store over NVMe/TCP on 127.0.0.1, on the other core; stopped on drop.
+struct Remote {
+    child: std::process::Child,
+    sock: std::path::PathBuf,
+    port: u16,
+}
+
+impl Remote {
+    fn start() -> Remote {
+        // tandemd of this very build and profile: cargo builds it (a no-op when fresh).
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.ancestors().nth(2).unwrap().to_path_buf();
+        let release = profile_dir.ends_with("release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "tandem", "--bin", "tandemd"]);
+        if release {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().unwrap().success(),
+            "building tandemd for the remote secondary"
+        );
+        let tandemd = profile_dir.join("tandemd");
+        let cores = available_cores();
+        let core = cores[cores.len() - 1];
+        let sock =
+            std::env::temp_dir().join(format!("tandem-bench-repl-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&sock);
+        let child = std::process::Command::new(&tandemd)
+            .args([
+                "-m",
+                &format!("[{core}]"),
+                "--mode",
+                "adaptive",
+                "--no-default",
+                "-r",
+            ])
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // From here a panic still stops it.
+        let mut remote = Remote {
+            child,
+            sock: sock.clone(),
+            port: 0,
+        };
+        let t = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "tandemd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let call = |method: &str, params: serde_json::Value| {
+            tandem::rpc::client::call(&sock, method, &params, Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("{method}: {e}"))
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        call(
+            "bdev_malloc_create",
+            serde_json::json!({"name": "m0", "num_blocks": 3 * vol() / 4096, "block_size": 4096}),
+        );
+        call(
+            "bdev_lvol_create_lvstore",
+            serde_json::json!({"bdev_name": "m0", "lvs_name": "rsec", "cluster_sz": CLUSTER}),
+        );
+        call(
+            "bdev_lvol_create",
+            serde_json::json!({"lvs_name": "rsec", "lvol_name": "vol", "size_in_mib": vol() / MIB}),
+        );
+        call(
+            "nvmf_create_transport",
+            serde_json::json!({"trtype": "TCP"}),
+        );
+        call(
+            "nvmf_create_subsystem",
+            serde_json::json!({"nqn": NQN, "allow_any_host": true}),
+        );
+        call(
+            "nvmf_subsystem_add_ns",
+            serde_json::json!({"nqn": NQN, "namespace": {"bdev_name": "rsec/vol"}}),
+        );
+        call(
+            "nvmf_subsystem_add_listener",
+            serde_json::json!({"nqn": NQN, "listen_address": {
+            "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
+        );
+        remote.port = port;
+        remote
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
