@@ -95,64 +95,98 @@ fn fill(reactor: &Reactor, name: &str) {
     );
 }
 
-/// Read `[off, off + len)` of `src` and write it to `dst` at the same place, in 256 KiB
-/// copies, `depth` in flight: a plain copy. Seconds.
-fn seq_copy(reactor: &Reactor, src: &str, dst: &str, off: u64, len: u64, depth: usize) -> f64 {
-    let chunk = 256 * 1024u64;
-    let next = Rc::new(Cell::new(off));
-    let done = Rc::new(Cell::new(0u64));
-    let total = len / chunk;
-    let start = Instant::now();
-    reactor.enter(|| {
-        let (s, d) = (
-            bdev::open(src, false, None).unwrap(),
-            bdev::open(dst, true, None).unwrap(),
-        );
-        let (sc, dc) = (Rc::new(s.channel().unwrap()), Rc::new(d.channel().unwrap()));
-        std::mem::forget((s, d));
-        fn step(
-            sc: Rc<bdev::Channel>,
-            dc: Rc<bdev::Channel>,
-            sgl: Sgl,
-            next: Rc<Cell<u64>>,
-            done: Rc<Cell<u64>>,
-            end: u64,
-        ) {
-            let at = next.get();
-            if at >= end {
-                return;
-            }
-            next.set(at + 256 * 1024);
-            let (sc2, dc2) = (Rc::clone(&sc), Rc::clone(&dc));
-            sc.read(at / 4096, 64, sgl, move |r: IoDone| {
-                assert!(r.status.is_ok());
-                let dc3 = Rc::clone(&dc2);
-                dc2.write(at / 4096, 64, r.sgl, move |w: IoDone| {
+/// Start copying `[off, off + len)` of `src` to `dst` at the same place on the current
+/// reactor, in 256 KiB copies, `depth` in flight: a plain copy. `finished` runs once all are
+/// done.
+fn start_copy(src: &str, dst: &str, off: u64, len: u64, depth: usize, finished: Box<dyn FnOnce()>) {
+    struct Copy {
+        sc: bdev::Channel,
+        dc: bdev::Channel,
+        next: Cell<u64>,
+        end: u64,
+        left: Cell<u64>,
+        finished: Cell<Option<Box<dyn FnOnce()>>>,
+    }
+    fn step(c: Rc<Copy>, sgl: Sgl) {
+        let at = c.next.get();
+        if at >= c.end {
+            return;
+        }
+        c.next.set(at + 256 * 1024);
+        let c2 = Rc::clone(&c);
+        c.sc.read(at / 4096, 64, sgl, move |r: IoDone| {
+            assert!(r.status.is_ok());
+            let c3 = Rc::clone(&c2);
+            c2.dc
+                .write(at / 4096, 64, r.sgl, move |w: IoDone| {
                     assert!(w.status.is_ok());
-                    done.set(done.get() + 1);
-                    step(sc2, dc3, w.sgl, next, done, end);
+                    c3.left.set(c3.left.get() - 1);
+                    if c3.left.get() == 0 {
+                        if let Some(f) = c3.finished.take() {
+                            f();
+                        }
+                    }
+                    step(c3, w.sgl);
                 })
                 .map_err(|(e, _)| e)
                 .unwrap();
-            })
-            .map_err(|(e, _)| e)
-            .unwrap();
-        }
-        for _ in 0..depth {
-            let b = DmaBuf::new(chunk as usize).unwrap();
-            step(
-                Rc::clone(&sc),
-                Rc::clone(&dc),
-                Sgl::single(b),
-                Rc::clone(&next),
-                Rc::clone(&done),
-                off + len,
-            );
-        }
+        })
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let (s, d) = (
+        bdev::open(src, false, None).unwrap(),
+        bdev::open(dst, true, None).unwrap(),
+    );
+    let c = Rc::new(Copy {
+        sc: s.channel().unwrap(),
+        dc: d.channel().unwrap(),
+        next: Cell::new(off),
+        end: off + len,
+        left: Cell::new(len / (256 * 1024)),
+        finished: Cell::new(Some(finished)),
     });
-    while done.get() < total {
+    std::mem::forget((s, d));
+    if len == 0 {
+        if let Some(f) = c.finished.take() {
+            f();
+        }
+    }
+    for _ in 0..depth {
+        step(Rc::clone(&c), Sgl::single(DmaBuf::new(256 * 1024).unwrap()));
+    }
+}
+
+/// A plain copy on the bench thread: seconds.
+fn seq_copy(reactor: &Reactor, src: &str, dst: &str, off: u64, len: u64, depth: usize) -> f64 {
+    let done = Rc::new(Cell::new(false));
+    let start = Instant::now();
+    let d2 = Rc::clone(&done);
+    reactor.enter(|| start_copy(src, dst, off, len, depth, Box::new(move || d2.set(true))));
+    while !done.get() {
         reactor.poll();
     }
+    start.elapsed().as_secs_f64()
+}
+
+/// A plain copy on reactor `on` (where the relationship's copier runs): seconds.
+fn seq_copy_on(m: &Messenger, on: ReactorId, src: &str, dst: &str, len: u64, depth: usize) -> f64 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (src, dst) = (src.to_owned(), dst.to_owned());
+    let start = Instant::now();
+    m.send(on, move || {
+        start_copy(
+            &src,
+            &dst,
+            0,
+            len,
+            depth,
+            Box::new(move || tx.send(()).unwrap()),
+        )
+    })
+    .map_err(|_| "send")
+    .unwrap();
+    rx.recv_timeout(Duration::from_secs(300)).unwrap();
     start.elapsed().as_secs_f64()
 }
 
@@ -223,9 +257,10 @@ fn drl_cost(c: &mut Criterion) {
     let counter = AtomicU64::new(0);
     let mut g = c.benchmark_group("repl_drl");
     let mut i = 0u64;
+    let blocks = vol() / 4096;
     g.bench_function("write_in_sync", |b| {
         b.iter(|| {
-            i = (i + 7919) % (vol() / 4096);
+            i = (i + 7919) % blocks;
             let off = i * 4096;
             let busy = drl.enter(off, 4096);
             let admit = drl.admit(off, 4096);
@@ -262,7 +297,7 @@ fn main() {
     // Room for each volume twice: a replication snapshot is of the whole store, so every
     // volume's clusters move on their next write (copy on write) while it lives.
     let ps = store(&m, owner, "prim", 9 * vol());
-    let ss = store(&m, owner, "sec", 5 * vol());
+    let ss = store(&m, owner, "sec", 12 * vol());
     for v in ["rep", "rep_tcp", "plain"] {
         ps.create_volume(v, vol(), false).unwrap();
         fill(&reactor, &format!("prim/{v}"));
@@ -346,14 +381,23 @@ fn main() {
         wait(&rel, State::InSync, Duration::from_secs(120));
         let secs = t0.elapsed().as_secs_f64();
         let resynced = rel.status().resynced_bytes - before;
-        // The same bytes as a plain copy: 256 KiB copies, read and written, the same depth
-        // (in passes over the volume when the resync copied more than it holds).
+        // The same bytes as a plain copy: 256 KiB copies, read and written, the same depth, on
+        // the reactor the scanner runs on, into a volume of the secondary's store whose
+        // clusters a snapshot shares too (as the resync's writes find them: each first write
+        // moves its cluster).
         let mut copy_secs = 0.0;
         let mut left = resynced;
+        let mut pass = 0;
         while left > 0 {
             let n = left.min(vol());
-            copy_secs += seq_copy(&reactor, "prim/rep", "sec/local", 0, n, 8);
+            let name = format!("fresh_{writes}_{pass}");
+            ss.create_volume(&name, vol(), false).unwrap();
+            let dst = format!("sec/{name}");
+            seq_copy(&reactor, "prim/rep", &dst, 0, n, 8);
+            ss.snapshot(&format!("{name}_snap"), Some(&name)).unwrap();
+            copy_secs += seq_copy_on(&m, owner, "prim/rep", &dst, n, 8);
             left -= n;
+            pass += 1;
         }
         println!(
             "{label:<28} dirtied {:>6.1} MiB (regions)  resynced {:>6.1} MiB  ratio {:.3}   resync {:>7.1} MiB/s  plain copy {:>7.1} MiB/s  ratio {:.2}",

@@ -184,7 +184,8 @@ pub fn start(
 }
 
 impl Copier {
-    fn poll(this: &Rc<RefCell<Copier>>) -> PollStatus {
+    /// Issue copies while buffers, the rate and the work allow; whether any went.
+    fn pump(this: &Rc<RefCell<Copier>>) -> bool {
         let mut busy = false;
         loop {
             let next = {
@@ -205,6 +206,11 @@ impl Copier {
             busy = true;
             Copier::issue(this, off, len, region);
         }
+        busy
+    }
+
+    fn poll(this: &Rc<RefCell<Copier>>) -> PollStatus {
+        let mut busy = Copier::pump(this);
         let mut c = this.borrow_mut();
         let transfer_done = matches!(c.work, Work::Extents(_))
             && c.in_flight == 0
@@ -273,24 +279,27 @@ impl Copier {
                     return None;
                 }
                 let drl = Arc::clone(sp.drl());
-                let from = self.cursor.1;
-                let r = drl
-                    .next_dirty(from)
-                    .or_else(|| (from > 0).then(|| drl.next_dirty(0)).flatten())?;
-                self.cursor.1 = if r + 1 >= drl.regions() { 0 } else { r + 1 };
-                if !drl.begin_copy(r) {
-                    // A write is in flight there: look again on a later pass.
-                    return None;
+                // A region with a write in flight is passed over for now; a few are tried.
+                for _ in 0..64 {
+                    let from = self.cursor.1;
+                    let r = drl
+                        .next_dirty(from)
+                        .or_else(|| (from > 0).then(|| drl.next_dirty(0)).flatten())?;
+                    self.cursor.1 = if r + 1 >= drl.regions() { 0 } else { r + 1 };
+                    if !drl.begin_copy(r) {
+                        continue;
+                    }
+                    let rs = drl.region_size();
+                    let off = r * rs;
+                    let len = rs.min(self.size.saturating_sub(off));
+                    if len == 0 {
+                        drl.end_copy(r, true);
+                        continue;
+                    }
+                    self.progress.total.fetch_add(len, Ordering::SeqCst);
+                    return Some((off, len, Some(r)));
                 }
-                let rs = drl.region_size();
-                let off = r * rs;
-                let len = rs.min(self.size.saturating_sub(off));
-                if len == 0 {
-                    drl.end_copy(r, true);
-                    return None;
-                }
-                self.progress.total.fetch_add(len, Ordering::SeqCst);
-                Some((off, len, Some(r)))
+                None
             }
         }
     }
@@ -325,7 +334,9 @@ impl Copier {
     fn read_done(this: &Rc<RefCell<Copier>>, off: u64, len: u64, region: Option<u64>, d: IoDone) {
         if let Err(e) = d.status {
             tracing::warn!("replication copy: read at {off}: {e}");
-            return Copier::end(this, len, region, false, Some(d.sgl));
+            Copier::end(this, len, region, false, Some(d.sgl));
+            Copier::pump(this);
+            return;
         }
         let bs = this.borrow().block_size;
         let held = Rc::clone(this);
@@ -336,7 +347,9 @@ impl Copier {
                 if let Err(e) = &d.status {
                     tracing::debug!("replication copy: write at {off}: {e}");
                 }
-                Copier::end(&held, len, region, d.status.is_ok(), Some(d.sgl))
+                Copier::end(&held, len, region, d.status.is_ok(), Some(d.sgl));
+                // The next copy goes now, not at the poller's next turn.
+                Copier::pump(&held);
             });
         if let Err((e, sgl)) = write {
             tracing::warn!("replication copy: write at {off}: {e}");

@@ -973,14 +973,16 @@ impl Driver {
             State::Establishing | State::Resyncing => {
                 self.ensure_scanner()?;
                 let drl = sp.drl();
-                let drained = drl.dirty_regions() == 0 && drl.copying_regions() == 0;
-                if drained
-                    && self.apply(Event::Drained)? == State::InSync
-                    && (drl.dirty_regions() > 0 || drl.copying_regions() > 0)
-                {
-                    // A write routed before the cutover dirtied a region after the look:
-                    // the pair is not in sync after all.
-                    self.apply(Event::SecondaryFailed)?;
+                let drained = || drl.dirty_regions() == 0 && drl.copying_regions() == 0;
+                // Resyncing drains into establishing, which (nothing dirty still) drains into
+                // in sync: both in one look.
+                while drained() && self.machine.state() != State::InSync {
+                    if self.apply(Event::Drained)? == State::InSync && !drained() {
+                        // A write routed before the cutover dirtied a region after the look:
+                        // the pair is not in sync after all.
+                        self.apply(Event::SecondaryFailed)?;
+                        break;
+                    }
                 }
                 Ok(())
             }
