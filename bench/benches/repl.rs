@@ -380,11 +380,13 @@ fn main() {
         let t0 = Instant::now();
         wait(&rel, State::InSync, Duration::from_secs(120));
         let secs = t0.elapsed().as_secs_f64();
+        // The driver publishes the scanner's count a moment after the state.
+        std::thread::sleep(Duration::from_millis(20));
         let resynced = rel.status().resynced_bytes - before;
         // The same bytes as a plain copy: 256 KiB copies, read and written, the same depth, on
-        // the reactor the scanner runs on, into a volume of the secondary's store whose
-        // clusters a snapshot shares too (as the resync's writes find them: each first write
-        // moves its cluster).
+        // the reactor the scanner runs on, through an error bdev into a volume of the
+        // secondary's store whose clusters a snapshot shares too (as the resync's writes find
+        // them: each first write moves its cluster).
         let mut copy_secs = 0.0;
         let mut left = resynced;
         let mut pass = 0;
@@ -395,7 +397,14 @@ fn main() {
             let dst = format!("sec/{name}");
             seq_copy(&reactor, "prim/rep", &dst, 0, n, 8);
             ss.snapshot(&format!("{name}_snap"), Some(&name)).unwrap();
-            copy_secs += seq_copy_on(&m, owner, "prim/rep", &dst, n, 8);
+            // Through an error bdev too, as the resync's writes go.
+            let ee = ebdev::create(ErrorOpts {
+                name: Some(format!("EE_{name}")),
+                base: dst,
+                uuid: 0,
+            })
+            .unwrap();
+            copy_secs += seq_copy_on(&m, owner, "prim/rep", ee.name(), n, 8);
             left -= n;
             pass += 1;
         }
@@ -409,6 +418,28 @@ fn main() {
             copy_secs / secs
         );
     }
+    // The same drain without a fault in the way: writes logged while quiesced, then resume.
+    rel.quiesce().unwrap();
+    let job = Job::open(&reactor, "prim/rep", IoType::Write, 4096);
+    job.run(&reactor, 32, 40_000);
+    let drl = Arc::clone(rel.splitter().drl());
+    let dirtied = drl.dirty_regions() * drl.region_size();
+    std::thread::sleep(Duration::from_millis(50));
+    let before = rel.status().resynced_bytes;
+    let t0 = Instant::now();
+    rel.resume().unwrap();
+    wait(&rel, State::InSync, Duration::from_secs(120));
+    let secs = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(20));
+    let resynced = rel.status().resynced_bytes - before;
+    println!(
+        "{:<28} dirtied {:>6.1} MiB (regions)  resynced {:>6.1} MiB  ratio {:.3}   drain  {:>7.1} MiB/s",
+        "quiesced, then resumed",
+        dirtied as f64 / MIB as f64,
+        resynced as f64 / MIB as f64,
+        resynced as f64 / dirtied as f64,
+        resynced as f64 / MIB as f64 / secs,
+    );
     relationship::delete("bench_resync").unwrap();
 
     // ---- transfers: 1% of a large sparse volume against its baseline ----

@@ -828,6 +828,7 @@ impl Driver {
                 } else {
                     self.diff_marked = true;
                 }
+                self.rel.splitter.take_secondary_failed();
                 self.apply(Event::Resync)?;
                 self.begin_phase();
                 Ok(())
@@ -973,7 +974,13 @@ impl Driver {
             State::Establishing | State::Resyncing => {
                 self.ensure_scanner()?;
                 let drl = sp.drl();
-                let drained = || drl.dirty_regions() == 0 && drl.copying_regions() == 0;
+                // Nothing dirty, nothing being copied, and no write to the primary alone in
+                // flight (each would leave its regions dirty as it ends).
+                let drained = || {
+                    drl.dirty_regions() == 0
+                        && drl.copying_regions() == 0
+                        && sp.unsplit_writes() == 0
+                };
                 // Resyncing drains into establishing, which (nothing dirty still) drains into
                 // in sync: both in one look.
                 while drained() && self.machine.state() != State::InSync {
@@ -995,6 +1002,9 @@ impl Driver {
                         // case a write to it landed in between.
                         sp.drl().mark_dirty(0, 1);
                         self.diff_marked = true;
+                        // Failures from before the probe are what took the pair out of sync:
+                        // they must not take the resync down as it starts.
+                        sp.take_secondary_failed();
                         self.apply(Event::SecondaryBack)?;
                         self.begin_phase();
                     }

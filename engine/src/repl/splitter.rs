@@ -75,6 +75,9 @@ pub struct Splitter {
     secondary: Desc,
     /// Writes routed `Local` and not yet done.
     local_in_flight: CachePadded<AtomicU64>,
+    /// Writes routed to the primary only and not yet done: a cutover waits for them (each
+    /// leaves its regions dirty when it ends).
+    unsplit_in_flight: CachePadded<AtomicU64>,
     /// Set by the first failure of the secondary since the relationship last looked.
     secondary_failed: AtomicBool,
     /// A barrier: new writes wait in their reactor's channel until [`Splitter::release`].
@@ -95,6 +98,7 @@ impl Splitter {
             strict: AtomicBool::new(strict),
             secondary,
             local_in_flight: CachePadded::new(AtomicU64::new(0)),
+            unsplit_in_flight: CachePadded::new(AtomicU64::new(0)),
             secondary_failed: AtomicBool::new(false),
             held: AtomicBool::new(false),
             flush_wanted: AtomicBool::new(false),
@@ -130,6 +134,11 @@ impl Splitter {
     /// write not split or logged is on the primary (and so in a diff of the live volume).
     pub fn local_writes(&self) -> u64 {
         self.local_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Writes to the primary only still in flight.
+    pub fn unsplit_writes(&self) -> u64 {
+        self.unsplit_in_flight.load(Ordering::SeqCst)
     }
 
     /// Whether the secondary failed a write since the last call (and forget it).
@@ -403,6 +412,7 @@ impl TapChannel for SplitChannel {
                 let busy = sp.drl.enter(off, len);
                 let r = route(state, busy, strict);
                 if r == Route::PrimaryOnly {
+                    sp.unsplit_in_flight.fetch_add(1, Ordering::SeqCst);
                     sp.drl.mark_dirty(off, len);
                     sp.dirtied();
                 }
@@ -657,7 +667,12 @@ impl Inner {
             Route::Local => {
                 self.sp.local_in_flight.fetch_sub(1, Ordering::SeqCst);
             }
-            _ if op.io_type != IoType::Flush => self.sp.drl.end_write(op.off, op.len, true),
+            _ if op.io_type != IoType::Flush => {
+                self.sp.drl.end_write(op.off, op.len, true);
+                if op.route == Route::PrimaryOnly {
+                    self.sp.unsplit_in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
             _ => {}
         }
     }
@@ -686,6 +701,9 @@ impl Inner {
                 sp.drl.end_write(op.off, op.len, both);
                 if !both {
                     sp.dirtied();
+                }
+                if op.route == Route::PrimaryOnly {
+                    sp.unsplit_in_flight.fetch_sub(1, Ordering::SeqCst);
                 }
             }
         }

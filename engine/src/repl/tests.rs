@@ -291,6 +291,7 @@ fn quiesce_takes_a_common_snapshot_under_writes_and_resume_drains_what_came_afte
     wait_for(&rel, State::InSync, Duration::from_secs(30));
     let (_, failed, _) = w.stop();
     assert_eq!(failed, 0);
+    wait_for(&rel, State::InSync, Duration::from_secs(30));
     p.assert_equal();
     assert!(rel.status().max_pause_us > 0);
     relationship::delete(rel.name()).unwrap();
