@@ -122,15 +122,6 @@ fn opt_str(p: *const c_char) -> Result<Option<String>, c_int> {
     }
 }
 
-fn engine() -> Result<(tandem::reactor::Messenger, tandem::reactor::ReactorId), c_int> {
-    if tandem::reactor::current().is_some() {
-        return Err(-libc::EPERM);
-    }
-    let m = crate::env::messenger()?;
-    let owner = *m.reactors().first().ok_or(-libc::ENODEV)?;
-    Ok((m, owner))
-}
-
 fn config(o: &tandem_repl_opts) -> Result<Config, c_int> {
     if o.opts_size != std::mem::size_of::<tandem_repl_opts>() {
         return Err(-libc::EINVAL);
@@ -179,7 +170,7 @@ pub extern "C" fn tandem_repl_create(
             Ok(c) => c,
             Err(e) => return e,
         };
-        let (m, owner) = match engine() {
+        let (m, owner) = match crate::store::engine() {
             Ok(e) => e,
             Err(e) => return e,
         };

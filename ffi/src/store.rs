@@ -91,7 +91,9 @@ pub type tandem_dirent_fn = Option<
 pub type tandem_line_fn =
     Option<unsafe extern "C" fn(arg: *mut c_void, line: *const c_char) -> c_int>;
 
-fn engine() -> Result<(tandem::reactor::Messenger, tandem::reactor::ReactorId), c_int> {
+/// The running engine and the reactor that owns new stores and relationships (the first);
+/// `-EPERM` on a reactor (the caller would wait on itself).
+pub(crate) fn engine() -> Result<(tandem::reactor::Messenger, tandem::reactor::ReactorId), c_int> {
     if tandem::reactor::current().is_some() {
         return Err(-libc::EPERM);
     }

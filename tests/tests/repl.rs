@@ -132,18 +132,36 @@ struct Primary {
     port: u16,
 }
 
+/// Where the primary's store lives: a RAM disk, or a file (to survive `kill -9`).
+enum Base<'a> {
+    Ram,
+    File(&'a std::path::Path),
+}
+
 fn primary(tag: &str, sec_port: u16) -> Primary {
+    primary_on(tag, Base::Ram, sec_port)
+}
+
+fn primary_on(tag: &str, base: Base, sec_port: u16) -> Primary {
     let s = sock(&format!("{tag}-p"));
+    let _ = std::fs::remove_file(&s);
     let daemon = start_bare(&s, &[]);
-    ok(
-        &s,
-        "bdev_malloc_create",
-        json!({"name": "m0", "num_blocks": (STORE_MIB << 20) / 4096, "block_size": 4096}),
-    );
+    let bdev = match base {
+        Base::Ram => ok(
+            &s,
+            "bdev_malloc_create",
+            json!({"name": "m0", "num_blocks": (STORE_MIB << 20) / 4096, "block_size": 4096}),
+        ),
+        Base::File(f) => ok(
+            &s,
+            "bdev_uring_create",
+            json!({"filename": f.to_str().unwrap(), "name": "upri", "block_size": 4096}),
+        ),
+    };
     ok(
         &s,
         "bdev_lvol_create_lvstore",
-        json!({"bdev_name": "m0", "lvs_name": "lvs0", "cluster_sz": 65536}),
+        json!({"bdev_name": bdev, "lvs_name": "lvs0", "cluster_sz": 65536}),
     );
     ok(
         &s,
@@ -516,35 +534,7 @@ fn file_primary(
             port,
         };
     }
-    let daemon = start_bare(&s, &[]);
-    ok(
-        &s,
-        "bdev_uring_create",
-        json!({"filename": file.to_str().unwrap(), "name": "upri", "block_size": 4096}),
-    );
-    ok(
-        &s,
-        "bdev_lvol_create_lvstore",
-        json!({"bdev_name": "upri", "lvs_name": "lvs0", "cluster_sz": 65536}),
-    );
-    ok(
-        &s,
-        "bdev_lvol_create",
-        json!({"lvs_name": "lvs0", "lvol_name": "vol", "size_in_mib": VOL_MIB}),
-    );
-    let port = free_port();
-    export(&s, NQN_P, "lvs0/vol", port);
-    ok(
-        &s,
-        "bdev_nvme_attach_controller",
-        json!({"name": "sec", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
-               "trsvcid": sec_port.to_string(), "subnqn": NQN_S}),
-    );
-    Primary {
-        daemon,
-        sock: s,
-        port,
-    }
+    primary_on(tag, Base::File(file), sec_port)
 }
 
 #[test]
