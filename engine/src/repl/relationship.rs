@@ -522,7 +522,9 @@ impl Relationship {
         } else {
             0.0
         };
-        let state = self.state();
+        // The state as published with the counts below (the data path's may be a moment
+        // ahead).
+        let state = st.state.unwrap_or_else(|| self.state());
         let (progress, eta) = match state {
             State::Baseline | State::Incremental if st.phase_total > 0 => {
                 let left = st.phase_total.saturating_sub(st.phase_done);
@@ -727,6 +729,9 @@ impl Driver {
     fn apply(&mut self, e: Event) -> Result<State, String> {
         let from = self.machine.state();
         let to = self.machine.apply(&self.rel.cfg.name, e)?;
+        // The status moves with the state: a reader who sees the new state there sees the
+        // counts that led to it.
+        self.publish();
         self.rel.splitter.set_state(to);
         if to != from {
             // Called without the lock: a watcher may watch or unwatch.
