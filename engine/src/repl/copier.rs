@@ -23,6 +23,9 @@ use crate::bdev::{Channel, Desc, IoDone};
 use crate::mem::{DmaBuf, Sgl};
 use crate::reactor::{self, Messenger, PollStatus, PollerHandle, ReactorId};
 
+/// Refusals (a write in flight each time the scanner came) before a region is fenced.
+const FENCE_AFTER: u8 = 8;
+
 /// What one copier reports.
 #[derive(Default)]
 pub struct Progress {
@@ -42,6 +45,8 @@ pub struct Progress {
     pub stopped: AtomicBool,
     /// A transfer: microseconds from its start to its last copy done.
     pub elapsed_us: AtomicU64,
+    /// The scanner: regions it fenced to copy them (writes kept finding them in flight).
+    pub fences: AtomicU64,
 }
 
 impl Progress {
@@ -98,6 +103,10 @@ struct Copier {
     poller: Option<PollerHandle>,
     /// A transfer stops issuing after a failure.
     halted: bool,
+    /// The scanner: refusals per region (a write in flight each time), and the one region
+    /// fenced off until it is copied.
+    refusals: Vec<u8>,
+    fence: Option<u64>,
 }
 
 /// Start a copier on `reactor`. `src` and `dst` are opened there; their block sizes must match.
@@ -126,6 +135,10 @@ pub fn start(
     let total = match &work {
         Work::Extents(x) => x.iter().map(|e| e.1).sum(),
         Work::Dirty(_) => 0,
+    };
+    let work_regions = match &work {
+        Work::Dirty(sp) => Some(sp.drl().regions()),
+        Work::Extents(_) => None,
     };
     let progress = Arc::new(Progress::default());
     progress.total.store(total, Ordering::SeqCst);
@@ -158,6 +171,11 @@ pub fn start(
                     issued: 0,
                     poller: None,
                     halted: false,
+                    refusals: match &work_regions {
+                        Some(n) => vec![0; *n as usize],
+                        None => Vec::new(),
+                    },
+                    fence: None,
                 }));
                 let held = Rc::clone(&c);
                 let h = reactor::register_periodic_poller(
@@ -224,6 +242,10 @@ impl Copier {
             busy = true;
         }
         if c.in_flight == 0 && (c.progress.stop.load(Ordering::SeqCst) || transfer_done) {
+            if let Work::Dirty(sp) = &c.work {
+                let sp = Arc::clone(sp);
+                c.lift_fence(&sp);
+            }
             if let Some(h) = c.poller.take() {
                 let _ = h.unregister();
             }
@@ -275,10 +297,23 @@ impl Copier {
                 Some((start, n, None))
             }
             Work::Dirty(sp) => {
+                let sp = Arc::clone(sp);
                 if !matches!(sp.state(), State::Establishing | State::Resyncing) {
+                    self.lift_fence(&sp);
                     return None;
                 }
                 let drl = Arc::clone(sp.drl());
+                if let Some(r) = self.fence {
+                    // The fenced region first: once its writes in flight drain, copy it.
+                    if drl.begin_copy(r) {
+                        return self.region_copy(&drl, r);
+                    }
+                    // Neither dirty nor being copied: nothing to wait for. (While its copy is
+                    // in flight the fence stays: the copy's end lifts it.)
+                    if !drl.is_dirty(r) && !drl.is_copying(r) {
+                        self.lift_fence(&sp);
+                    }
+                }
                 // A region with a write in flight is passed over for now; a few are tried.
                 for _ in 0..64 {
                     let from = self.cursor.1;
@@ -287,19 +322,48 @@ impl Copier {
                         .or_else(|| (from > 0).then(|| drl.next_dirty(0)).flatten())?;
                     self.cursor.1 = if r + 1 >= drl.regions() { 0 } else { r + 1 };
                     if !drl.begin_copy(r) {
+                        // A write in flight there. A region found written this often is
+                        // fenced: new writes wait until it is copied (one region at a time).
+                        let n = &mut self.refusals[r as usize];
+                        *n = n.saturating_add(1);
+                        if *n >= FENCE_AFTER && self.fence.is_none() {
+                            drl.fence(r);
+                            self.fence = Some(r);
+                            self.progress.fences.fetch_add(1, Ordering::Relaxed);
+                        }
                         continue;
                     }
-                    let rs = drl.region_size();
-                    let off = r * rs;
-                    let len = rs.min(self.size.saturating_sub(off));
-                    if len == 0 {
-                        drl.end_copy(r, true);
-                        continue;
+                    if let Some(c) = self.region_copy(&drl, r) {
+                        return Some(c);
                     }
-                    self.progress.total.fetch_add(len, Ordering::SeqCst);
-                    return Some((off, len, Some(r)));
                 }
                 None
+            }
+        }
+    }
+
+    /// Copy region `r`, taken with `begin_copy`: (offset, length, region), or `None` for a
+    /// region past the volume's end (given back clean).
+    fn region_copy(&mut self, drl: &Drl, r: u64) -> Option<(u64, u64, Option<u64>)> {
+        self.refusals[r as usize] = 0;
+        let rs = drl.region_size();
+        let off = r * rs;
+        let len = rs.min(self.size.saturating_sub(off));
+        if len == 0 {
+            drl.end_copy(r, true);
+            return None;
+        }
+        self.progress.total.fetch_add(len, Ordering::SeqCst);
+        Some((off, len, Some(r)))
+    }
+
+    /// Take the fence down, and let the writes that waited at it go on.
+    fn lift_fence(&mut self, sp: &Arc<Splitter>) {
+        if let Some(r) = self.fence.take() {
+            sp.drl().unfence(r);
+            match reactor::messenger() {
+                Ok(m) => sp.unfenced(&m),
+                Err(e) => tracing::error!("replication: cannot release writes at a fence: {e}"),
             }
         }
     }
@@ -374,9 +438,13 @@ impl Copier {
         }
         match (&c.work, region) {
             (Work::Dirty(sp), Some(r)) => {
+                let sp = Arc::clone(sp);
                 sp.drl().end_copy(r, ok);
                 if !ok {
                     sp.note_secondary_failed();
+                }
+                if c.fence == Some(r) {
+                    c.lift_fence(&sp);
                 }
             }
             _ if !ok => {

@@ -52,6 +52,8 @@ pub struct Drl {
     used_in: Box<[AtomicU64]>,
     /// Flushes begun.
     epoch: AtomicU64,
+    /// Regions new writes wait at, so that the scanner can copy a region writes never leave.
+    fenced: Box<[AtomicU64]>,
 }
 
 fn words(regions: u64) -> usize {
@@ -82,6 +84,7 @@ impl Drl {
             active: (0..regions).map(|_| AtomicU32::new(0)).collect(),
             used_in: (0..regions).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
+            fenced: zeros(words(regions)),
         })
     }
 
@@ -207,7 +210,8 @@ impl Drl {
 
     /// The scanner takes dirty region `r` to copy it: clean in memory from now on (a write
     /// meanwhile makes it dirty again, and it is copied again), covered on disk until the copy
-    /// is done. `false` when it was not dirty, or when a write to it is in flight: a write the
+    /// is done. `false` when it was not dirty, when it is being copied already, or when a write
+    /// to it is in flight: a write the
     /// splitter sent to both sides might land on the secondary before the copy's stale bytes
     /// do. The scanner marks `copying` and then looks at the writes; a writer marks itself
     /// active and then looks at `copying` ([`Drl::enter`]): with sequentially consistent
@@ -215,7 +219,11 @@ impl Drl {
     /// and leaves the region dirty.
     pub fn begin_copy(&self, r: u64) -> bool {
         let (w, b) = bit(r);
-        self.copying[w].fetch_or(b, SeqCst);
+        if self.copying[w].fetch_or(b, SeqCst) & b != 0 {
+            // A copy of it is in flight (and a write has dirtied it again since): one copy at
+            // a time, or the first one's end would clear the bit under the second.
+            return false;
+        }
         // Writes first: standing down must leave the region as dirty as it was, never clean
         // for an instant (a cutover deciding then would miss it).
         if self.active[r as usize].load(SeqCst) != 0 || self.dirty[w].fetch_and(!b, SeqCst) & b == 0
@@ -235,9 +243,35 @@ impl Drl {
         self.copying[w].fetch_and(!b, SeqCst);
     }
 
+    /// Hold new writes to region `r` off (they wait in their reactors) until [`Drl::unfence`]:
+    /// the scanner does this to a region it keeps finding written, so that the writes in
+    /// flight drain and it can be copied.
+    pub fn fence(&self, r: u64) {
+        let (w, b) = bit(r);
+        self.fenced[w].fetch_or(b, SeqCst);
+    }
+
+    pub fn unfence(&self, r: u64) {
+        let (w, b) = bit(r);
+        self.fenced[w].fetch_and(!b, SeqCst);
+    }
+
+    /// Whether a write to `[off, off + len)` must wait at a fence.
+    pub fn fenced(&self, off: u64, len: u64) -> bool {
+        self.regions_of(off, len).into_iter().any(|r| {
+            let (w, b) = bit(r);
+            self.fenced[w].load(SeqCst) & b != 0
+        })
+    }
+
     /// Every region may differ (the secondary lost what it had acknowledged).
     pub fn mark_all_dirty(&self) {
         self.mark_dirty(0, self.regions * self.region_size);
+    }
+
+    pub fn is_copying(&self, r: u64) -> bool {
+        let (w, b) = bit(r);
+        self.copying[w].load(SeqCst) & b != 0
     }
 
     /// Regions the log on disk covers now.

@@ -133,6 +133,8 @@ pub struct Status {
     pub recovered_dirty_bytes: u64,
     /// Flushes of the dirty region log to the store.
     pub log_flushes: u64,
+    /// Regions the scanner fenced to copy them.
+    pub scanner_fences: u64,
 }
 
 enum Command {
@@ -559,6 +561,7 @@ impl Relationship {
             "dirty_bytes": dirty,
             "durable_regions": drl.durable_regions(),
             "log_flushes": st.log_flushes,
+            "scanner_fences": st.scanner_fences,
             "recovered_dirty_bytes": st.recovered_dirty_bytes,
             "bytes_transferred": st.bytes_transferred,
             "transfers": st.transfers,
@@ -760,6 +763,7 @@ impl Driver {
             st.phase_done = t.progress.done();
         } else if let Some(sc) = &self.scanner {
             st.resynced_bytes = sc.done();
+            st.scanner_fences = sc.fences.load(Ordering::Relaxed);
             st.phase_done = sc.done().saturating_sub(st.phase_base);
         }
     }

@@ -10,6 +10,10 @@
 //! counters are per reactor. No lock, no blocking system call, and no allocation per write in
 //! steady state.
 //!
+//! **Limit.** Two writes to the same blocks in flight at once (which NVMe leaves unordered) may
+//! land in one order on the primary and the other on the secondary; the log does not see it.
+//! DRBD serialises such writes; this splitter does not yet.
+//!
 //! **Ordering.** A write marks its regions active before it reads the state and the regions'
 //! bits ([`Drl::enter`]); the scanner marks a region copying before it looks for active writes
 //! ([`Drl::begin_copy`]). Writes the relationship may not split yet (`Local` routes, before
@@ -196,6 +200,11 @@ impl Splitter {
         self.on_each_reactor(messenger, Inner::admit_waiting);
     }
 
+    /// A fence came down: on every reactor, the writes that waited at it go on.
+    pub fn unfenced(self: &Arc<Self>, messenger: &Messenger) {
+        self.on_each_reactor(messenger, Inner::unpark_fenced);
+    }
+
     fn on_each_reactor(self: &Arc<Self>, messenger: &Messenger, f: fn(&Rc<Inner>)) {
         for r in messenger.reactors() {
             let sp = Arc::clone(self);
@@ -292,6 +301,7 @@ impl WriteTap for SplitTap {
             ops: RefCell::new(Slab::default()),
             parked: RefCell::new(VecDeque::new()),
             waiting: RefCell::new(VecDeque::new()),
+            fenced: RefCell::new(VecDeque::new()),
         });
         TAPS.with(|t| {
             let mut t = t.borrow_mut();
@@ -356,6 +366,8 @@ struct Inner {
     parked: RefCell<VecDeque<(Primary, BdevIo)>>,
     /// Writes routed and waiting for the log on disk to cover their regions.
     waiting: RefCell<VecDeque<Waiting>>,
+    /// Writes waiting at a fence, not yet routed, with the path they came by.
+    fenced: RefCell<VecDeque<(Primary, BdevIo)>>,
 }
 
 /// A write admitted and routed, waiting for a flush of the log.
@@ -409,6 +421,13 @@ impl TapChannel for SplitChannel {
                 Route::Local
             } else {
                 sp.local_in_flight.fetch_sub(1, Ordering::SeqCst);
+                if sp.drl.fenced(off, len) {
+                    // The scanner is draining this region: wait (not yet counted anywhere).
+                    c.started.fetch_sub(1, Ordering::SeqCst);
+                    primary.park();
+                    inner.fenced.borrow_mut().push_back((primary.clone(), io));
+                    return Ok(());
+                }
                 let busy = sp.drl.enter(off, len);
                 let r = route(state, busy, strict);
                 if r == Route::PrimaryOnly {
@@ -540,6 +559,22 @@ impl Inner {
             self.to_secondary(slot, io_type, ob, nb, copy);
         }
         Ok(())
+    }
+
+    /// Send the writes that waited at a fence through the splitter again.
+    fn unpark_fenced(self: &Rc<Self>) {
+        let fenced: Vec<(Primary, BdevIo)> = self.fenced.borrow_mut().drain(..).collect();
+        let ch = SplitChannel(Rc::clone(self));
+        for (primary, io) in fenced {
+            primary.unpark();
+            if let Err((e, io)) = ch.submit(&primary, io) {
+                tracing::warn!(
+                    relationship = self.sp.name(),
+                    "a write held at a fence: {e}"
+                );
+                primary.complete(io, Err(IoError::Aborted));
+            }
+        }
     }
 
     /// A flush landed: issue the waiting writes it covers; ask for another if some remain.
