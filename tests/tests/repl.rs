@@ -200,15 +200,7 @@ impl Primary {
     }
 
     fn wait_state(&self, name: &str, want: &str, within: Duration) -> Value {
-        let t = Instant::now();
-        loop {
-            let v = self.get(name);
-            if v["state"] == want {
-                return v;
-            }
-            assert!(t.elapsed() < within, "not {want} after {within:?}: {v}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_state_at(&self.sock, name, want, within)
     }
 }
 
@@ -658,6 +650,7 @@ fn attach_primary_at_secondary(sec: &Secondary, p: &Primary) {
     assert_eq!(names, json!(["prin1"]));
 }
 
+/// Poll `repl_get` on `sock` until relationship `name` is in state `want`.
 fn wait_state_at(sock: &str, name: &str, want: &str, within: Duration) -> Value {
     let t = Instant::now();
     loop {

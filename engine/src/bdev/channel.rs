@@ -417,14 +417,7 @@ fn submit_checked(
     sgl: Sgl,
     cb: IoCallback,
 ) -> std::result::Result<(), (Error, BdevIo)> {
-    let io = BdevIo {
-        io_type,
-        offset_blocks,
-        num_blocks,
-        sgl,
-        cb,
-        submitted_ns: crate::sys::monotonic_ns(),
-    };
+    let io = BdevIo::new(io_type, offset_blocks, num_blocks, sgl, cb);
     if tap::taps(io_type) {
         match shared.tap() {
             Err(e) => return Err((e, io)),

@@ -32,7 +32,7 @@ pub struct BdevIo {
 }
 
 impl BdevIo {
-    /// A request made by a module that issues I/O on a backend directly (a write tap).
+    /// A request, stamped now (a channel's, or a write tap's own).
     pub(crate) fn new(
         io_type: IoType,
         offset_blocks: u64,
