@@ -5,7 +5,8 @@
 //!   this process, then with it a volume of a tandemd on loopback (a process of this build,
 //!   on the other core, attached through the `nvmf` bdev);
 //! - **the dirty region log's cost per write** (criterion): what the splitter does to the log
-//!   for a write in sync (`enter`, `admit`, `end_write`) against one atomic add;
+//!   for a write in sync (`enter`, `admit`, `end_write`), and a claim on its blocks and its
+//!   release, each against one atomic add;
 //! - **resync**: the secondary failing writes while 4 KiB writes dirty regions, then back:
 //!   bytes resynced against bytes dirtied at region granularity, and the resync's throughput
 //!   against a plain copy of the same bytes (read the primary, write the secondary, same depth
@@ -31,6 +32,7 @@ use tandem::reactor::{
     available_cores, CoreMask, Engine, EngineOpts, Messenger, Mode, Reactor, ReactorId,
 };
 use tandem::repl::drl::{Drl, DEFAULT_REGION};
+use tandem::repl::inflight::InFlight;
 use tandem::repl::relationship::{self, Config, Relationship, SecondaryControl};
 use tandem::repl::state::State;
 use tandem::store::{CreateOpts, Store};
@@ -268,13 +270,26 @@ fn drl_cost(c: &mut Criterion) {
             (busy, admit)
         })
     });
+    let claims = InFlight::new(vol());
+    g.bench_function("claim_and_release", |b| {
+        b.iter(|| {
+            i = (i + 7919) % blocks;
+            let off = i * 4096;
+            let claimed = claims.claim(off, 4096);
+            claims.release(off, 4096);
+            claimed
+        })
+    });
     g.bench_function("one_atomic_add", |b| {
         b.iter(|| counter.fetch_add(1, Ordering::SeqCst))
     });
     g.finish();
     tandem_bench::print_ratios(
         "the log's work per write in sync against one atomic add",
-        &[("repl_drl/write_in_sync", "repl_drl/one_atomic_add")],
+        &[
+            ("repl_drl/write_in_sync", "repl_drl/one_atomic_add"),
+            ("repl_drl/claim_and_release", "repl_drl/one_atomic_add"),
+        ],
     );
 }
 

@@ -582,6 +582,7 @@ impl Relationship {
                 "local_writes": t.local,
                 "refused_writes": t.refused,
                 "secondary_errors": t.secondary_errors,
+                "overlapped_waits": t.overlapped,
                 "writes_in_flight": t.in_flight,
             },
         })

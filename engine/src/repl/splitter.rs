@@ -10,9 +10,11 @@
 //! counters are per reactor. No lock, no blocking system call, and no allocation per write in
 //! steady state.
 //!
-//! **Limit.** Two writes to the same blocks in flight at once (which NVMe leaves unordered) may
-//! land in one order on the primary and the other on the secondary; the log does not see it.
-//! DRBD serialises such writes; this splitter does not yet.
+//! **Overlapping writes.** A write claims its blocks ([`InFlight`]) before it is routed and
+//! holds them until it completes to the client; one that finds them held waits in its
+//! reactor's channel and tries again when a write there completes, or after a short timer (the
+//! holder may be on another reactor). So two writes to the same blocks never reach the two
+//! sides in different orders.
 //!
 //! **Ordering.** A write marks its regions active before it reads the state and the regions'
 //! bits ([`Drl::enter`]); the scanner marks a region copying before it looks for active writes
@@ -24,7 +26,7 @@
 // the large `Err` is the design (see `crate::bdev`).
 #![allow(clippy::result_large_err)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 
 use super::drl::{Admit, Drl};
+use super::inflight::InFlight;
 use super::state::{route, Route, State, STATES};
 use crate::bdev::tap::{Primary, TapChannel, WriteTap};
 use crate::bdev::{BdevIo, Channel, Desc, Errno, Error, IoCallback, IoDone, IoError, IoType};
@@ -53,6 +56,8 @@ pub struct SplitCounters {
     pub refused: AtomicU64,
     /// Writes the secondary failed or refused.
     pub secondary_errors: AtomicU64,
+    /// Times a write waited for another write to the same blocks to complete.
+    pub overlapped: AtomicU64,
     /// Writes started and finished, for the in-flight count.
     pub started: AtomicU64,
     pub finished: AtomicU64,
@@ -67,6 +72,7 @@ pub struct SplitTotals {
     pub local: u64,
     pub refused: u64,
     pub secondary_errors: u64,
+    pub overlapped: u64,
     pub in_flight: u64,
 }
 
@@ -74,6 +80,8 @@ pub struct SplitTotals {
 pub struct Splitter {
     name: String,
     drl: Arc<Drl>,
+    /// The blocks split writes hold.
+    claims: InFlight,
     state: AtomicU8,
     strict: AtomicBool,
     secondary: Desc,
@@ -97,6 +105,7 @@ impl Splitter {
     pub fn new(name: &str, drl: Arc<Drl>, secondary: Desc, strict: bool) -> Splitter {
         Splitter {
             name: name.to_owned(),
+            claims: InFlight::new(drl.regions() * drl.region_size()),
             drl,
             state: AtomicU8::new(State::Uninitialized as u8),
             strict: AtomicBool::new(strict),
@@ -269,6 +278,7 @@ impl Splitter {
             t.local += get(&c.local);
             t.refused += get(&c.refused);
             t.secondary_errors += get(&c.secondary_errors);
+            t.overlapped += get(&c.overlapped);
         }
         t.in_flight = self.in_flight();
         t
@@ -302,6 +312,9 @@ impl WriteTap for SplitTap {
             parked: RefCell::new(VecDeque::new()),
             waiting: RefCell::new(VecDeque::new()),
             fenced: RefCell::new(VecDeque::new()),
+            conflicts: RefCell::new(VecDeque::new()),
+            to_resend: RefCell::new(VecDeque::new()),
+            retry_armed: Cell::new(false),
         });
         TAPS.with(|t| {
             let mut t = t.borrow_mut();
@@ -368,7 +381,32 @@ struct Inner {
     waiting: RefCell<VecDeque<Waiting>>,
     /// Writes waiting at a fence, not yet routed, with the path they came by.
     fenced: RefCell<VecDeque<(Primary, BdevIo)>>,
+    /// Writes waiting for blocks another write holds, not yet routed.
+    conflicts: RefCell<VecDeque<(Primary, BdevIo)>>,
+    /// Secondary halves the secondary's channel refused as full: sent again as it drains.
+    to_resend: RefCell<VecDeque<Resend>>,
+    /// A timer will try the two queues above again.
+    retry_armed: Cell<bool>,
 }
+
+/// Why the secondary's channel did not take a write's secondary half.
+enum Refused {
+    /// Its queue is full: the half (with its copy of the data) waits to go again.
+    Full(Option<Sgl>),
+    Failed(Error),
+}
+
+/// A write's secondary half, not yet taken by the secondary's channel.
+struct Resend {
+    slot: usize,
+    io_type: IoType,
+    ob: u64,
+    nb: u64,
+    copy: Option<Sgl>,
+}
+
+/// How soon a write waiting for another reactor's write (or a full channel) looks again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// A write admitted and routed, waiting for a flush of the log.
 struct Waiting {
@@ -428,6 +466,19 @@ impl TapChannel for SplitChannel {
                     inner.fenced.borrow_mut().push_back((primary.clone(), io));
                     return Ok(());
                 }
+                if !sp.claims.claim(off, len) {
+                    // Another write to these blocks is on its way to the two sides: this one
+                    // goes after it (not yet counted anywhere).
+                    c.started.fetch_sub(1, Ordering::SeqCst);
+                    c.overlapped.fetch_add(1, Ordering::Relaxed);
+                    primary.park();
+                    inner
+                        .conflicts
+                        .borrow_mut()
+                        .push_back((primary.clone(), io));
+                    inner.arm_retry();
+                    return Ok(());
+                }
                 let busy = sp.drl.enter(off, len);
                 let r = route(state, busy, strict);
                 if r == Route::PrimaryOnly {
@@ -450,6 +501,7 @@ impl TapChannel for SplitChannel {
         if route == Route::Refuse {
             // Nothing was written anywhere: the regions stay as they were.
             sp.drl.end_write(off, len, true);
+            sp.claims.release(off, len);
             c.finished.fetch_add(1, Ordering::SeqCst);
             primary.complete(io, Err(STRICT_REFUSED));
             return Ok(());
@@ -563,17 +615,56 @@ impl Inner {
 
     /// Send the writes that waited at a fence through the splitter again.
     fn unpark_fenced(self: &Rc<Self>) {
-        let fenced: Vec<(Primary, BdevIo)> = self.fenced.borrow_mut().drain(..).collect();
+        self.submit_again(&self.fenced, "a write held at a fence");
+    }
+
+    /// Send the writes waiting in `queue` (not yet routed) through the splitter again; any
+    /// still held back queue up again.
+    fn submit_again(self: &Rc<Self>, queue: &RefCell<VecDeque<(Primary, BdevIo)>>, what: &str) {
+        let waiting: Vec<(Primary, BdevIo)> = queue.borrow_mut().drain(..).collect();
         let ch = SplitChannel(Rc::clone(self));
-        for (primary, io) in fenced {
+        for (primary, io) in waiting {
             primary.unpark();
             if let Err((e, io)) = ch.submit(&primary, io) {
-                tracing::warn!(
-                    relationship = self.sp.name(),
-                    "a write held at a fence: {e}"
-                );
+                tracing::warn!(relationship = self.sp.name(), "{what}: {e}");
                 primary.complete(io, Err(IoError::Aborted));
             }
+        }
+    }
+
+    /// Try the writes waiting for blocks, and the secondary halves waiting for room, again.
+    fn retry(self: &Rc<Self>) {
+        if !self.to_resend.borrow().is_empty() {
+            let resend: Vec<Resend> = self.to_resend.borrow_mut().drain(..).collect();
+            for r in resend {
+                self.to_secondary(r.slot, r.io_type, r.ob, r.nb, r.copy);
+            }
+        }
+        if !self.conflicts.borrow().is_empty() {
+            self.submit_again(&self.conflicts, "a write that waited for its blocks");
+        }
+    }
+
+    /// Make sure a timer tries the waiting queues again: a holder on another reactor does not
+    /// tell this one when it is done.
+    fn arm_retry(self: &Rc<Self>) {
+        if self.retry_armed.replace(true) {
+            return;
+        }
+        let held = Rc::clone(self);
+        let armed = reactor::set_timer(RETRY_AFTER, move || {
+            held.retry_armed.set(false);
+            held.retry();
+            let waiting =
+                !held.conflicts.borrow().is_empty() || !held.to_resend.borrow().is_empty();
+            if waiting {
+                held.arm_retry();
+            }
+        });
+        if let Err(e) = armed {
+            // Not on a reactor: only completions here retry.
+            self.retry_armed.set(false);
+            tracing::warn!(relationship = self.sp.name(), "no retry timer: {e}");
         }
     }
 
@@ -631,33 +722,63 @@ impl Inner {
             Inner::secondary_done(&held, slot, d.status.is_ok())
         };
         let Some(sec) = &self.secondary else {
-            self.secondary_done_now(slot, false);
+            if self.secondary_done_now(slot, false) {
+                self.finish(slot);
+            }
             return;
+        };
+        let no_data = |r: Result<(), Error>| {
+            r.map_err(|e| match e {
+                Error::QueueFull { .. } => Refused::Full(None),
+                e => Refused::Failed(e),
+            })
         };
         let sent = match io_type {
             IoType::Write => match copy {
                 Some(sgl) if sgl.len() as u64 == nb * sec.bdev().block_size() as u64 => {
-                    sec.write(ob, nb, sgl, cb).map_err(|(e, _)| e)
+                    sec.write(ob, nb, sgl, cb).map_err(|(e, sgl)| match e {
+                        Error::QueueFull { .. } => Refused::Full(Some(sgl)),
+                        e => Refused::Failed(e),
+                    })
                 }
-                _ => Err(Error::InvalidArgument(
+                _ => Err(Refused::Failed(Error::InvalidArgument(
                     "no buffer for the secondary's copy".into(),
-                )),
+                ))),
             },
-            IoType::Flush => sec.flush(ob, nb, cb),
-            IoType::Unmap if self.sec_unmap => sec.unmap(ob, nb, cb),
-            IoType::Unmap | IoType::WriteZeroes if self.sec_zeroes => sec.write_zeroes(ob, nb, cb),
-            other => Err(Error::Unsupported {
+            IoType::Flush => no_data(sec.flush(ob, nb, cb)),
+            IoType::Unmap if self.sec_unmap => no_data(sec.unmap(ob, nb, cb)),
+            IoType::Unmap | IoType::WriteZeroes if self.sec_zeroes => {
+                no_data(sec.write_zeroes(ob, nb, cb))
+            }
+            other => Err(Refused::Failed(Error::Unsupported {
                 bdev: sec.bdev().name().to_owned(),
                 io_type: other,
-            }),
+            })),
         };
-        if let Err(e) = sent {
-            tracing::debug!(
-                relationship = self.sp.name(),
-                "secondary refused a write: {e}"
-            );
-            // Counted as a failure of the secondary; the primary's completion finishes the op.
-            self.secondary_done_now(slot, false);
+        match sent {
+            Ok(()) => {}
+            Err(Refused::Full(copy)) => {
+                // Backpressure, not a failure: send it again as the channel drains.
+                self.to_resend.borrow_mut().push_back(Resend {
+                    slot,
+                    io_type,
+                    ob,
+                    nb,
+                    copy,
+                });
+                self.arm_retry();
+            }
+            Err(Refused::Failed(e)) => {
+                tracing::debug!(
+                    relationship = self.sp.name(),
+                    "secondary refused a write: {e}"
+                );
+                // Counted as a failure of the secondary; the primary's completion finishes
+                // the op.
+                if self.secondary_done_now(slot, false) {
+                    self.finish(slot);
+                }
+            }
         }
     }
 
@@ -704,6 +825,7 @@ impl Inner {
             }
             _ if op.io_type != IoType::Flush => {
                 self.sp.drl.end_write(op.off, op.len, true);
+                self.sp.claims.release(op.off, op.len);
                 if op.route == Route::PrimaryOnly {
                     self.sp.unsplit_in_flight.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -734,6 +856,7 @@ impl Inner {
             _ => {
                 let both = op.route == Route::Both && primary_ok && op.secondary_ok;
                 sp.drl.end_write(op.off, op.len, both);
+                sp.claims.release(op.off, op.len);
                 if !both {
                     sp.dirtied();
                 }
@@ -764,5 +887,8 @@ impl Inner {
             status,
             sgl: std::mem::take(&mut op.sgl),
         });
+        // Blocks came free, and the secondary's channel has room: what waited for either
+        // goes now.
+        self.retry();
     }
 }

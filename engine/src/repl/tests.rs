@@ -403,3 +403,53 @@ fn a_region_written_without_pause_is_still_copied_and_the_pair_gets_in_sync() {
     println!("scanner fences: {}", rel.status().scanner_fences);
     relationship::delete(rel.name()).unwrap();
 }
+
+#[test]
+fn overlapping_writes_in_flight_land_in_the_same_order_on_both_sides() {
+    let p = pair(true);
+    let rel = p.relationship(Policy::Sync);
+    rel.start().unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    // Half of the secondary's writes take a millisecond longer: without the claims, a write
+    // that overtakes an earlier one to the same blocks on the primary lands first on the
+    // secondary, and the later one's data is lost there.
+    error::set_fault(
+        &p.via,
+        Fault {
+            when: error::When::Fraction {
+                per_million: 500_000,
+                seed: 7,
+            },
+            ..Fault::every(Action::Delay(Duration::from_millis(1)), IoTypes::WRITES)
+        },
+    )
+    .unwrap();
+    // Four writers, two on each reactor, all on the same four blocks.
+    let until = Instant::now() + Duration::from_millis(1500);
+    let writers: Vec<_> = (0..4u64)
+        .map(|k| {
+            let (rig, bdev) = (Arc::clone(&p.rig), p.primary.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    n += 1;
+                    let data = vec![(k * 64 + n % 64) as u8; 4096];
+                    rig.write((k % 2) as usize, &bdev, 100 + n % 4, data)
+                        .expect("a write");
+                }
+                n
+            })
+        })
+        .collect();
+    let writes: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    error::clear(&p.via).unwrap();
+    let counters = &rel.to_json()["counters"];
+    assert_eq!(rel.state(), State::InSync, "{}", rel.to_json());
+    println!("{writes} writes, {counters}");
+    p.assert_equal();
+    assert!(
+        counters["overlapped_waits"].as_u64().unwrap() > 0,
+        "no write waited for another: {counters}"
+    );
+    relationship::delete(rel.name()).unwrap();
+}
