@@ -1,6 +1,6 @@
 //! The store's own I/O on its base bdev: batches of metadata block reads and writes, cluster
-//! copies and zeroing, and flushes, run on a reactor with a bounded window; and the bridge that
-//! lets a control thread wait for such work on the owner reactor.
+//! zeroing, and flushes, run on a reactor with a bounded window; cluster copies through one
+//! buffer; and the bridge that lets a control thread wait for such work on the owner reactor.
 //!
 //! Metadata and first-write preparation only: the volumes' data path goes straight to the base
 //! channel ([`super::volume`]).
@@ -10,8 +10,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::{Error, Result};
-use crate::bdev::{Channel, IoDone};
-use crate::mem::{DmaBuf, Sgl};
+use crate::bdev::{Channel, IoDone, SubmitError};
+use crate::mem::{self, DmaBuf, Sgl, LARGE_BUF};
 use crate::reactor::{self, Messenger, ReactorId};
 
 /// One step of a batch; offsets and lengths in bytes, multiples of the base's block size.
@@ -145,6 +145,84 @@ fn pump(b: &Rc<RefCell<Batch>>) {
                 return;
             }
             Err(e) => batch.error = Some(e.into()),
+        }
+    }
+}
+
+/// Copy `len` bytes at byte `from` of `ch`'s bdev to byte `to`: read into one buffer list,
+/// then write the same list. The buffers come from the reactor's pool while it has them, so a
+/// cluster copied on write costs two device I/Os and no allocation (fresh pages for each copy
+/// cost more than the copy itself).
+pub fn copy(ch: Channel, from: u64, to: u64, len: usize, done: impl FnOnce(Result<()>) + 'static) {
+    let mut sgl = Sgl::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(LARGE_BUF);
+        let pushed = match mem::take_large() {
+            Some(b) => sgl.push(b, 0, n),
+            None => match DmaBuf::new(n) {
+                Ok(b) => sgl.push(b, 0, n),
+                Err(e) => return done(Err(Error::Io(e.to_string()))),
+            },
+        };
+        if let Err(e) = pushed {
+            return done(Err(Error::Io(e.to_string())));
+        }
+        left -= n;
+    }
+    let bs = ch.bdev().block_size() as u64;
+    let blocks = len as u64 / bs;
+    let ch2 = ch.clone();
+    // The buffers go back to the pool as the write's answer drops them.
+    let write = move |sgl: Sgl, done: Box<dyn FnOnce(Result<()>)>| {
+        retrying(
+            move |sgl, cb| ch2.write(to / bs, blocks, sgl, cb),
+            sgl,
+            move |r: Result<Sgl>| done(r.map(|_| ())),
+        )
+    };
+    retrying(
+        move |sgl, cb| ch.read(from / bs, blocks, sgl, cb),
+        sgl,
+        Box::new(move |r| match r {
+            Ok(sgl) => write(sgl, Box::new(done)),
+            Err(e) => done(Err(e)),
+        }),
+    );
+}
+
+/// Submit an I/O on `sgl` with `submit`, again after a short wait while the channel is full,
+/// and answer with the buffers back.
+fn retrying<D: FnOnce(Result<Sgl>) + 'static>(
+    submit: impl Fn(Sgl, Box<dyn FnOnce(IoDone)>) -> std::result::Result<(), SubmitError> + 'static,
+    sgl: Sgl,
+    done: D,
+) {
+    let done = Rc::new(RefCell::new(Some(done)));
+    let answer = Rc::clone(&done);
+    let cb: Box<dyn FnOnce(IoDone)> = Box::new(move |d: IoDone| {
+        if let Some(f) = answer.borrow_mut().take() {
+            f(d.status
+                .map(|()| d.sgl)
+                .map_err(|e| Error::Io(e.to_string())));
+        }
+    });
+    match submit(sgl, cb) {
+        Ok(()) => {}
+        Err((crate::bdev::Error::QueueFull { .. }, sgl)) => {
+            let again = move || {
+                if let Some(f) = done.borrow_mut().take() {
+                    retrying(submit, sgl, f);
+                }
+            };
+            if reactor::set_timer(Duration::from_micros(100), again).is_err() {
+                tracing::error!("store: a full channel and no reactor to wait on");
+            }
+        }
+        Err((e, _)) => {
+            if let Some(f) = done.borrow_mut().take() {
+                f(Err(e.into()));
+            }
         }
     }
 }

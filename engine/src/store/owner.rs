@@ -1175,24 +1175,7 @@ fn prepare_one(o: &Rc<Owner>, obj: u64, idx: u64, done: Box<dyn FnOnce(Result<u6
             }]],
             Box::new(finish),
         ),
-        Prep::Copy { from, to } => {
-            let ch = o.ch.clone();
-            let read = vec![Op::Read {
-                offset: from * cs,
-                len: cs as usize,
-            }];
-            io::run(o.ch.clone(), read, move |r| match r {
-                Ok(mut data) => io::run(
-                    ch,
-                    vec![Op::Write {
-                        offset: to * cs,
-                        data: data.pop().unwrap_or_default(),
-                    }],
-                    move |w| finish(w.map(|_| ())),
-                ),
-                Err(e) => finish(Err(e)),
-            });
-        }
+        Prep::Copy { from, to } => io::copy(o.ch.clone(), from * cs, to * cs, cs as usize, finish),
     }
 }
 
