@@ -4,6 +4,9 @@
 //!   IOPS and mean latency, and their ratios), first with the secondary a second volume in
 //!   this process, then with it a volume of a tandemd on loopback (a process of this build,
 //!   on the other core, attached through the `nvmf` bdev);
+//! - **the splitter's overhead as a client sees it**: the same comparison through NVMe/TCP,
+//!   `tandem perf` against one tandemd that exports both volumes (the secondary a volume of
+//!   its own), each process on its own core;
 //! - **the dirty region log's cost per write** (criterion): what the splitter does to the log
 //!   for a write in sync (`enter`, `admit`, `end_write`), and a claim on its blocks and its
 //!   release, each against one atomic add;
@@ -16,7 +19,7 @@
 //!
 //! `cargo bench -p tandem-bench --bench repl` (TANDEM_BENCH_SECS per round, default 2;
 //! TANDEM_BENCH_ROUNDS, default 3; TANDEM_BENCH_PARTS, a comma-separated choice of `drl`,
-//! `overhead`, `resync` and `transfers`, default all).
+//! `overhead`, `client`, `resync` and `transfers`, default all).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -336,6 +339,9 @@ fn main() {
     if part("overhead") {
         b.overhead_part();
     }
+    if part("client") {
+        client_part();
+    }
     if part("resync") {
         b.resync_part();
     }
@@ -343,6 +349,94 @@ fn main() {
         b.transfers_part();
     }
     c.final_summary();
+}
+
+/// The splitter's overhead as an NVMe/TCP client sees it: one tandemd (on the first core)
+/// exports a replicated volume, whose secondary is a second volume of its own, and an
+/// unreplicated volume of the same store; `tandem perf` (on the other core) drives each in
+/// turn, in alternating rounds.
+fn client_part() {
+    let cores = available_cores();
+    let (target_core, client_core) = (cores[0], cores[cores.len() - 1]);
+    // Both spin, as SPDK's target and perf do; a smoke pass polls adaptively.
+    let mode = if smoke() { "adaptive" } else { "poll" };
+    let t = Remote::spawn(target_core, mode, "client");
+    t.ram_store("cp", 6 * vol());
+    t.ram_store("cs", 3 * vol());
+    for (lvs, v) in [("cp", "rep"), ("cp", "plain"), ("cs", "local")] {
+        t.volume(lvs, v, vol());
+    }
+    t.call(
+        "repl_create",
+        serde_json::json!({"name": "client", "primary": "cp/rep",
+            "secondary_bdev": "cs/local", "secondary_volume": "cs/local"}),
+    );
+    t.call("repl_start", serde_json::json!({"name": "client"}));
+    let state = || t.call("repl_get", serde_json::json!({"name": "client"}));
+    let since = Instant::now();
+    while state()["state"] != "in_sync" {
+        assert!(since.elapsed() < Duration::from_secs(120), "{}", state());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.export(&["cp/rep", "cp/plain"]);
+    let tandem = binary("tandem");
+    // (IOPS, mean latency in us) of one `tandem perf` run on namespace `ns`.
+    let perf = |ns: u32, workload: &str, depth: usize, io_size: usize, secs: f64| {
+        let trid = format!(
+            "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{NQN} ns:{ns}",
+            t.port
+        );
+        let out = std::process::Command::new(&tandem)
+            .args([
+                "perf", "-r", &trid, "-w", workload, "--json", "--mode", mode,
+            ])
+            .args(["-q", &depth.to_string(), "-o", &io_size.to_string()])
+            .args(["-t", &secs.to_string(), "-c", &format!("[{client_core}]")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tandem perf: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let total = &r["total"];
+        assert_eq!(total["errors"], 0, "{r}");
+        (
+            total["iops"].as_f64().unwrap(),
+            total["latency_us"]["avg"].as_f64().unwrap(),
+        )
+    };
+    // Every cluster of both written once more since the common snapshot (which shares them),
+    // so that the rounds measure replication, not first copies on write.
+    for ns in [1, 2] {
+        perf(ns, "write", 32, 131072, if smoke() { 0.5 } else { 1.5 });
+    }
+    let (secs, rounds) = tandem_bench::run_shape(2);
+    println!(
+        "\n== splitter overhead as an NVMe/TCP client sees it (tandem perf on core {client_core}, tandemd on core {target_core}, secondary a local volume): 4 KiB randwrite, {rounds} alternating rounds of {secs} s =="
+    );
+    for depth in [32usize, 1] {
+        let (mut r, mut p, mut rl, mut pl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (i, l) = perf(1, "randwrite", depth, 4096, secs as f64);
+            r.push(i);
+            rl.push(l);
+            let (i, l) = perf(2, "randwrite", depth, 4096, secs as f64);
+            p.push(i);
+            pl.push(l);
+        }
+        let med = tandem_bench::median;
+        let (r, p, rl, pl) = (med(r), med(p), med(rl), med(pl));
+        println!(
+            "qd{depth:<3} replicated {r:>9.0} IOPS {rl:>7.1} us   unreplicated {p:>9.0} IOPS {pl:>7.1} us   IOPS ratio {:.2}   latency ratio {:.2}",
+            r / p,
+            rl / pl
+        );
+    }
+    let st = state();
+    assert_eq!(st["state"], "in_sync", "{st}");
+    assert!(st["counters"]["split_writes"].as_u64().unwrap() > 0, "{st}");
 }
 
 /// What the parts share: the engine, the bench thread, and the secondary's store.
@@ -590,8 +684,23 @@ fn seq_copy_at(reactor: &Reactor, src: &str, dst: &str, from: u64, to: u64, len:
     }
 }
 
-/// A tandemd of this build (release, built here if missing) serving a 256 MiB volume in a
-/// RAM store over NVMe/TCP on 127.0.0.1, on the other core; stopped on drop.
+/// A binary of this package, of this very build and profile: cargo builds it (a no-op when
+/// fresh).
+fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.ancestors().nth(2).unwrap().to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "tandem", "--bin", name]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(build.status().unwrap().success(), "building {name}");
+    profile_dir.join(name)
+}
+
+/// A tandemd of this build (release, built here if missing) on one core, RPC socket in the
+/// temporary directory; stopped on drop.
 struct Remote {
     child: std::process::Child,
     sock: std::path::PathBuf,
@@ -599,33 +708,20 @@ struct Remote {
 }
 
 impl Remote {
-    fn start() -> Remote {
-        // tandemd of this very build and profile: cargo builds it (a no-op when fresh).
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.ancestors().nth(2).unwrap().to_path_buf();
-        let release = profile_dir.ends_with("release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "tandem", "--bin", "tandemd"]);
-        if release {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().unwrap().success(),
-            "building tandemd for the remote secondary"
-        );
-        let tandemd = profile_dir.join("tandemd");
-        let cores = available_cores();
-        let core = cores[cores.len() - 1];
-        let sock =
-            std::env::temp_dir().join(format!("tandem-bench-repl-{}.sock", std::process::id()));
+    /// A tandemd with nothing configured, on `core`, its reactor in `mode`.
+    fn spawn(core: usize, mode: &str, tag: &str) -> Remote {
+        let tandemd = binary("tandemd");
+        let sock = std::env::temp_dir().join(format!(
+            "tandem-bench-repl-{tag}-{}.sock",
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&sock);
         let child = std::process::Command::new(&tandemd)
             .args([
                 "-m",
                 &format!("[{core}]"),
                 "--mode",
-                "adaptive",
+                mode,
                 "--no-default",
                 "-r",
             ])
@@ -635,58 +731,83 @@ impl Remote {
             .spawn()
             .unwrap();
         // From here a panic still stops it.
-        let mut remote = Remote {
+        let remote = Remote {
             child,
-            sock: sock.clone(),
-            port: 0,
+            sock,
+            port: std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
         };
         let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        while std::os::unix::net::UnixStream::connect(&remote.sock).is_err() {
             assert!(
                 t.elapsed() < Duration::from_secs(20),
                 "tandemd did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let call = |method: &str, params: serde_json::Value| {
-            tandem::rpc::client::call(&sock, method, &params, Duration::from_secs(30))
-                .unwrap_or_else(|e| panic!("{method}: {e}"))
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        call(
+        remote
+    }
+
+    fn call(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        tandem::rpc::client::call(&self.sock, method, &params, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// A RAM store `lvs` of `bytes` on a malloc bdev of its own.
+    fn ram_store(&self, lvs: &str, bytes: u64) {
+        let base = format!("{lvs}_base");
+        self.call(
             "bdev_malloc_create",
-            serde_json::json!({"name": "m0", "num_blocks": 3 * vol() / 4096, "block_size": 4096}),
+            serde_json::json!({"name": base, "num_blocks": bytes / 4096, "block_size": 4096}),
         );
-        call(
+        self.call(
             "bdev_lvol_create_lvstore",
-            serde_json::json!({"bdev_name": "m0", "lvs_name": "rsec", "cluster_sz": CLUSTER}),
+            serde_json::json!({"bdev_name": base, "lvs_name": lvs, "cluster_sz": CLUSTER}),
         );
-        call(
+    }
+
+    fn volume(&self, lvs: &str, name: &str, bytes: u64) {
+        self.call(
             "bdev_lvol_create",
-            serde_json::json!({"lvs_name": "rsec", "lvol_name": "vol", "size_in_mib": vol() / MIB}),
+            serde_json::json!({"lvs_name": lvs, "lvol_name": name, "size_in_mib": bytes / MIB}),
         );
-        call(
+    }
+
+    /// Export `bdevs` as namespaces 1, 2, ... of subsystem NQN on 127.0.0.1 at its port.
+    fn export(&self, bdevs: &[&str]) {
+        self.call(
             "nvmf_create_transport",
             serde_json::json!({"trtype": "TCP"}),
         );
-        call(
+        self.call(
             "nvmf_create_subsystem",
             serde_json::json!({"nqn": NQN, "allow_any_host": true}),
         );
-        call(
-            "nvmf_subsystem_add_ns",
-            serde_json::json!({"nqn": NQN, "namespace": {"bdev_name": "rsec/vol"}}),
-        );
-        call(
+        for b in bdevs {
+            self.call(
+                "nvmf_subsystem_add_ns",
+                serde_json::json!({"nqn": NQN, "namespace": {"bdev_name": b}}),
+            );
+        }
+        self.call(
             "nvmf_subsystem_add_listener",
             serde_json::json!({"nqn": NQN, "listen_address": {
-            "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
+            "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+            "trsvcid": self.port.to_string()}}),
         );
-        remote.port = port;
+    }
+
+    /// The secondary of the overhead part: a 256 MiB volume in a RAM store, exported, on the
+    /// last core.
+    fn start() -> Remote {
+        let cores = available_cores();
+        let remote = Remote::spawn(cores[cores.len() - 1], "adaptive", "secondary");
+        remote.ram_store("rsec", 3 * vol());
+        remote.volume("rsec", "vol", vol());
+        remote.export(&["rsec/vol"]);
         remote
     }
 }
