@@ -39,7 +39,7 @@ use super::inflight::InFlight;
 use super::state::{route, Route, State, STATES};
 use crate::bdev::tap::{Primary, TapChannel, WriteTap};
 use crate::bdev::{BdevIo, Channel, Desc, Errno, Error, IoCallback, IoDone, IoError, IoType};
-use crate::mem::{self, DmaBuf, Sgl, LARGE_BUF, MAX_SEGS};
+use crate::mem::{self, DmaBuf, Sgl, LARGE_BUF, MAX_SEGS, SMALL_BUF};
 use crate::reactor::{self, Messenger, ReactorLocal, MAX_REACTORS};
 
 /// Counters of one reactor's tap channel, written only by that reactor.
@@ -526,13 +526,19 @@ impl TapChannel for SplitChannel {
 }
 
 /// A copy of `src`'s first `len` bytes in pool buffers (a fresh buffer only when the pool is
-/// empty).
+/// empty): one small buffer for a write that fits one (most do), else large ones, so that
+/// small writes at high depth do not drain the large pool.
 fn copy_of(src: &Sgl, len: usize) -> Sgl {
     let mut out = Sgl::new();
     if len > LARGE_BUF * MAX_SEGS {
         // More than the pool's buffers can carry in one list: one buffer of its own (a
         // write this large is not the steady state the pool is sized for).
         if let Ok(b) = DmaBuf::new(len) {
+            let _ = out.push(b, 0, len);
+        }
+    }
+    if len <= SMALL_BUF {
+        if let Some(b) = mem::take_small() {
             let _ = out.push(b, 0, len);
         }
     }
