@@ -45,7 +45,7 @@ use std::fmt;
 
 pub use backend::{Backend, BackendChannel, Completions};
 pub use bdev::{format_uuid, parse_uuid, random_uuid, Bdev, BdevInfo};
-pub use channel::Channel;
+pub use channel::{Channel, MAX_IN_FLIGHT};
 pub use desc::{BdevEvent, Desc, EventCallback};
 pub use io::{BdevIo, IoCallback, IoDone};
 pub use registry::{delete, get, list, open, register};

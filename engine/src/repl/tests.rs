@@ -453,3 +453,69 @@ fn overlapping_writes_in_flight_land_in_the_same_order_on_both_sides() {
     );
     relationship::delete(rel.name()).unwrap();
 }
+
+#[test]
+fn a_full_secondary_channel_holds_the_write_back_and_the_pair_stays_in_sync() {
+    let p = pair(true);
+    let rel = p.relationship(Policy::Sync);
+    rel.start().unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    // Fill reactor 0's channel to the secondary with writes that take 300 ms (zeros over
+    // zeros at block 2000: the sides stay equal).
+    error::set_fault(
+        &p.via,
+        Fault {
+            lba_range: Some((2000, 2001)),
+            ..Fault::every(Action::Delay(Duration::from_millis(300)), IoTypes::WRITES)
+        },
+    )
+    .unwrap();
+    let filled = Arc::new(AtomicU64::new(0));
+    let done = Arc::clone(&filled);
+    let via = p.via.clone();
+    p.rig
+        .m
+        .send(p.rig.ids[0], move || {
+            let desc = crate::bdev::open(&via, true, None).expect("the secondary's bdev");
+            let ch = desc.channel().expect("a channel");
+            for _ in 0..crate::bdev::MAX_IN_FLIGHT {
+                let buf = crate::mem::DmaBuf::new(4096).unwrap();
+                // I/O in flight completes after the descriptor closes.
+                let (done, keep) = (Arc::clone(&done), ch.clone());
+                ch.write(2000, 1, crate::mem::Sgl::single(buf), move |d| {
+                    let _ = &keep;
+                    assert!(d.status.is_ok());
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+                .map_err(|(e, _)| e)
+                .expect("room for the filler");
+            }
+        })
+        .map_err(|_| "send")
+        .unwrap();
+    // A split write on the same reactor finds the channel full: it waits, then goes.
+    let t = Instant::now();
+    p.rig
+        .write(0, &p.primary, 10, vec![0x5a; 4096])
+        .expect("the write");
+    // (The filler went first: one sender's messages to a reactor keep their order.)
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "the write did not wait for room: {:?}",
+        t.elapsed()
+    );
+    let counters = &rel.to_json()["counters"];
+    assert_eq!(counters["secondary_errors"], 0, "{counters}");
+    assert_eq!(rel.state(), State::InSync, "{}", rel.to_json());
+    let t = Instant::now();
+    while filled.load(Ordering::SeqCst) < crate::bdev::MAX_IN_FLIGHT as u64 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the filler did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    error::clear(&p.via).unwrap();
+    p.assert_equal();
+    relationship::delete(rel.name()).unwrap();
+}
