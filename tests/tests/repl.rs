@@ -530,7 +530,7 @@ fn file_primary(
 }
 
 #[test]
-fn a_primary_killed_in_sync_and_while_resyncing_resumes_from_its_log() {
+fn a_primary_killed_in_sync_while_resyncing_and_with_its_secondary_away_resumes_from_its_log() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let file = dir.join(format!("repl-{}-pkill-primary.img", std::process::id()));
     std::fs::File::create(&file)
@@ -629,6 +629,58 @@ fn a_primary_killed_in_sync_and_while_resyncing_resumes_from_its_log() {
         16 * region
     );
     let image = read_all(p3.port, NQN_P);
+    w.check(&image);
+    assert_eq!(
+        image,
+        read_all(sec.port, NQN_S),
+        "the pair differs after the resync"
+    );
+    drop(w);
+
+    // 3. Killed while its secondary is away, and restarted before it is back: the primary
+    // starts (its config's attach goes on in the background), serves its clients out of sync,
+    // and resyncs once the secondary answers.
+    let mut p = p3;
+    proxy.down();
+    let mut w = Stamper::connect(p.port);
+    assert!(w.write(24 * region / 4096, 4 * region / 4096, 500, &mut seed));
+    p.wait_state("r1", "out_of_sync", Duration::from_secs(10));
+    p.daemon.signal(libc::SIGKILL);
+    p.daemon.wait_exit(Duration::from_secs(10));
+    drop(w);
+    let p4 = file_primary("pkill", &file, proxy.port, Some(&config));
+    let v = p4.wait_state("r1", "out_of_sync", Duration::from_secs(10));
+    assert_eq!(v["secondary_attached"], false, "{v}");
+    let recovered = v["recovered_dirty_bytes"].as_u64().unwrap();
+    assert!(
+        recovered >= 4 * region && recovered <= 5 * region,
+        "the log held the 4 regions written out of sync (and the probe's first region): {v}"
+    );
+    let mut w = Stamper::connect(p4.port);
+    assert!(
+        w.write(28 * region / 4096, 4 * region / 4096, 500, &mut seed),
+        "the primary serves its clients while its secondary is away"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let v = p4.get("r1");
+    assert_eq!(v["state"], "out_of_sync", "{v}");
+    let dirty = v["dirty_bytes"].as_u64().unwrap();
+    assert!(
+        dirty >= 8 * region,
+        "the log holds the 8 regions written while the secondary was away: {v}"
+    );
+    proxy.up();
+    let v = p4.wait_state("r1", "in_sync", Duration::from_secs(60));
+    assert_eq!(v["secondary_attached"], true, "{v}");
+    let resynced = v["resynced_bytes"].as_u64().unwrap();
+    assert!(
+        resynced == dirty || resynced == dirty + region,
+        "the resync copied what the log held ({dirty} bytes), and at most the probe's region: {v}"
+    );
+    println!(
+        "primary restarted with its secondary away: came up out of sync with {recovered} bytes logged; resynced {resynced} once it was back"
+    );
+    let image = read_all(p4.port, NQN_P);
     w.check(&image);
     assert_eq!(
         image,

@@ -16,11 +16,18 @@
 //! Requests beyond the queue's depth wait in the channel and go as slots free up. A dropped
 //! connection fails the requests in flight with ENOTCONN (the queue reconnects by itself); a
 //! command past its timeout fails with ETIMEDOUT.
+//!
+//! A saved configuration replayed at start-up may name a target that is down: it is attached
+//! in the background instead ([`attach_or_retry`]), so that the daemon starts, and its bdevs
+//! appear when the target answers (a replication primary whose secondary is away comes up
+//! out of sync, and resyncs when they do).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use super::backend::{Backend, BackendChannel, Completions};
 use super::{register, Bdev, BdevInfo, BdevIo, Errno, Error, IoError, IoType, Result};
@@ -55,15 +62,113 @@ fn attached() -> MutexGuard<'static, HashMap<String, Attached>> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
+/// Controllers attached in the background, by name: their options and a flag that stops the
+/// attempts.
+type Attaching = HashMap<String, (HostOpts, Arc<AtomicBool>)>;
+
+fn pending() -> MutexGuard<'static, Attaching> {
+    static P: OnceLock<Mutex<Attaching>> = OnceLock::new();
+    P.get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held across an attach, a detach, and each background attempt: a name is checked and taken
+/// (or given up) as one step.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static ATTACHING: Mutex<()> = Mutex::new(());
+    ATTACHING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How often a controller attached in the background tries again.
+const ATTACH_RETRY: Duration = Duration::from_secs(1);
+
 /// Connect to a target and make a bdev of each of its namespaces: their names.
 pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
-    // One attach at a time: the name is checked and taken as one step.
-    static ATTACHING: Mutex<()> = Mutex::new(());
-    let _one = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
-    if attached().contains_key(name) {
+    let _one = one_at_a_time();
+    taken(name)?;
+    attach_locked(name, opts).map_err(|(e, _)| e)
+}
+
+/// Refuse a name attached, or being attached in the background.
+fn taken(name: &str) -> Result<()> {
+    if attached().contains_key(name) || pending().contains_key(name) {
         return Err(Error::Exists(name.to_owned()));
     }
-    let ctrl = Controller::connect(opts).map_err(|e| host_error(&format!("attach {name}"), &e))?;
+    Ok(())
+}
+
+/// [`attach`]; or, when the target cannot be reached now (no connection, or one that closes or
+/// times out), `None`: the controller is attached in the background, tried every second until
+/// the target answers or [`detach`] gives it up, and [`pending_calls`] saves it meanwhile.
+pub fn attach_or_retry(name: &str, opts: HostOpts) -> Result<Option<Vec<String>>> {
+    let _one = one_at_a_time();
+    taken(name)?;
+    match attach_locked(name, opts.clone()) {
+        Ok(names) => Ok(Some(names)),
+        Err((e, true)) => {
+            tracing::warn!(ctrl = name, "{e}: attaching in the background");
+            let stop = Arc::new(AtomicBool::new(false));
+            pending().insert(name.to_owned(), (opts.clone(), Arc::clone(&stop)));
+            let who = name.to_owned();
+            std::thread::Builder::new()
+                .name("tandem-nvmf-attach".into())
+                .spawn(move || retry_attach(&who, &opts, &stop))
+                .map_err(|e| Error::Os {
+                    op: format!("a thread to attach {name} in the background: {e}"),
+                    errno: Errno(-libc::EAGAIN),
+                })?;
+            Ok(None)
+        }
+        Err((e, false)) => Err(e),
+    }
+}
+
+fn retry_attach(name: &str, opts: &HostOpts, stop: &AtomicBool) {
+    loop {
+        std::thread::sleep(ATTACH_RETRY);
+        let _one = one_at_a_time();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match attach_locked(name, opts.clone()) {
+            Ok(names) => {
+                pending().remove(name);
+                tracing::info!(ctrl = name, bdevs = ?names, "attached");
+                return;
+            }
+            Err((e, _)) => tracing::debug!(ctrl = name, "still not attached: {e}"),
+        }
+    }
+}
+
+/// `bdev_nvme_attach_controller` calls for the controllers still being attached in the
+/// background.
+pub fn pending_calls() -> Vec<serde_json::Value> {
+    pending()
+        .iter()
+        .map(|(name, (opts, _))| attach_call(name, opts))
+        .collect()
+}
+
+/// The call that attaches controller `name` with `o` again.
+fn attach_call(name: &str, o: &HostOpts) -> serde_json::Value {
+    serde_json::json!({ "method": "bdev_nvme_attach_controller", "params": {
+        "name": name, "trtype": "TCP", "adrfam": "IPv4",
+        "traddr": o.traddr, "trsvcid": o.trsvcid, "subnqn": o.subnqn,
+        "hostnqn": o.hostnqn, "hdgst": o.header_digest, "ddgst": o.data_digest,
+    }})
+}
+
+/// Attach a name not [`taken`], with [`one_at_a_time`] held; a failure says whether the
+/// target was unreachable.
+fn attach_locked(name: &str, opts: HostOpts) -> std::result::Result<Vec<String>, (Error, bool)> {
+    let ctrl = Controller::connect(opts).map_err(|e| {
+        (
+            host_error(&format!("attach {name}"), &e),
+            e.is_unreachable(),
+        )
+    })?;
     let mut names = Vec::new();
     for ns in ctrl.namespaces() {
         let bdev_name = format!("{name}n{}", ns.nsid);
@@ -88,7 +193,7 @@ pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
                 for n in &names {
                     let _ = super::delete(n);
                 }
-                return Err(e);
+                return Err((e, false));
             }
         }
     }
@@ -102,8 +207,14 @@ pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Delete the controller's bdevs (their I/O in flight completes) and let the controller go.
+/// Delete the controller's bdevs (their I/O in flight completes) and let the controller go;
+/// or stop attaching it in the background.
 pub fn detach(name: &str) -> Result<()> {
+    let _one = one_at_a_time();
+    if let Some((_, stop)) = pending().remove(name) {
+        stop.store(true, Ordering::SeqCst);
+        return Ok(());
+    }
     let a = attached()
         .remove(name)
         .ok_or_else(|| Error::NotFound(name.to_owned()))?;
@@ -220,14 +331,8 @@ impl Backend for NvmfDisk {
     /// The first namespace's bdev writes the attach call for the whole controller.
     fn save_config(&self, _bdev: &Bdev) -> Option<serde_json::Value> {
         let first = self.shared.ctrl.namespaces().first().map(|n| n.nsid);
-        (first == Some(self.shared.nsid)).then(|| {
-            let o = &self.shared.ctrl.opts;
-            serde_json::json!({ "method": "bdev_nvme_attach_controller", "params": {
-                "name": self.shared.ctrl_name, "trtype": "TCP", "adrfam": "IPv4",
-                "traddr": o.traddr, "trsvcid": o.trsvcid, "subnqn": o.subnqn,
-                "hostnqn": o.hostnqn, "hdgst": o.header_digest, "ddgst": o.data_digest,
-            }})
-        })
+        (first == Some(self.shared.nsid))
+            .then(|| attach_call(&self.shared.ctrl_name, &self.shared.ctrl.opts))
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -98,19 +98,16 @@ fn main() -> ExitCode {
     tandem::nvmf::target::attach(engine.messenger());
     // The start-up config is replayed through the RPC methods, in order, before the server
     // listens: what save_config wrote comes back as it was.
-    for c in &calls {
-        if let Err(e) = tandem::rpc::call(&c.method, &c.params) {
-            eprintln!(
-                "tandemd: config {}: {}: {}",
-                args.config
-                    .as_ref()
-                    .map_or(String::new(), |p| p.display().to_string()),
-                c.method,
-                e.message
-            );
-            let _ = engine.stop();
-            return ExitCode::from(EXIT_USAGE);
-        }
+    if let Err((method, e)) = tandem::rpc::replay(&calls) {
+        eprintln!(
+            "tandemd: config {}: {method}: {}",
+            args.config
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string()),
+            e.message
+        );
+        let _ = engine.stop();
+        return ExitCode::from(EXIT_USAGE);
     }
     let server = match tandem::rpc::Server::start(&args.rpc_socket) {
         Ok(s) => s,

@@ -30,6 +30,18 @@ pub enum HostError {
 }
 
 impl HostError {
+    /// The target could not be reached: no connection, or one that closed or went silent
+    /// before it answered. (A target that answers and refuses is not this.)
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            HostError::Connect { .. }
+                | HostError::Io(_)
+                | HostError::Closed
+                | HostError::Timeout(_)
+        )
+    }
+
     /// The negative errno a caller of the bdev or the C ABI sees.
     pub fn errno(&self) -> i32 {
         -match self {

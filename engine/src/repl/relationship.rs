@@ -222,6 +222,34 @@ fn split_lvol(name: &str) -> Result<(&str, &str), String> {
 
 /// Make a relationship (Uninitialized): checks that both volumes exist with the same geometry,
 /// and starts its driver.
+/// Whether `sb` can be `primary`'s secondary.
+fn check_secondary(primary: &bdev::Bdev, sb: &bdev::Bdev) -> Result<(), Error> {
+    if sb.uuid() == primary.uuid() || sb.name() == primary.name() {
+        return Err(Error::Invalid(format!(
+            "{} cannot be its own secondary",
+            primary.name()
+        )));
+    }
+    if sb.has_tap() {
+        return Err(Error::Busy(format!(
+            "{} is the primary of a relationship: it cannot be a secondary too",
+            sb.name()
+        )));
+    }
+    if sb.block_size() != primary.block_size() || sb.size_bytes() < primary.size_bytes() {
+        return Err(Error::Invalid(format!(
+            "the secondary {} ({} blocks of {} bytes) cannot hold the primary {} ({} blocks of {} bytes)",
+            sb.name(),
+            sb.num_blocks(),
+            sb.block_size(),
+            primary.name(),
+            primary.num_blocks(),
+            primary.block_size()
+        )));
+    }
+    Ok(())
+}
+
 pub fn create(
     cfg: Config,
     messenger: Messenger,
@@ -272,31 +300,9 @@ pub fn create(
     }
     let primary = bdev::get(&cfg.primary)
         .ok_or_else(|| Error::NotFound(format!("no bdev named {:?}", cfg.primary)))?;
-    let secondary: Desc =
-        bdev::open(&cfg.secondary_bdev, true, None).map_err(|e| Error::NotFound(e.to_string()))?;
-    let sb = secondary.bdev();
-    if sb.uuid() == primary.uuid() || sb.name() == primary.name() {
-        return Err(Error::Invalid(format!(
-            "{} cannot be its own secondary",
-            primary.name()
-        )));
-    }
-    if sb.has_tap() {
-        return Err(Error::Busy(format!(
-            "{} is the primary of a relationship: it cannot be a secondary too",
-            sb.name()
-        )));
-    }
-    if sb.block_size() != primary.block_size() || sb.size_bytes() < primary.size_bytes() {
-        return Err(Error::Invalid(format!(
-            "the secondary {} ({} blocks of {} bytes) cannot hold the primary {} ({} blocks of {} bytes)",
-            sb.name(),
-            sb.num_blocks(),
-            sb.block_size(),
-            primary.name(),
-            primary.num_blocks(),
-            primary.block_size()
-        )));
+    let opened = bdev::open(&cfg.secondary_bdev, true, None);
+    if let Ok(d) = &opened {
+        check_secondary(&primary, &d.bdev())?;
     }
     if cfg.copy.depth == 0 || cfg.copy.depth > 64 {
         return Err(Error::Invalid(format!(
@@ -324,6 +330,19 @@ pub fn create(
         // The log on disk has the recorded geometry.
         cfg.region_size = r.region_size;
     }
+    // A relationship that existed before the primary restarted comes up without its
+    // secondary when that is away: out of sync, until the secondary's bdev appears.
+    let secondary: Option<Desc> = match (opened, &record) {
+        (Ok(d), _) => Some(d),
+        (Err(e), Some(_)) => {
+            tracing::warn!(
+                relationship = cfg.name,
+                "the secondary is away ({e}): out of sync until it is back"
+            );
+            None
+        }
+        (Err(e), None) => return Err(Error::NotFound(e.to_string())),
+    };
     let drl = Arc::new(Drl::new(primary.size_bytes(), cfg.region_size).map_err(Error::Invalid)?);
     let mut recovered = 0;
     if record.is_some() {
@@ -396,6 +415,7 @@ pub fn create(
         incrementals: 0,
         retry_at: None,
         next_probe: Instant::now(),
+        secondary_refused: false,
         log: Arc::clone(&log),
         saved: None,
         id,
@@ -573,6 +593,7 @@ impl Relationship {
             "last_common_snapshot": st.last_common_snapshot,
             "max_pause_us": st.max_pause_us,
             "last_error": st.last_error,
+            "secondary_attached": self.splitter.has_secondary(),
             "transitions": st.transitions,
             "entered": st.entered.iter().map(|(s, n)| (s.name().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "counters": {
@@ -610,6 +631,8 @@ struct Driver {
     /// A failed transfer is tried again from here on.
     retry_at: Option<Instant>,
     next_probe: Instant,
+    /// The secondary's bdev came back unfit (said once).
+    secondary_refused: bool,
     log: Arc<Log>,
     /// What the store's record says now: (state, last common snapshot, sequence, diverged).
     saved: Option<(State, Option<String>, u64, bool)>,
@@ -966,7 +989,35 @@ impl Driver {
         format!("repl.{}.{}.", self.rel.cfg.name, self.id)
     }
 
+    /// A secondary that was away when the relationship came up: once its bdev is here, open
+    /// it, and have every reactor's tap channel send to it.
+    fn find_secondary(&mut self) {
+        let sp = &self.rel.splitter;
+        if sp.has_secondary() {
+            return;
+        }
+        let Ok(d) = bdev::open(&self.rel.cfg.secondary_bdev, true, None) else {
+            return;
+        };
+        if let Err(e) = check_secondary(&self.rel.primary_bdev, &d.bdev()) {
+            if !self.secondary_refused {
+                self.secondary_refused = true;
+                tracing::error!(relationship = self.rel.cfg.name, "{e}");
+                lock(&self.rel.status).last_error = Some(e.to_string());
+            }
+            return;
+        }
+        sp.set_secondary(d);
+        self.rel.primary_bdev.refresh_tap();
+        tracing::info!(
+            relationship = self.rel.cfg.name,
+            secondary = self.rel.cfg.secondary_bdev,
+            "the secondary is here"
+        );
+    }
+
     fn tick(&mut self) -> Result<(), String> {
+        self.find_secondary();
         let sp = Arc::clone(&self.rel.splitter);
         let splitting = matches!(
             self.machine.state(),

@@ -84,7 +84,9 @@ pub struct Splitter {
     claims: InFlight,
     state: AtomicU8,
     strict: AtomicBool,
-    secondary: Desc,
+    /// The secondary's bdev; none while it is away (a primary restarted while its secondary
+    /// was down). Taken when a reactor opens its tap channel, not per write.
+    secondary: std::sync::Mutex<Option<Desc>>,
     /// Writes routed `Local` and not yet done.
     local_in_flight: CachePadded<AtomicU64>,
     /// Writes routed to the primary only and not yet done: a cutover waits for them (each
@@ -102,14 +104,14 @@ pub struct Splitter {
 }
 
 impl Splitter {
-    pub fn new(name: &str, drl: Arc<Drl>, secondary: Desc, strict: bool) -> Splitter {
+    pub fn new(name: &str, drl: Arc<Drl>, secondary: Option<Desc>, strict: bool) -> Splitter {
         Splitter {
             name: name.to_owned(),
             claims: InFlight::new(drl.regions() * drl.region_size()),
             drl,
             state: AtomicU8::new(State::Uninitialized as u8),
             strict: AtomicBool::new(strict),
-            secondary,
+            secondary: std::sync::Mutex::new(secondary),
             local_in_flight: CachePadded::new(AtomicU64::new(0)),
             unsplit_in_flight: CachePadded::new(AtomicU64::new(0)),
             secondary_failed: AtomicBool::new(false),
@@ -132,6 +134,20 @@ impl Splitter {
     /// after every transition).
     pub fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::SeqCst);
+    }
+
+    /// Whether the secondary's bdev is open.
+    pub fn has_secondary(&self) -> bool {
+        self.secondary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// The secondary's bdev is here: channels opened from now on send to it. (The caller
+    /// refreshes the primary's tap so that every reactor opens its channel again.)
+    pub fn set_secondary(&self, d: Desc) {
+        *self.secondary.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
     }
 
     pub fn set_strict(&self, strict: bool) {
@@ -291,22 +307,32 @@ pub struct SplitTap(pub Arc<Splitter>);
 impl WriteTap for SplitTap {
     fn open_channel(&self) -> Result<Rc<dyn TapChannel>, Error> {
         let reactor = reactor::current().ok_or(Error::NotOnReactor)?;
-        // A secondary that cannot be reached from here fails the split writes' second half
-        // (out of sync), never the primary's writes.
-        let secondary = match self.0.secondary.channel() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                self.0.log_secondary_failure(&e);
-                self.0.note_secondary_failed();
-                None
+        // A secondary that cannot be reached from here (or is away) fails the split writes'
+        // second half (out of sync), never the primary's writes.
+        let (secondary, sec_unmap, sec_zeroes) = {
+            let desc = self.0.secondary.lock().unwrap_or_else(|p| p.into_inner());
+            match desc.as_ref().map(|d| (d.channel(), d.bdev())) {
+                Some((Ok(c), b)) => (
+                    Some(c),
+                    b.supports(IoType::Unmap),
+                    b.supports(IoType::WriteZeroes) || b.supports(IoType::Write),
+                ),
+                Some((Err(e), _)) => {
+                    self.0.log_secondary_failure(&e);
+                    self.0.note_secondary_failed();
+                    (None, false, false)
+                }
+                None => {
+                    self.0.note_secondary_failed();
+                    (None, false, false)
+                }
             }
         };
-        let sec = self.0.secondary.bdev();
         let inner = Rc::new(Inner {
             sp: Arc::clone(&self.0),
             secondary,
-            sec_unmap: sec.supports(IoType::Unmap),
-            sec_zeroes: sec.supports(IoType::WriteZeroes) || sec.supports(IoType::Write),
+            sec_unmap,
+            sec_zeroes,
             reactor: reactor.0 as usize,
             ops: RefCell::new(Slab::default()),
             parked: RefCell::new(VecDeque::new()),

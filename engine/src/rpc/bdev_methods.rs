@@ -292,11 +292,13 @@ pub(super) fn save() -> Vec<Value> {
         .into_iter()
         .chain(stacked)
         .filter_map(|b| b.0.backend.save_config(b))
+        .chain(crate::bdev::nvmf::pending_calls())
         .collect()
 }
 
 /// `bdev_nvme_attach_controller`: connect to an NVMe/TCP target and make a bdev of each of its
-/// namespaces (`<name>n<nsid>`); answers their names.
+/// namespaces (`<name>n<nsid>`); answers their names. In a start-up configuration, a target
+/// that cannot be reached is attached in the background (an empty answer).
 pub(super) fn nvme_attach_controller(p: &Params) -> RpcResult {
     p.only(&[
         "name",
@@ -373,8 +375,12 @@ pub(super) fn nvme_attach_controller(p: &Params) -> RpcResult {
     if let Some(s) = p.opt_u64("reconnect_delay_sec")?.filter(|&s| s > 0) {
         opts.reconnect_max_delay = std::time::Duration::from_secs(s);
     }
-    let names = crate::bdev::nvmf::attach(p.str("name")?, opts)?;
-    Ok(json!(names))
+    let name = p.str("name")?;
+    if super::replaying() {
+        let names = crate::bdev::nvmf::attach_or_retry(name, opts)?;
+        return Ok(json!(names.unwrap_or_default()));
+    }
+    Ok(json!(crate::bdev::nvmf::attach(name, opts)?))
 }
 
 pub(super) fn nvme_detach_controller(p: &Params) -> RpcResult {

@@ -169,6 +169,28 @@ const METHODS: &[(&str, Method)] = &[
     ),
 ];
 
+/// Set while a start-up configuration is replayed: a remote target that is down is then
+/// attached in the background rather than failing the start (see [`crate::bdev::nvmf`]).
+static REPLAYING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn replaying() -> bool {
+    REPLAYING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Replay a saved configuration's calls in order, before the server listens; the first that
+/// fails stops it, and is returned with its method.
+pub fn replay(calls: &[crate::config::ConfigCall]) -> Result<(), (String, RpcError)> {
+    use std::sync::atomic::Ordering::SeqCst;
+    REPLAYING.store(true, SeqCst);
+    let r = calls.iter().try_for_each(|c| {
+        call(&c.method, &c.params)
+            .map(|_| ())
+            .map_err(|e| (c.method.clone(), e))
+    });
+    REPLAYING.store(false, SeqCst);
+    r
+}
+
 /// Run one method. `params` is the request's `params` member (absent: `Value::Null`).
 pub fn call(method: &str, params: &Value) -> RpcResult {
     let f = METHODS
