@@ -670,12 +670,25 @@ fn a_primary_killed_in_sync_while_resyncing_and_with_its_secondary_away_resumes_
         "the log holds the 8 regions written while the secondary was away: {v}"
     );
     proxy.up();
-    let v = p4.wait_state("r1", "in_sync", Duration::from_secs(60));
+    // The client keeps writing while the secondary attaches and the pair resyncs: no write
+    // fails or hangs (writes waiting in the splitter as its path to the secondary opens).
+    let t = Instant::now();
+    let v = loop {
+        assert!(
+            w.write(28 * region / 4096, 4 * region / 4096, 20, &mut seed),
+            "a write failed as the secondary came back"
+        );
+        let v = p4.get("r1");
+        if v["state"] == "in_sync" {
+            break v;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "not in sync: {v}");
+    };
     assert_eq!(v["secondary_attached"], true, "{v}");
     let resynced = v["resynced_bytes"].as_u64().unwrap();
     assert!(
-        resynced == dirty || resynced == dirty + region,
-        "the resync copied what the log held ({dirty} bytes), and at most the probe's region: {v}"
+        resynced >= dirty,
+        "the resync copied at least what the log held ({dirty} bytes): {v}"
     );
     println!(
         "primary restarted with its secondary away: came up out of sync with {recovered} bytes logged; resynced {resynced} once it was back"

@@ -187,12 +187,6 @@ impl Bdev {
         Ok(())
     }
 
-    /// Make every channel open its tap channel again (the tap's own state changed: a
-    /// replication's secondary came back).
-    pub fn refresh_tap(&self) {
-        self.0.tap_epoch.fetch_add(1, Ordering::AcqRel);
-    }
-
     pub fn has_tap(&self) -> bool {
         self.0
             .tap

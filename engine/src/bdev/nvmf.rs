@@ -73,8 +73,8 @@ fn pending() -> MutexGuard<'static, Attaching> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-/// Held across an attach, a detach, and each background attempt: a name is checked and taken
-/// (or given up) as one step.
+/// Held across an attach, a detach, and the registration of a controller attached in the
+/// background: a name is checked and taken (or given up) as one step.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static ATTACHING: Mutex<()> = Mutex::new(());
     ATTACHING.lock().unwrap_or_else(|p| p.into_inner())
@@ -87,7 +87,8 @@ const ATTACH_RETRY: Duration = Duration::from_secs(1);
 pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
     let _one = one_at_a_time();
     taken(name)?;
-    attach_locked(name, opts).map_err(|(e, _)| e)
+    let ctrl = connect(name, opts).map_err(|(e, _)| e)?;
+    register_controller(name, ctrl)
 }
 
 /// Refuse a name attached, or being attached in the background.
@@ -104,40 +105,56 @@ fn taken(name: &str) -> Result<()> {
 pub fn attach_or_retry(name: &str, opts: HostOpts) -> Result<Option<Vec<String>>> {
     let _one = one_at_a_time();
     taken(name)?;
-    match attach_locked(name, opts.clone()) {
-        Ok(names) => Ok(Some(names)),
+    match connect(name, opts.clone()) {
+        Ok(ctrl) => register_controller(name, ctrl).map(Some),
         Err((e, true)) => {
             tracing::warn!(ctrl = name, "{e}: attaching in the background");
             let stop = Arc::new(AtomicBool::new(false));
             pending().insert(name.to_owned(), (opts.clone(), Arc::clone(&stop)));
             let who = name.to_owned();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("tandem-nvmf-attach".into())
-                .spawn(move || retry_attach(&who, &opts, &stop))
-                .map_err(|e| Error::Os {
+                .spawn(move || retry_attach(&who, &opts, &stop));
+            if let Err(e) = spawned {
+                pending().remove(name);
+                return Err(Error::Os {
                     op: format!("a thread to attach {name} in the background: {e}"),
                     errno: Errno(-libc::EAGAIN),
-                })?;
+                });
+            }
             Ok(None)
         }
         Err((e, false)) => Err(e),
     }
 }
 
+/// Try every [`ATTACH_RETRY`] until attached or stopped. The connection is made without the
+/// lock (a silent target takes its whole timeout), then registered under it.
 fn retry_attach(name: &str, opts: &HostOpts, stop: &AtomicBool) {
     loop {
         std::thread::sleep(ATTACH_RETRY);
-        let _one = one_at_a_time();
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        match attach_locked(name, opts.clone()) {
+        let ctrl = match connect(name, opts.clone()) {
+            Ok(c) => c,
+            Err((e, _)) => {
+                tracing::debug!(ctrl = name, "still not attached: {e}");
+                continue;
+            }
+        };
+        let _one = one_at_a_time();
+        if stop.load(Ordering::SeqCst) {
+            // Detached meanwhile: the controller goes as it drops.
+            return;
+        }
+        match register_controller(name, ctrl) {
             Ok(names) => {
                 pending().remove(name);
                 tracing::info!(ctrl = name, bdevs = ?names, "attached");
                 return;
             }
-            Err((e, _)) => tracing::debug!(ctrl = name, "still not attached: {e}"),
+            Err(e) => tracing::warn!(ctrl = name, "attached, but: {e}"),
         }
     }
 }
@@ -160,15 +177,22 @@ fn attach_call(name: &str, o: &HostOpts) -> serde_json::Value {
     }})
 }
 
-/// Attach a name not [`taken`], with [`one_at_a_time`] held; a failure says whether the
-/// target was unreachable.
-fn attach_locked(name: &str, opts: HostOpts) -> std::result::Result<Vec<String>, (Error, bool)> {
-    let ctrl = Controller::connect(opts).map_err(|e| {
+/// Connect to the target for controller `name`; a failure says whether the target was
+/// unreachable.
+fn connect(name: &str, opts: HostOpts) -> std::result::Result<Arc<Controller>, (Error, bool)> {
+    Controller::connect(opts).map_err(|e| {
         (
             host_error(&format!("attach {name}"), &e),
             e.is_unreachable(),
         )
-    })?;
+    })
+}
+
+/// Make a bdev of each of `ctrl`'s namespaces, under `name`, with [`one_at_a_time`] held.
+fn register_controller(name: &str, ctrl: Arc<Controller>) -> Result<Vec<String>> {
+    if attached().contains_key(name) {
+        return Err(Error::Exists(name.to_owned()));
+    }
     let mut names = Vec::new();
     for ns in ctrl.namespaces() {
         let bdev_name = format!("{name}n{}", ns.nsid);
@@ -193,7 +217,7 @@ fn attach_locked(name: &str, opts: HostOpts) -> std::result::Result<Vec<String>,
                 for n in &names {
                     let _ = super::delete(n);
                 }
-                return Err((e, false));
+                return Err(e);
             }
         }
     }

@@ -990,7 +990,7 @@ impl Driver {
     }
 
     /// A secondary that was away when the relationship came up: once its bdev is here, open
-    /// it, and have every reactor's tap channel send to it.
+    /// it, and have every reactor's tap channels send to it.
     fn find_secondary(&mut self) {
         let sp = &self.rel.splitter;
         if sp.has_secondary() {
@@ -1007,8 +1007,9 @@ impl Driver {
             }
             return;
         }
-        sp.set_secondary(d);
-        self.rel.primary_bdev.refresh_tap();
+        if let Err(e) = Arc::clone(sp).attach_secondary(d, &self.messenger) {
+            tracing::warn!(relationship = self.rel.cfg.name, "{e}");
+        }
         tracing::info!(
             relationship = self.rel.cfg.name,
             secondary = self.rel.cfg.secondary_bdev,

@@ -144,10 +144,46 @@ impl Splitter {
             .is_some()
     }
 
-    /// The secondary's bdev is here: channels opened from now on send to it. (The caller
-    /// refreshes the primary's tap so that every reactor opens its channel again.)
-    pub fn set_secondary(&self, d: Desc) {
+    /// The secondary's bdev is here: every reactor's tap channels open their path to it, in
+    /// place (the writes they hold stay theirs). Returns once every reactor has.
+    pub fn attach_secondary(
+        self: &Arc<Self>,
+        d: Desc,
+        messenger: &Messenger,
+    ) -> Result<(), String> {
         *self.secondary.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+        let (sent, acks) = self.on_each_reactor(messenger, Inner::reopen_secondary);
+        for _ in 0..sent {
+            acks.recv_timeout(std::time::Duration::from_secs(10))
+                .map_err(|_| "a reactor did not open its path to the secondary")?;
+        }
+        Ok(())
+    }
+
+    /// This reactor's path to the secondary: none while it is away, or when it cannot be
+    /// reached from here (a failure of the secondary: the split writes' second halves fail,
+    /// never the primary's writes).
+    fn secondary_path(&self) -> Option<SecondaryPath> {
+        let desc = self.secondary.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(d) = desc.as_ref() else {
+            self.note_secondary_failed();
+            return None;
+        };
+        match d.channel() {
+            Ok(ch) => {
+                let b = d.bdev();
+                Some(SecondaryPath {
+                    ch,
+                    unmap: b.supports(IoType::Unmap),
+                    zeroes: b.supports(IoType::WriteZeroes) || b.supports(IoType::Write),
+                })
+            }
+            Err(e) => {
+                self.log_secondary_failure(&e);
+                self.note_secondary_failed();
+                None
+            }
+        }
     }
 
     pub fn set_strict(&self, strict: bool) {
@@ -230,9 +266,18 @@ impl Splitter {
         self.on_each_reactor(messenger, Inner::unpark_fenced);
     }
 
-    fn on_each_reactor(self: &Arc<Self>, messenger: &Messenger, f: fn(&Rc<Inner>)) {
+    /// Run `f` on every tap channel of this splitter, on its reactor; answers how many reactors
+    /// were sent to, and where each acknowledges when done.
+    fn on_each_reactor(
+        self: &Arc<Self>,
+        messenger: &Messenger,
+        f: fn(&Rc<Inner>),
+    ) -> (usize, std::sync::mpsc::Receiver<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut n = 0;
         for r in messenger.reactors() {
             let sp = Arc::clone(self);
+            let ack = tx.clone();
             let sent = messenger.send_patiently(r, move || {
                 let live: Vec<Rc<Inner>> = TAPS
                     .with(|taps| {
@@ -246,11 +291,16 @@ impl Splitter {
                 for inner in &live {
                     f(inner);
                 }
+                let _ = ack.send(());
             });
-            if sent.is_err() {
-                tracing::warn!(relationship = self.name, "a reactor did not take a message");
+            match sent {
+                Ok(()) => n += 1,
+                Err(_) => {
+                    tracing::warn!(relationship = self.name, "a reactor did not take a message")
+                }
             }
         }
+        (n, rx)
     }
 
     /// Writes the splitter took and has not finished. Each reactor's `finished` is read before
@@ -307,38 +357,15 @@ pub struct SplitTap(pub Arc<Splitter>);
 impl WriteTap for SplitTap {
     fn open_channel(&self) -> Result<Rc<dyn TapChannel>, Error> {
         let reactor = reactor::current().ok_or(Error::NotOnReactor)?;
-        // A secondary that cannot be reached from here (or is away) fails the split writes'
-        // second half (out of sync), never the primary's writes.
-        let (secondary, sec_unmap, sec_zeroes) = {
-            let desc = self.0.secondary.lock().unwrap_or_else(|p| p.into_inner());
-            match desc.as_ref().map(|d| (d.channel(), d.bdev())) {
-                Some((Ok(c), b)) => (
-                    Some(c),
-                    b.supports(IoType::Unmap),
-                    b.supports(IoType::WriteZeroes) || b.supports(IoType::Write),
-                ),
-                Some((Err(e), _)) => {
-                    self.0.log_secondary_failure(&e);
-                    self.0.note_secondary_failed();
-                    (None, false, false)
-                }
-                None => {
-                    self.0.note_secondary_failed();
-                    (None, false, false)
-                }
-            }
-        };
         let inner = Rc::new(Inner {
             sp: Arc::clone(&self.0),
-            secondary,
-            sec_unmap,
-            sec_zeroes,
+            secondary: RefCell::new(self.0.secondary_path()),
             reactor: reactor.0 as usize,
             ops: RefCell::new(Slab::default()),
             parked: RefCell::new(VecDeque::new()),
             waiting: RefCell::new(VecDeque::new()),
             fenced: RefCell::new(VecDeque::new()),
-            conflicts: RefCell::new(VecDeque::new()),
+            later: RefCell::new(VecDeque::new()),
             to_resend: RefCell::new(VecDeque::new()),
             retry_armed: Cell::new(false),
         });
@@ -396,9 +423,9 @@ impl Slab {
 
 struct Inner {
     sp: Arc<Splitter>,
-    secondary: Option<Channel>,
-    sec_unmap: bool,
-    sec_zeroes: bool,
+    /// This reactor's path to the secondary (opened again in place when the secondary comes
+    /// back: see [`Splitter::attach_secondary`]).
+    secondary: RefCell<Option<SecondaryPath>>,
     reactor: usize,
     ops: RefCell<Slab>,
     /// Writes waiting for a barrier to lift, with the path they came by.
@@ -407,12 +434,21 @@ struct Inner {
     waiting: RefCell<VecDeque<Waiting>>,
     /// Writes waiting at a fence, not yet routed, with the path they came by.
     fenced: RefCell<VecDeque<(Primary, BdevIo)>>,
-    /// Writes waiting for blocks another write holds, not yet routed.
-    conflicts: RefCell<VecDeque<(Primary, BdevIo)>>,
+    /// Writes to submit again, not yet routed: another write held their blocks, or the
+    /// primary's queue was full when they came back from waiting.
+    later: RefCell<VecDeque<(Primary, BdevIo)>>,
     /// Secondary halves the secondary's channel refused as full: sent again as it drains.
     to_resend: RefCell<VecDeque<Resend>>,
     /// A timer will try the two queues above again.
     retry_armed: Cell<bool>,
+}
+
+/// A reactor's way to the secondary: a channel of its bdev, and what that bdev can do.
+#[derive(Clone)]
+struct SecondaryPath {
+    ch: Channel,
+    unmap: bool,
+    zeroes: bool,
 }
 
 /// Why the secondary's channel did not take a write's secondary half.
@@ -498,10 +534,7 @@ impl TapChannel for SplitChannel {
                     c.started.fetch_sub(1, Ordering::SeqCst);
                     c.overlapped.fetch_add(1, Ordering::Relaxed);
                     primary.park();
-                    inner
-                        .conflicts
-                        .borrow_mut()
-                        .push_back((primary.clone(), io));
+                    inner.later.borrow_mut().push_back((primary.clone(), io));
                     inner.arm_retry();
                     return Ok(());
                 }
@@ -645,6 +678,11 @@ impl Inner {
         Ok(())
     }
 
+    /// Open this reactor's path to the secondary again (it came back).
+    fn reopen_secondary(self: &Rc<Self>) {
+        *self.secondary.borrow_mut() = self.sp.secondary_path();
+    }
+
     /// Send the writes that waited at a fence through the splitter again.
     fn unpark_fenced(self: &Rc<Self>) {
         self.submit_again(&self.fenced, "a write held at a fence");
@@ -657,7 +695,27 @@ impl Inner {
         let ch = SplitChannel(Rc::clone(self));
         for (primary, io) in waiting {
             primary.unpark();
-            if let Err((e, io)) = ch.submit(&primary, io) {
+            let refused = ch.submit(&primary, io);
+            self.refused_again(primary, refused, what);
+        }
+    }
+
+    /// A write that waited was refused as it went again: a full queue is backpressure (it
+    /// waits once more, in [`Inner::later`]); anything else fails it.
+    fn refused_again(
+        self: &Rc<Self>,
+        primary: Primary,
+        refused: Result<(), (Error, BdevIo)>,
+        what: &str,
+    ) {
+        match refused {
+            Ok(()) => {}
+            Err((Error::QueueFull { .. }, io)) => {
+                primary.park();
+                self.later.borrow_mut().push_back((primary, io));
+                self.arm_retry();
+            }
+            Err((e, io)) => {
                 tracing::warn!(relationship = self.sp.name(), "{what}: {e}");
                 primary.complete(io, Err(IoError::Aborted));
             }
@@ -672,8 +730,8 @@ impl Inner {
                 self.to_secondary(r.slot, r.io_type, r.ob, r.nb, r.copy);
             }
         }
-        if !self.conflicts.borrow().is_empty() {
-            self.submit_again(&self.conflicts, "a write that waited for its blocks");
+        if !self.later.borrow().is_empty() {
+            self.submit_again(&self.later, "a write that waited for its blocks");
         }
     }
 
@@ -687,8 +745,7 @@ impl Inner {
         let armed = reactor::set_timer(RETRY_AFTER, move || {
             held.retry_armed.set(false);
             held.retry();
-            let waiting =
-                !held.conflicts.borrow().is_empty() || !held.to_resend.borrow().is_empty();
+            let waiting = !held.later.borrow().is_empty() || !held.to_resend.borrow().is_empty();
             if waiting {
                 held.arm_retry();
             }
@@ -712,13 +769,9 @@ impl Inner {
                 continue;
             }
             w.primary.unpark();
-            if let Err((e, io)) = self.issue(&w.primary, w.io, w.route, w.off, w.len) {
-                tracing::warn!(
-                    relationship = self.sp.name(),
-                    "a write that waited for the log: {e}"
-                );
-                w.primary.complete(io, Err(IoError::Aborted));
-            }
+            // Refused, the write gave back what it held: it goes again from the start.
+            let refused = self.issue(&w.primary, w.io, w.route, w.off, w.len);
+            self.refused_again(w.primary, refused, "a write that waited for the log");
         }
         if !self.waiting.borrow().is_empty() {
             self.sp.want_flush();
@@ -727,15 +780,7 @@ impl Inner {
 
     /// Send the writes a barrier held on their way (or fail those the primary now refuses).
     fn unpark(self: &Rc<Self>) {
-        let parked: Vec<(Primary, BdevIo)> = self.parked.borrow_mut().drain(..).collect();
-        let ch = SplitChannel(Rc::clone(self));
-        for (primary, io) in parked {
-            primary.unpark();
-            if let Err((e, io)) = ch.submit(&primary, io) {
-                tracing::warn!(relationship = self.sp.name(), "a held write: {e}");
-                primary.complete(io, Err(IoError::Aborted));
-            }
-        }
+        self.submit_again(&self.parked, "a held write");
     }
 
     fn to_secondary(
@@ -753,12 +798,15 @@ impl Inner {
             }
             Inner::secondary_done(&held, slot, d.status.is_ok())
         };
-        let Some(sec) = &self.secondary else {
+        // A handle of its own (no lookup, no allocation): the path may be opened again
+        // while this write is on it.
+        let Some(path) = self.secondary.borrow().clone() else {
             if self.secondary_done_now(slot, false) {
                 self.finish(slot);
             }
             return;
         };
+        let sec = &path.ch;
         let no_data = |r: Result<(), Error>| {
             r.map_err(|e| match e {
                 Error::QueueFull { .. } => Refused::Full(None),
@@ -778,8 +826,8 @@ impl Inner {
                 ))),
             },
             IoType::Flush => no_data(sec.flush(ob, nb, cb)),
-            IoType::Unmap if self.sec_unmap => no_data(sec.unmap(ob, nb, cb)),
-            IoType::Unmap | IoType::WriteZeroes if self.sec_zeroes => {
+            IoType::Unmap if path.unmap => no_data(sec.unmap(ob, nb, cb)),
+            IoType::Unmap | IoType::WriteZeroes if path.zeroes => {
                 no_data(sec.write_zeroes(ob, nb, cb))
             }
             other => Err(Refused::Failed(Error::Unsupported {

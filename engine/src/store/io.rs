@@ -150,15 +150,22 @@ fn pump(b: &Rc<RefCell<Batch>>) {
 }
 
 /// Copy `len` bytes at byte `from` of `ch`'s bdev to byte `to`: read into one buffer list,
-/// then write the same list. The buffers come from the reactor's pool while it has them, so a
-/// cluster copied on write costs two device I/Os and no allocation (fresh pages for each copy
-/// cost more than the copy itself).
+/// then write the same list. The buffers come from the reactor's pool while at least half of
+/// it stays free for the data path, so a cluster copied on write costs two device I/Os and no
+/// allocation (fresh pages for each copy cost more than the copy itself).
 pub fn copy(ch: Channel, from: u64, to: u64, len: usize, done: impl FnOnce(Result<()>) + 'static) {
+    let pool_room = mem::pool_stats().map_or(0, |p| {
+        p.large_free
+            .saturating_sub(p.large_total / 2)
+            .saturating_mul(LARGE_BUF)
+    });
+    let pooled = len <= pool_room;
     let mut sgl = Sgl::new();
     let mut left = len;
     while left > 0 {
         let n = left.min(LARGE_BUF);
-        let pushed = match mem::take_large() {
+        let pooled = if pooled { mem::take_large() } else { None };
+        let pushed = match pooled {
             Some(b) => sgl.push(b, 0, n),
             None => match DmaBuf::new(n) {
                 Ok(b) => sgl.push(b, 0, n),
@@ -210,13 +217,16 @@ fn retrying<D: FnOnce(Result<Sgl>) + 'static>(
     match submit(sgl, cb) {
         Ok(()) => {}
         Err((crate::bdev::Error::QueueFull { .. }, sgl)) => {
+            let unanswered = Rc::clone(&done);
             let again = move || {
                 if let Some(f) = done.borrow_mut().take() {
                     retrying(submit, sgl, f);
                 }
             };
-            if reactor::set_timer(Duration::from_micros(100), again).is_err() {
-                tracing::error!("store: a full channel and no reactor to wait on");
+            if let Err(e) = reactor::set_timer(Duration::from_micros(100), again) {
+                if let Some(f) = unanswered.borrow_mut().take() {
+                    f(Err(Error::Io(format!("a full channel and no timer: {e}"))));
+                }
             }
         }
         Err((e, _)) => {
