@@ -8,10 +8,16 @@
 //! | [`splitter`] | the write tap on the primary: each write to one side or both, by state and region |
 //! | [`copier`] | snapshot transfers and the cutover scanner: bytes to the secondary from one reactor |
 //! | [`persist`] | a relationship's record and log in the primary's store, for a restart |
-//! | [`relationship`] | a relationship's configuration, its driver thread, and the registry |
+//! | [`config`] | a relationship's configuration, and the errors its operations answer with |
+//! | [`relationship`] | a relationship: its status, its commands, and the registry |
+//! | `driver` | a relationship's control thread: the state machine, transfers, scanner, barrier |
+//! | `flusher` | the dirty region log on disk: flushes for waiting writes, trims on a clock |
 
+pub mod config;
 pub mod copier;
+mod driver;
 pub mod drl;
+mod flusher;
 pub mod inflight;
 pub mod persist;
 pub mod relationship;
