@@ -17,6 +17,9 @@ PROG="${0##*/}"
 CACHE="${TANDEM_LNH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tandem-linux-host}"
 LAYOUT=1      # bump when the base initramfs contents change (forces a rebuild from cached .debs)
 ALL_CASES="discover connect mkfs fio fio-perf reconnect ns-add"
+# Cases that need a target the caller set up for them (not in "all"): repl-fio needs a
+# replication relationship to start, through --hook-cmd.
+MORE_CASES="repl-fio"
 # Debian packages: the guest's tools and kernel, and QEMU itself (never installed, only unpacked).
 GUEST_PKGS="busybox-static nvme-cli fio e2fsprogs kmod"
 QEMU_PKGS="qemu-system-x86"
@@ -31,7 +34,7 @@ SMP=2 MEM="" TIMEOUT=300 TEST_TIMEOUT=120 FIO_SIZE=32M FIO_IODEPTH=16 PERF_RUNTI
 usage() {
   cat <<EOF
 Usage: $PROG --prepare [--refresh]
-       $PROG --port P --nqn NQN [options] CASE...      (CASE: $ALL_CASES | all)
+       $PROG --port P --nqn NQN [options] CASE...      (CASE: $ALL_CASES | all | $MORE_CASES)
        $PROG --serve-target --port P --nqn NQN [--target-size MB] [--timeout S] [--ready-file F]
 Boots Debian's kernel in QEMU (TCG) and runs each CASE against the NVMe/TCP target at host
 127.0.0.1:P (10.0.2.2:P from the guest).
@@ -94,7 +97,7 @@ while [ $# -gt 0 ]; do
     --log) LOG="$2";;
     all) CASES="$CASES $ALL_CASES"; shift; continue;;
     -*) usage >&2; die "unknown option $1";;
-    *) [[ " $ALL_CASES " == *" $1 "* ]] || die "unknown case '$1' (cases: $ALL_CASES)"
+    *) [[ " $ALL_CASES $MORE_CASES " == *" $1 "* ]] || die "unknown case '$1' (cases: $ALL_CASES $MORE_CASES)"
        CASES="$CASES $1"; shift; continue;;
   esac
   shift 2
@@ -120,6 +123,7 @@ elif [ "$PREPARE" = 0 ]; then
   else
     { [ -n "$PORT" ] && [ -n "$NQN" ]; } || die "--port and --nqn are required"
     [[ " $CASES " != *" ns-add "* ]] || [ -n "$HOOK_CMD" ] || die "case ns-add needs --hook-cmd"
+    [[ " $CASES " != *" repl-fio "* ]] || [ -n "$HOOK_CMD" ] || die "case repl-fio needs --hook-cmd"
   fi
   command -v python3 >/dev/null || die "python3 is required (hook server)"
 fi

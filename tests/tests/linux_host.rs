@@ -77,6 +77,18 @@ static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Run the guest with these cases; panics with its output unless every case passed.
 fn guest(port: u16, sock: &str, connect_opts: &str, cases: &[&str]) -> String {
+    guest_with(port, sock, connect_opts, cases, "add-ns.sh", &[])
+}
+
+/// [`guest`], with `hook` (a script of tests/linux-host) for the cases' hooks, and `env` for it.
+fn guest_with(
+    port: u16,
+    sock: &str,
+    connect_opts: &str,
+    cases: &[&str],
+    hook: &str,
+    env: &[(&str, String)],
+) -> String {
     let _one = ONE_GUEST.lock().unwrap_or_else(|p| p.into_inner());
     let t0 = Instant::now();
     let out = Command::new(harness_dir().join("guest.sh"))
@@ -89,12 +101,10 @@ fn guest(port: u16, sock: &str, connect_opts: &str, cases: &[&str]) -> String {
             "280",
         ])
         .args(["--connect-opts", connect_opts])
-        .args([
-            "--hook-cmd",
-            harness_dir().join("add-ns.sh").to_str().unwrap(),
-        ])
+        .args(["--hook-cmd", harness_dir().join(hook).to_str().unwrap()])
         .args(cases)
         .env("TANDEM_RPC_SOCK", sock)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("run tests/linux-host/guest.sh");
     let text = format!(
@@ -185,4 +195,100 @@ fn the_linux_host_runs_a_filesystem_and_fio_on_a_thin_volume() {
     );
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// The Linux host writes and verifies without pause (fio with `verify_backlog`) while a
+/// replication relationship of its namespace's volume goes from uninitialized to in sync,
+/// started by the guest's hook halfway through; the pair is then equal byte for byte.
+#[test]
+fn the_linux_host_writes_and_verifies_while_its_volume_starts_replicating() {
+    const NQN_S: &str = "nqn.2016-06.io.tandem:lnh-secondary";
+    const VOL: u64 = 128 << 20;
+    // The secondary: a volume as large as the primary's, in a RAM store, exported.
+    let sock_s = format!("/tmp/tandem-lnh-repl-s-{}.sock", std::process::id());
+    let _secondary = tandem_tests::start_bare(&sock_s, &[]);
+    let port_s = free_port().to_string();
+    for args in [
+        &["bdev_malloc_create", "-b", "Base1", "384", "4096"][..],
+        &["bdev_lvol_create_lvstore", "Base1", "lvs1"],
+        &["bdev_lvol_create", "-l", "lvs1", "-t", "vol", "128"],
+        &["nvmf_create_transport", "-t", "TCP"],
+        &["nvmf_create_subsystem", NQN_S, "-a"],
+        &["nvmf_subsystem_add_ns", NQN_S, "lvs1/vol"],
+        &[
+            "nvmf_subsystem_add_listener",
+            NQN_S,
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            &port_s,
+            "-f",
+            "ipv4",
+        ],
+    ] {
+        spdk_rpc(&sock_s, args);
+    }
+    // The primary: the thin volume the guest writes, the secondary attached, a relationship
+    // made and not started.
+    let (_primary, port, sock) = target("repl", true);
+    spdk_rpc(
+        &sock,
+        &[
+            "bdev_nvme_attach_controller",
+            "-b",
+            "sec",
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            &port_s,
+            "-f",
+            "ipv4",
+            "-n",
+            NQN_S,
+        ],
+    );
+    rpc(
+        &sock,
+        "repl_create",
+        json!({"name": "r1", "primary": "lvs0/vol0", "secondary_bdev": "secn1",
+               "secondary_volume": "lvs1/vol", "secondary_rpc": sock_s}),
+    )
+    .unwrap();
+    let text = guest_with(
+        port,
+        &sock,
+        "",
+        &["repl-fio"],
+        "repl-start.sh",
+        &[
+            (
+                "TANDEM_BIN",
+                tandem_tests::bin("tandem").display().to_string(),
+            ),
+            ("TANDEM_REPL", "r1".into()),
+        ],
+    );
+    // The longest write is the longest pause the client saw (guest_with prints the line).
+    let perf = text
+        .lines()
+        .find(|l| l.starts_with("LNH-PERF repl-fio"))
+        .unwrap_or_else(|| panic!("no figures from fio:\n{text}"));
+    assert!(perf.ends_with(" err=0"), "{perf}");
+    let v = rpc(&sock, "repl_get", json!({"name": "r1"})).unwrap();
+    assert_eq!(v["state"], "in_sync", "{v}");
+    assert!(v["counters"]["split_writes"].as_u64().unwrap() > 0, "{v}");
+    rpc(&sock, "repl_quiesce", json!({"name": "r1"})).unwrap();
+    let primary = tandem_tests::nvme_tcp::read_all(port, NQN, VOL);
+    let secondary = tandem_tests::nvme_tcp::read_all(port_s.parse().unwrap(), NQN_S, VOL);
+    if let Some(i) = primary.iter().zip(&secondary).position(|(a, b)| a != b) {
+        panic!("primary and secondary differ at byte {i}");
+    }
+    eprintln!(
+        "[repl-fio] {} split writes; the longest barrier pause {} us",
+        v["counters"]["split_writes"], v["max_pause_us"]
+    );
 }

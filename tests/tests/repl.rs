@@ -254,19 +254,7 @@ fn perf_report(child: Child, primary: &mut Daemon) -> Value {
 
 /// Every byte of the namespace `nqn` serves on `port`.
 fn read_all(port: u16, nqn: &str) -> Vec<u8> {
-    let mut admin = Host::new(port, false, false);
-    let cntlid = admin.admin(nqn, 30_000);
-    let mut io = Host::new(port, false, false);
-    let c = io.connect(nqn, HOSTNQN, 1, cntlid, 0);
-    assert!(c.status().is_success(), "I/O connect to {nqn}");
-    let chunk = 128 << 10;
-    let mut out = Vec::with_capacity((VOL_MIB << 20) as usize);
-    for i in 0..(VOL_MIB << 20) / chunk {
-        let d = io.read(1, i * chunk / 4096, 4096, chunk as usize);
-        assert!(d.status().is_success(), "read {nqn} at {}", i * chunk);
-        out.extend_from_slice(&d.data);
-    }
-    out
+    tandem_tests::nvme_tcp::read_all(port, nqn, VOL_MIB << 20)
 }
 
 fn assert_equal(p: &Primary, s: &Secondary) {
