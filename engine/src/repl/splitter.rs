@@ -14,7 +14,8 @@
 //! holds them until it completes to the client; one that finds them held waits in its
 //! reactor's channel and tries again when a write there completes, or after a short timer (the
 //! holder may be on another reactor). So two writes to the same blocks never reach the two
-//! sides in different orders.
+//! sides in different orders. Waiters take no turns: one on another reactor may wait long
+//! while a reactor keeps rewriting the same blocks.
 //!
 //! **Ordering.** A write marks its regions active before it reads the state and the regions'
 //! bits ([`Drl::enter`]); the scanner marks a region copying before it looks for active writes
