@@ -42,34 +42,38 @@ fn target(tag: &str, volume: bool) -> (Daemon, u16, String) {
         );
         "Malloc0"
     };
-    spdk_rpc(&sock, &["nvmf_create_transport", "-t", "TCP"]);
+    export(&sock, NQN, ns, &port);
+    (d, port.parse().unwrap(), sock)
+}
+
+/// Export `bdev` as the namespace of a new subsystem `nqn` on 127.0.0.1:`port`, through
+/// spdk-rpc.
+fn export(sock: &str, nqn: &str, bdev: &str, port: &str) {
+    spdk_rpc(sock, &["nvmf_create_transport", "-t", "TCP"]);
     spdk_rpc(
-        &sock,
+        sock,
         &[
             "nvmf_create_subsystem",
-            NQN,
+            nqn,
             "-a",
             "-s",
             "TANDEM00000000000001",
         ],
     );
-    spdk_rpc(&sock, &["nvmf_subsystem_add_ns", NQN, ns]);
-    spdk_rpc(
-        &sock,
-        &[
-            "nvmf_subsystem_add_listener",
-            NQN,
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &port,
-            "-f",
-            "ipv4",
-        ],
-    );
-    (d, port.parse().unwrap(), sock)
+    spdk_rpc(sock, &["nvmf_subsystem_add_ns", nqn, bdev]);
+    let listen = [
+        "nvmf_subsystem_add_listener",
+        nqn,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        port,
+        "-f",
+        "ipv4",
+    ];
+    spdk_rpc(sock, &listen);
 }
 
 /// One guest at a time: each wants both of this machine's cores.
@@ -212,24 +216,10 @@ fn the_linux_host_writes_and_verifies_while_its_volume_starts_replicating() {
         &["bdev_malloc_create", "-b", "Base1", "384", "4096"][..],
         &["bdev_lvol_create_lvstore", "Base1", "lvs1"],
         &["bdev_lvol_create", "-l", "lvs1", "-t", "vol", "128"],
-        &["nvmf_create_transport", "-t", "TCP"],
-        &["nvmf_create_subsystem", NQN_S, "-a"],
-        &["nvmf_subsystem_add_ns", NQN_S, "lvs1/vol"],
-        &[
-            "nvmf_subsystem_add_listener",
-            NQN_S,
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &port_s,
-            "-f",
-            "ipv4",
-        ],
     ] {
         spdk_rpc(&sock_s, args);
     }
+    export(&sock_s, NQN_S, "lvs1/vol", &port_s);
     // The primary: the thin volume the guest writes, the secondary attached, a relationship
     // made and not started.
     let (_primary, port, sock) = target("repl", true);

@@ -77,6 +77,14 @@ impl Pair {
         relationship::create(cfg, self.rig.m.clone(), self.rig.owner()).expect("a relationship")
     }
 
+    /// A relationship started and in sync.
+    fn in_sync(&self, policy: Policy) -> Arc<Relationship> {
+        let rel = self.relationship(policy);
+        rel.start().unwrap();
+        wait_for(&rel, State::InSync, Duration::from_secs(60));
+        rel
+    }
+
     /// Every byte of both volumes equal.
     fn assert_equal(&self) {
         let step = 256u64;
@@ -214,9 +222,7 @@ fn establishing_under_writes_ends_in_sync_with_equal_volumes() {
 fn a_failing_secondary_puts_the_pair_out_of_sync_and_it_resyncs_by_itself() {
     let p = pair(true);
     fill(&p, 3);
-    let rel = p.relationship(Policy::Sync);
-    rel.start().unwrap();
-    wait_for(&rel, State::InSync, Duration::from_secs(60));
+    let rel = p.in_sync(Policy::Sync);
     let w = Writer::start(&p.rig, &p.primary, 4);
     std::thread::sleep(Duration::from_millis(50));
     error::set_fault(&p.via, Fault::every(Action::Fail, IoTypes::WRITES)).unwrap();
@@ -241,9 +247,7 @@ fn a_failing_secondary_puts_the_pair_out_of_sync_and_it_resyncs_by_itself() {
 #[test]
 fn strict_sync_fails_writes_while_out_of_sync_and_recovers() {
     let p = pair(true);
-    let rel = p.relationship(Policy::StrictSync);
-    rel.start().unwrap();
-    wait_for(&rel, State::InSync, Duration::from_secs(60));
+    let rel = p.in_sync(Policy::StrictSync);
     error::set_fault(&p.via, Fault::every(Action::Fail, IoTypes::WRITES)).unwrap();
     // The write that finds the secondary failing fails, and so do the writes after it.
     let r = p.rig.write(0, &p.primary, 7, vec![1; 4096]);
@@ -263,9 +267,7 @@ fn strict_sync_fails_writes_while_out_of_sync_and_recovers() {
 fn quiesce_takes_a_common_snapshot_under_writes_and_resume_drains_what_came_after() {
     let p = pair(false);
     fill(&p, 5);
-    let rel = p.relationship(Policy::Sync);
-    rel.start().unwrap();
-    wait_for(&rel, State::InSync, Duration::from_secs(60));
+    let rel = p.in_sync(Policy::Sync);
     let w = Writer::start(&p.rig, &p.primary, 6);
     std::thread::sleep(Duration::from_millis(100));
     rel.quiesce().unwrap();
@@ -301,9 +303,7 @@ fn quiesce_takes_a_common_snapshot_under_writes_and_resume_drains_what_came_afte
 fn break_then_resync_sends_both_sides_changes_since_the_common_snapshot() {
     let p = pair(false);
     fill(&p, 7);
-    let rel = p.relationship(Policy::Sync);
-    rel.start().unwrap();
-    wait_for(&rel, State::InSync, Duration::from_secs(60));
+    let rel = p.in_sync(Policy::Sync);
     rel.quiesce().unwrap();
     rel.resume().unwrap();
     wait_for(&rel, State::InSync, Duration::from_secs(30));
@@ -407,9 +407,7 @@ fn a_region_written_without_pause_is_still_copied_and_the_pair_gets_in_sync() {
 #[test]
 fn overlapping_writes_in_flight_land_in_the_same_order_on_both_sides() {
     let p = pair(true);
-    let rel = p.relationship(Policy::Sync);
-    rel.start().unwrap();
-    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    let rel = p.in_sync(Policy::Sync);
     // Half of the secondary's writes take a millisecond longer: without the claims, a write
     // that overtakes an earlier one to the same blocks on the primary lands first on the
     // secondary, and the later one's data is lost there.
@@ -457,9 +455,7 @@ fn overlapping_writes_in_flight_land_in_the_same_order_on_both_sides() {
 #[test]
 fn a_full_secondary_channel_holds_the_write_back_and_the_pair_stays_in_sync() {
     let p = pair(true);
-    let rel = p.relationship(Policy::Sync);
-    rel.start().unwrap();
-    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    let rel = p.in_sync(Policy::Sync);
     // Fill reactor 0's channel to the secondary with writes that take 300 ms (zeros over
     // zeros at block 2000: the sides stay equal).
     error::set_fault(
