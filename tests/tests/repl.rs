@@ -487,6 +487,72 @@ impl Stamper {
     }
 }
 
+impl Stamper {
+    /// One stamped write to `block`, not remembered: the status the target answers.
+    fn try_write(&mut self, block: u64) -> tandem::nvme::Status {
+        self.seq += 1;
+        let sqe = rw_sqe(tandem::nvme::io::WRITE, 1, block, 1);
+        let d = self
+            .io
+            .0
+            .run(sqe, &stamp(block, self.seq), 0)
+            .expect("the primary answers");
+        d.status()
+    }
+}
+
+#[test]
+fn strict_sync_fails_writes_while_out_of_sync_and_recovers_after() {
+    let sec = Secondary::start("strict", false);
+    let proxy = Proxy::start(sec.port);
+    let p = primary("strict", proxy.port);
+    p.create("r1", &sec, "strict_sync");
+    ok(&p.sock, "repl_start", json!({"name": "r1"}));
+    p.wait_state("r1", "in_sync", Duration::from_secs(60));
+    let mut seed = 11u64;
+    let mut w = Stamper::connect(p.port);
+    // In sync: acknowledged on both sides (blocks 0..256).
+    assert!(w.write(0, 256, 200, &mut seed));
+
+    // The link goes down: no write succeeds while the pair is out of sync, and each fails with
+    // a Write Fault (blocks 512..768, none acknowledged). The first may have reached the
+    // primary before the secondary failed it; the log holds its region.
+    proxy.down();
+    let first = w.try_write(512);
+    assert!(
+        !first.is_success(),
+        "a write acknowledged with the link down"
+    );
+    let v = p.wait_state("r1", "out_of_sync", Duration::from_secs(10));
+    for block in 513..533 {
+        assert_eq!(
+            w.try_write(block),
+            tandem::nvme::Status::WRITE_FAULT,
+            "StrictSync refuses writes while out of sync: {v}"
+        );
+    }
+    let v = p.get("r1");
+    assert!(
+        v["counters"]["refused_writes"].as_u64().unwrap() >= 20,
+        "{v}"
+    );
+
+    // The link comes back: the pair resyncs by itself, and writes succeed again.
+    proxy.up();
+    p.wait_state("r1", "in_sync", Duration::from_secs(60));
+    assert!(
+        w.write(0, 256, 200, &mut seed),
+        "writes succeed again once in sync"
+    );
+    let image = read_all(p.port, NQN_P);
+    w.check(&image);
+    assert_eq!(
+        image,
+        read_all(sec.port, NQN_S),
+        "the pair differs after the resync"
+    );
+}
+
 /// A primary whose store lives in a file, so that it survives `kill -9`.
 fn file_primary(
     tag: &str,
