@@ -354,7 +354,7 @@ impl Driver {
             }
             return;
         }
-        if let Err(e) = Arc::clone(sp).attach_secondary(d, &self.messenger) {
+        if let Err(e) = sp.attach_secondary(d, &self.messenger) {
             tracing::warn!(relationship = self.rel.cfg.name, "{e}");
         }
         tracing::info!(
