@@ -123,16 +123,35 @@ impl Seg {
 }
 
 /// The buffers of one I/O, in order.
+///
+/// The segment array is recycled: a dropped list gives its (emptied) array to a spare list of
+/// its thread, and [`Sgl::new`] takes one from there, so that a request built per I/O on the
+/// data path allocates nothing in steady state. `Sgl::default()` is an empty list with no
+/// array at all, for a placeholder that is never pushed to.
 #[derive(Default)]
 pub struct Sgl {
     segs: Vec<Seg>,
 }
 
+/// Spare segment arrays a thread keeps at most: enough for the requests one reactor has in
+/// flight at a time; an array dropped beyond that is freed.
+const SPARE_ARRAYS: usize = 4096;
+
+thread_local! {
+    /// Empty segment arrays of capacity `MAX_SEGS`, left by dropped lists on this thread.
+    static SPARE: std::cell::RefCell<Vec<Vec<Seg>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Sgl {
-    /// An empty list with room for `MAX_SEGS` segments, so that pushes never allocate.
+    /// An empty list with room for `MAX_SEGS` segments, so that pushes never allocate; its
+    /// array is a spare one when this thread has one.
     pub fn new() -> Self {
+        let spare = SPARE
+            .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+            .ok()
+            .flatten();
         Self {
-            segs: Vec::with_capacity(MAX_SEGS),
+            segs: spare.unwrap_or_else(|| Vec::with_capacity(MAX_SEGS)),
         }
     }
 
@@ -189,8 +208,8 @@ impl Sgl {
     }
 
     /// Take the buffers out, in order.
-    pub fn into_bufs(self) -> impl Iterator<Item = Buf> {
-        self.segs.into_iter().map(|s| s.buf)
+    pub fn into_bufs(mut self) -> impl Iterator<Item = Buf> {
+        std::mem::take(&mut self.segs).into_iter().map(|s| s.buf)
     }
 
     /// Copy `data` into the segments, in order, from the start; returns the bytes copied.
@@ -246,6 +265,25 @@ impl Sgl {
             out.extend_from_slice(seg.as_slice());
         }
         out
+    }
+}
+
+impl Drop for Sgl {
+    fn drop(&mut self) {
+        if self.segs.capacity() < MAX_SEGS {
+            return;
+        }
+        // The segments go first (pool buffers back to their pool), then the empty array to
+        // this thread's spares; a thread that is exiting, or full of spares, frees it.
+        self.segs.clear();
+        let segs = std::mem::take(&mut self.segs);
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                if s.len() < SPARE_ARRAYS {
+                    s.push(segs);
+                }
+            }
+        });
     }
 }
 

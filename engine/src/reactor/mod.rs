@@ -197,7 +197,7 @@ pub fn poller_names() -> Result<Vec<&'static str>> {
 
 /// Run `f` once on the current reactor after `after`.
 pub fn set_timer(after: Duration, f: impl FnOnce() + 'static) -> Result<TimerHandle> {
-    with_current(|r| r.set_timer(after, Box::new(f)))
+    with_current(|r| r.set_timer(after, crate::inline_fn::InlineFnOnce::new(move |()| f())))
 }
 
 /// Wake the current reactor, when parked, whenever `fd` is readable (level-triggered). The

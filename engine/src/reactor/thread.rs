@@ -357,7 +357,7 @@ impl Inner {
         loop {
             let due = self.timers.borrow_mut().pop_due(now);
             let Some(f) = due else { break };
-            f();
+            f.call(());
             status = PollStatus::Busy;
         }
         status

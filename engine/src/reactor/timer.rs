@@ -8,7 +8,9 @@ use std::sync::Arc;
 use super::mailbox::Mailbox;
 use super::{Error, ReactorId, Result};
 
-pub(crate) type TimerFn = Box<dyn FnOnce() + 'static>;
+/// A timer's closure, stored inline (no allocation for captures that fit), so that a data-path
+/// retry timer allocates nothing.
+pub(crate) type TimerFn = crate::inline_fn::InlineFnOnce<()>;
 
 #[derive(Default)]
 pub(crate) struct Timers {

@@ -280,18 +280,17 @@ impl Splitter {
             let sp = Arc::clone(self);
             let ack = tx.clone();
             let sent = messenger.send_patiently(r, move || {
-                let live: Vec<Rc<Inner>> = TAPS
-                    .with(|taps| {
-                        taps.borrow()
-                            .iter()
-                            .filter_map(Weak::upgrade)
-                            .filter(|i| Arc::ptr_eq(&i.sp, &sp))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for inner in &live {
-                    f(inner);
-                }
+                // One channel at a time, the list not borrowed while `f` runs, and nothing
+                // collected: a notice of a log flush allocates nothing.
+                let _ = TAPS.with(|taps| {
+                    let n = taps.borrow().len();
+                    for i in 0..n {
+                        let inner = taps.borrow().get(i).and_then(Weak::upgrade);
+                        if let Some(inner) = inner.filter(|i| Arc::ptr_eq(&i.sp, &sp)) {
+                            f(&inner);
+                        }
+                    }
+                });
                 let _ = ack.send(());
             });
             match sent {
@@ -645,7 +644,7 @@ impl Inner {
         let (cb, sgl) = io.into_parts();
         let slot = self.ops.borrow_mut().insert(Op {
             cb: Some(cb),
-            sgl: Sgl::new(),
+            sgl: Sgl::default(),
             io_type,
             off,
             len,
@@ -692,9 +691,14 @@ impl Inner {
     /// Send the writes waiting in `queue` (not yet routed) through the splitter again; any
     /// still held back queue up again.
     fn submit_again(self: &Rc<Self>, queue: &RefCell<VecDeque<(Primary, BdevIo)>>, what: &str) {
-        let waiting: Vec<(Primary, BdevIo)> = queue.borrow_mut().drain(..).collect();
+        // Only those waiting now (one held back again goes to the back): popped one at a
+        // time, so that a retry on every completion allocates nothing.
+        let n = queue.borrow().len();
         let ch = SplitChannel(Rc::clone(self));
-        for (primary, io) in waiting {
+        for _ in 0..n {
+            let Some((primary, io)) = queue.borrow_mut().pop_front() else {
+                break;
+            };
             primary.unpark();
             let refused = ch.submit(&primary, io);
             self.refused_again(primary, refused, what);
@@ -725,11 +729,12 @@ impl Inner {
 
     /// Try the writes waiting for blocks, and the secondary halves waiting for room, again.
     fn retry(self: &Rc<Self>) {
-        if !self.to_resend.borrow().is_empty() {
-            let resend: Vec<Resend> = self.to_resend.borrow_mut().drain(..).collect();
-            for r in resend {
-                self.to_secondary(r.slot, r.io_type, r.ob, r.nb, r.copy);
-            }
+        let n = self.to_resend.borrow().len();
+        for _ in 0..n {
+            let Some(r) = self.to_resend.borrow_mut().pop_front() else {
+                break;
+            };
+            self.to_secondary(r.slot, r.io_type, r.ob, r.nb, r.copy);
         }
         if !self.later.borrow().is_empty() {
             self.submit_again(&self.later, "a write that waited for its blocks");
