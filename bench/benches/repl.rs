@@ -237,8 +237,11 @@ fn wait(rel: &Relationship, want: State, within: Duration) {
     }
 }
 
-/// Replicated against unreplicated, alternating rounds: prints medians and ratios.
-fn overhead(reactor: &Reactor, replicated: &str, plain: &str, label: &str) {
+/// Replicated against unreplicated, alternating rounds: prints medians and ratios. With
+/// `alone`, a volume of the secondary's store written by itself in the same rounds, it also
+/// splits a replicated write's time on this reactor into the two volumes' own work and the
+/// split's (the rest), and prints the ratio the two volumes' work alone allows on one reactor.
+fn overhead(reactor: &Reactor, replicated: &str, plain: &str, alone: Option<&str>, label: &str) {
     let (secs, rounds) = tandem_bench::run_shape(2);
     println!("\n== splitter overhead, secondary {label}: 4 KiB randwrite, {rounds} alternating rounds of {secs} s ==");
     for depth in [32usize, 1] {
@@ -246,10 +249,14 @@ fn overhead(reactor: &Reactor, replicated: &str, plain: &str, label: &str) {
             Job::open(reactor, replicated, IoType::Write, 4096),
             Job::open(reactor, plain, IoType::Write, 4096),
         );
-        let (mut r, mut p) = (Vec::new(), Vec::new());
+        let aj = alone.map(|a| Job::open(reactor, a, IoType::Write, 4096));
+        let (mut r, mut p, mut a) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             r.push(iops(reactor, &rj, depth, secs as f64));
             p.push(iops(reactor, &pj, depth, secs as f64));
+            if let Some(aj) = &aj {
+                a.push(iops(reactor, aj, depth, secs as f64));
+            }
         }
         let (r, p) = (tandem_bench::median(r), tandem_bench::median(p));
         let lat = |iops: f64| depth as f64 / iops * 1e6;
@@ -260,6 +267,16 @@ fn overhead(reactor: &Reactor, replicated: &str, plain: &str, label: &str) {
             r / p,
             lat(r) / lat(p)
         );
+        if !a.is_empty() {
+            let a = tandem_bench::median(a);
+            // Reactor time per write: everything here runs on this one reactor.
+            let (tr, tp, ta) = (1e6 / r, 1e6 / p, 1e6 / a);
+            println!(
+                "      secondary's volume alone {a:>9.0} IOPS   per replicated write: primary {tp:.2} us + secondary {ta:.2} us + split {:.2} us   both volumes' work alone allows a ratio of {:.2}",
+                tr - tp - ta,
+                tp / (tp + ta)
+            );
+        }
     }
 }
 
@@ -465,7 +482,15 @@ impl Bench<'_> {
         for v in ["prim/rep", "prim/plain"] {
             seq_copy(reactor, v, v, 0, vol(), 32);
         }
-        overhead(reactor, "prim/rep", "prim/plain", "a local volume");
+        self.ss.create_volume("alone", vol(), false).unwrap();
+        fill(reactor, "sec/alone");
+        overhead(
+            reactor,
+            "prim/rep",
+            "prim/plain",
+            Some("sec/alone"),
+            "a local volume",
+        );
 
         // ---- the secondary a tandemd on loopback (a process of its own, on the other core) ----
         let remote = Remote::start();
@@ -488,6 +513,7 @@ impl Bench<'_> {
             reactor,
             "prim/rep_tcp",
             "prim/plain",
+            None,
             "a tandemd on loopback",
         );
         relationship::delete("bench_tcp").unwrap();

@@ -50,9 +50,12 @@ impl BdevIo {
         }
     }
 
-    /// Hand back the callback and buffers (a tap wrapping the request in its own).
-    pub(crate) fn into_parts(self) -> (IoCallback, Sgl) {
-        (self.cb, self.sgl)
+    /// The same request with callback `cb`, and the callback it had: a tap that waits for more
+    /// than the device before completing the caller. The request keeps its stamp (no second
+    /// clock read per I/O), so the device's latency counts from the caller's submission.
+    pub(crate) fn with_callback(mut self, cb: IoCallback) -> (BdevIo, IoCallback) {
+        let had = std::mem::replace(&mut self.cb, cb);
+        (self, had)
     }
 
     /// Run the completion callback (the channel does this; backends queue into `Completions`).

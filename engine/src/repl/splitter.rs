@@ -641,9 +641,8 @@ impl Inner {
         } else {
             None
         };
-        let (cb, sgl) = io.into_parts();
         let slot = self.ops.borrow_mut().insert(Op {
-            cb: Some(cb),
+            cb: None,
             sgl: Sgl::default(),
             io_type,
             off,
@@ -654,13 +653,13 @@ impl Inner {
             secondary_ok: route == Route::Both,
         });
         let held = Rc::clone(self);
-        let pio = BdevIo::new(
-            io_type,
-            ob,
-            nb,
-            sgl,
-            IoCallback::new(move |d: IoDone| Inner::primary_done(&held, slot, d)),
-        );
+        let (pio, cb) = io.with_callback(IoCallback::new(move |d: IoDone| {
+            Inner::primary_done(&held, slot, d)
+        }));
+        self.ops.borrow_mut().ops[slot]
+            .as_mut()
+            .expect("a live op")
+            .cb = Some(cb);
         if let Err((e, pio)) = primary.submit(pio) {
             // Refused before anything was issued: undo, and hand the request back whole.
             let op = self.ops.borrow_mut().remove(slot);
@@ -668,9 +667,8 @@ impl Inner {
             sp.counters[self.reactor]
                 .finished
                 .fetch_add(1, Ordering::SeqCst);
-            let (_, sgl) = pio.into_parts();
-            let cb = op.cb.expect("the client's callback");
-            return Err((e, BdevIo::new(io_type, ob, nb, sgl, cb)));
+            let (io, _) = pio.with_callback(op.cb.expect("the client's callback"));
+            return Err((e, io));
         }
         if route == Route::Both {
             self.to_secondary(slot, io_type, ob, nb, copy);
