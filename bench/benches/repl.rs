@@ -32,9 +32,7 @@ use tandem::bdev::error::{self as ebdev, Action, ErrorOpts, Fault, IoTypes};
 use tandem::bdev::{self, malloc, IoDone, IoType};
 use tandem::host::HostOpts;
 use tandem::mem::{DmaBuf, Sgl};
-use tandem::reactor::{
-    available_cores, CoreMask, Engine, EngineOpts, Messenger, Mode, Reactor, ReactorId,
-};
+use tandem::reactor::{available_cores, Messenger, Reactor, ReactorId};
 use tandem::repl::drl::{Drl, DEFAULT_REGION};
 use tandem::repl::inflight::InFlight;
 use tandem::repl::relationship::{self, Config, Relationship, SecondaryControl};
@@ -326,17 +324,8 @@ fn main() {
         drl_cost(&mut c);
     }
 
-    let core = available_cores()[0];
-    let engine = Engine::start(EngineOpts {
-        core_mask: Some(CoreMask::from_cores([core]).unwrap()),
-        mode: Mode::Adaptive,
-        pin: false,
-        ..EngineOpts::default()
-    })
-    .unwrap();
-    let owner = engine.reactor_ids()[0];
+    let (engine, owner, reactor) = tandem_bench::owner_and_caller("bench");
     let m = engine.messenger();
-    let reactor = engine.create_thread("bench").unwrap();
 
     // Room for each volume twice: a replication snapshot is of the whole store, so every
     // volume's clusters move on their next write (copy on write) while it lives.

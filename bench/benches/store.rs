@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use tandem::bdev::{self, malloc, IoDone, IoType};
 use tandem::mem::{DmaBuf, Sgl};
-use tandem::reactor::{available_cores, CoreMask, Engine, EngineOpts, Mode, Reactor};
+use tandem::reactor::Reactor;
 use tandem::store::{CreateOpts, Store};
 use tandem_bench::io_job::{random_4k_group, Job};
 
@@ -126,18 +126,9 @@ fn alternate(reactor: &Reactor, volume: &str) {
 
 fn main() {
     let mut c = Criterion::default().configure_from_args();
-    let core = available_cores()[0];
     // The stores' owner is a reactor of its own (it commits while the bench reactor drives I/O).
-    let engine = Engine::start(EngineOpts {
-        core_mask: Some(CoreMask::from_cores([core]).unwrap()),
-        mode: Mode::Adaptive,
-        pin: false,
-        ..EngineOpts::default()
-    })
-    .unwrap();
-    let owner = engine.reactor_ids()[0];
+    let (engine, owner, reactor) = tandem_bench::owner_and_caller("bench");
     let m = engine.messenger();
-    let reactor = engine.create_thread("bench").unwrap();
 
     // ---- data path: a fully allocated 1 GiB volume against a 1 GiB RAM disk ----
     ram("Raw0", GIB);

@@ -80,3 +80,28 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+/// An engine of one adaptive reactor on the first available core (the stores' owner: it
+/// commits and transfers while the caller drives I/O), and a reactor of the calling thread,
+/// named `name`, that the caller polls.
+pub fn owner_and_caller(
+    name: &str,
+) -> (
+    tandem::reactor::Engine,
+    tandem::reactor::ReactorId,
+    tandem::reactor::Reactor,
+) {
+    use tandem::reactor::{available_cores, CoreMask, Engine, EngineOpts, Mode};
+    let engine = Engine::start(EngineOpts {
+        core_mask: Some(CoreMask::from_cores([available_cores()[0]]).expect("a core mask")),
+        mode: Mode::Adaptive,
+        pin: false,
+        ..EngineOpts::default()
+    })
+    .expect("an engine");
+    let owner = engine.reactor_ids()[0];
+    let caller = engine
+        .create_thread(name)
+        .expect("a reactor for this thread");
+    (engine, owner, caller)
+}

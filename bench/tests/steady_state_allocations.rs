@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tandem::bdev::{self, malloc, IoCallback, IoDone, IoType};
 use tandem::mem::{DmaBuf, Sgl};
-use tandem::reactor::{CoreMask, Engine, EngineOpts, Mode, Reactor};
+use tandem::reactor::Reactor;
 use tandem::repl::relationship::{self, Config};
 use tandem::repl::state::State;
 use tandem::store::{CreateOpts, Store};
@@ -130,16 +130,8 @@ fn write_whole(reactor: &Reactor, name: &str) {
 
 #[test]
 fn random_writes_allocate_nothing_unreplicated_and_split_in_sync() {
-    let engine = Engine::start(EngineOpts {
-        core_mask: Some(CoreMask::from_cores([tandem::reactor::available_cores()[0]]).unwrap()),
-        mode: Mode::Adaptive,
-        pin: false,
-        ..EngineOpts::default()
-    })
-    .unwrap();
-    let owner = engine.reactor_ids()[0];
+    let (engine, owner, reactor) = tandem_bench::owner_and_caller("alloc-test");
     let m = engine.messenger();
-    let reactor = engine.create_thread("alloc-test").unwrap();
     let prim = store(&m, owner, "aprim");
     let sec = store(&m, owner, "asec");
     prim.create_volume("plain", VOL, false).unwrap();
