@@ -1,10 +1,13 @@
 //! The data path allocates nothing per I/O in steady state: counted, not assumed.
 //!
-//! A counting global allocator tallies the heap allocations made on this test's thread (a
-//! reactor of its own) while a closed-loop job keeps 32 random 4 KiB writes in flight on a
-//! volume of a RAM-backed store: once unreplicated, once split in sync to a second local
-//! volume (the splitter, the dirty region log, the claims on blocks). Each volume is written
-//! whole first, so that the rounds measured copy nothing on write and allocate no cluster.
+//! A counting global allocator tallies the heap allocations made on the threads that count (a
+//! thread-local switch) while a closed-loop job keeps 32 random 4 KiB I/Os in flight:
+//! - on a volume of a RAM-backed store, once unreplicated, once split in sync to a second
+//!   local volume (the splitter, the dirty region log, the claims on blocks), counted on the
+//!   job's reactor. Each volume is written whole first, so that the rounds measured copy
+//!   nothing on write and allocate no cluster;
+//! - through NVMe/TCP on loopback, this process's host (the `nvmf` bdev) to this process's
+//!   target, writes then reads, counted on the host's reactor and on the target's.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -12,8 +15,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tandem::bdev::{self, malloc, IoCallback, IoDone, IoType};
+use tandem::host::HostOpts;
 use tandem::mem::{DmaBuf, Sgl};
-use tandem::reactor::Reactor;
+use tandem::nvmf::{target, ListenAddr, SubsystemOpts};
+use tandem::reactor::{Messenger, Reactor, ReactorId};
 use tandem::repl::relationship::{self, Config};
 use tandem::repl::state::State;
 use tandem::store::{CreateOpts, Store};
@@ -72,10 +77,36 @@ fn allocations_in(f: impl FnOnce()) -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
+/// Start counting on reactor `r` (from zero).
+fn count_on(m: &Messenger, r: ReactorId) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    m.send(r, move || {
+        // The answer first: a channel's first message may allocate.
+        tx.send(()).unwrap();
+        ALLOCATIONS.with(|n| n.set(0));
+        COUNTING.with(|c| c.set(true));
+    })
+    .map_err(|_| "send")
+    .unwrap();
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+}
+
+/// Stop counting on reactor `r`: what it counted.
+fn counted_on(m: &Messenger, r: ReactorId) -> u64 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    m.send(r, move || {
+        COUNTING.with(|c| c.set(false));
+        tx.send(ALLOCATIONS.with(Cell::get)).unwrap();
+    })
+    .map_err(|_| "send")
+    .unwrap();
+    rx.recv_timeout(Duration::from_secs(10)).unwrap()
+}
+
 const MIB: u64 = 1 << 20;
 const VOL: u64 = 16 * MIB;
 
-fn store(m: &tandem::reactor::Messenger, owner: tandem::reactor::ReactorId, name: &str) -> Store {
+fn store(m: &Messenger, owner: ReactorId, name: &str) -> Store {
     let base = format!("{name}_base");
     malloc::create(malloc::MallocOpts {
         name: base.clone(),
@@ -155,6 +186,11 @@ fn random_writes_allocate_nothing_unreplicated_and_split_in_sync() {
         write_whole(&reactor, v);
     }
 
+    assert_eq!(
+        allocations_in(|| drop(std::hint::black_box(Box::new(7u64)))),
+        1,
+        "the count sees this thread's allocations"
+    );
     for (name, split) in [("aprim/plain", false), ("aprim/rep", true)] {
         let job = Job::open(&reactor, name, IoType::Write, 4096);
         // Warm up: the slabs and queues grow to this depth's peak once.
@@ -186,4 +222,95 @@ fn random_writes_allocate_nothing_unreplicated_and_split_in_sync() {
         );
     }
     assert_eq!(rel.state(), State::InSync, "{}", rel.to_json());
+}
+
+#[test]
+fn nvme_tcp_host_and_target_allocate_nothing_per_io() {
+    const NQN: &str = "nqn.2016-06.io.tandem:allocations";
+    // The host's engine (its reactor is this thread), and the target's own, so that the
+    // target never hands a connection to the host's reactor.
+    let (_host_engine, _, reactor) = tandem_bench::owner_and_caller("alloc-host");
+    let target_engine = tandem::reactor::Engine::start(tandem::reactor::EngineOpts {
+        core_mask: Some(
+            tandem::reactor::CoreMask::from_cores([tandem::reactor::available_cores()[0]]).unwrap(),
+        ),
+        mode: tandem::reactor::Mode::Adaptive,
+        pin: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let target_reactor = target_engine.reactor_ids()[0];
+    let m = target_engine.messenger();
+    malloc::create(malloc::MallocOpts {
+        name: "alloc_ram".into(),
+        num_blocks: VOL / 4096,
+        block_size: 4096,
+        uuid: 0,
+    })
+    .unwrap();
+    target::create_transport(Default::default()).unwrap();
+    target::attach(m.clone());
+    let sub = target::create_subsystem(SubsystemOpts {
+        nqn: NQN.into(),
+        serial: "ALLOC".into(),
+        model: "Tandem allocations".into(),
+        allow_any_host: true,
+        max_namespaces: 1,
+        min_cntlid: 1,
+        max_cntlid: 0xFFEF,
+    })
+    .unwrap();
+    sub.add_namespace("alloc_ram", 1, None, None).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    target::add_listener(
+        &sub,
+        ListenAddr {
+            trtype: "TCP".into(),
+            adrfam: "IPv4".into(),
+            traddr: "127.0.0.1".into(),
+            trsvcid: port.to_string(),
+        },
+    )
+    .unwrap();
+    let names = bdev::nvmf::attach(
+        "alloc_host",
+        HostOpts::new("127.0.0.1", &port.to_string(), NQN),
+    )
+    .unwrap();
+
+    // The count sees what the target's reactor allocates.
+    count_on(&m, target_reactor);
+    m.send(target_reactor, || {
+        drop(std::hint::black_box(Box::new(7u64)))
+    })
+    .map_err(|_| "send")
+    .unwrap();
+    let seen = counted_on(&m, target_reactor);
+    assert!(seen >= 1, "the box was not counted: {seen}");
+
+    for io_type in [IoType::Write, IoType::Read] {
+        let job = Job::open(&reactor, &names[0], io_type, 4096);
+        job.run(&reactor, 32, 20_000);
+        let ios = 20_000;
+        reactor.enter(|| job.start(32, ios));
+        count_on(&m, target_reactor);
+        let host = allocations_in(|| {
+            while !job.done() {
+                reactor.poll();
+            }
+        });
+        let target = counted_on(&m, target_reactor);
+        assert_eq!(job.errors(), 0, "{io_type:?}");
+        assert_eq!(
+            (host, target),
+            (0, 0),
+            "heap allocations (host's reactor, target's) in {ios} random 4 KiB {io_type:?}s at \
+             depth 32 through NVMe/TCP"
+        );
+    }
+    bdev::nvmf::detach("alloc_host").unwrap();
 }
