@@ -515,3 +515,94 @@ fn a_full_secondary_channel_holds_the_write_back_and_the_pair_stays_in_sync() {
     p.assert_equal();
     relationship::delete(rel.name()).unwrap();
 }
+
+/// Keeps `depth` writes of one block in flight on one reactor, each completion issuing the
+/// next, until told to stop.
+struct Hammer {
+    ch: crate::bdev::Channel,
+    block: u64,
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+}
+
+impl Hammer {
+    fn go(h: std::rc::Rc<Hammer>, sgl: crate::mem::Sgl) {
+        let next = std::rc::Rc::clone(&h);
+        let r = h.ch.write(h.block, 1, sgl, move |d: crate::bdev::IoDone| {
+            next.writes.fetch_add(1, Ordering::SeqCst);
+            if !next.stop.load(Ordering::SeqCst) {
+                Hammer::go(next, d.sgl);
+            }
+        });
+        if let Err((e, _)) = r {
+            panic!("the hammer's write was refused: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_gets_its_turn() {
+    let p = pair(false);
+    let rel = p.in_sync(Policy::Sync);
+    // Reactor 0 rewrites block 100 with 16 writes always in flight, for at most 3 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let (s2, w2, primary) = (Arc::clone(&stop), Arc::clone(&writes), p.primary.clone());
+    p.rig
+        .m
+        .send(p.rig.ids[0], move || {
+            let desc = crate::bdev::open(&primary, true, None).expect("the primary");
+            let h = std::rc::Rc::new(Hammer {
+                ch: desc.channel().expect("a channel"),
+                block: 100,
+                stop: s2,
+                writes: w2,
+            });
+            std::mem::forget(desc);
+            for _ in 0..16 {
+                let mut buf = crate::mem::DmaBuf::new(4096).unwrap();
+                buf.as_mut_slice().fill(0xaa);
+                Hammer::go(std::rc::Rc::clone(&h), crate::mem::Sgl::single(buf));
+            }
+        })
+        .map_err(|_| "send")
+        .unwrap();
+    let stopper = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    while writes.load(Ordering::SeqCst) < 1000 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Meanwhile reactor 1 writes the same block ten times: each gets in while the hammer runs.
+    let mut longest = Duration::ZERO;
+    for i in 0..10u8 {
+        let t = Instant::now();
+        p.rig
+            .write(1, &p.primary, 100, vec![i; 4096])
+            .expect("the write");
+        longest = longest.max(t.elapsed());
+        assert!(
+            !stop.load(Ordering::SeqCst),
+            "write {i} got in only after the hammer stopped ({:?})",
+            t.elapsed()
+        );
+    }
+    println!(
+        "longest wait of a write on reactor 1: {longest:?}; {} of the hammer's writes",
+        writes.load(Ordering::SeqCst)
+    );
+    stop.store(true, Ordering::SeqCst);
+    stopper.join().unwrap();
+    let t = Instant::now();
+    while rel.splitter().totals().in_flight > 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "writes still in flight");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(rel.state(), State::InSync, "{}", rel.to_json());
+    p.assert_equal();
+    relationship::delete(rel.name()).unwrap();
+}
