@@ -73,11 +73,39 @@ fn pending() -> MutexGuard<'static, Attaching> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-/// Held across an attach, a detach, and the registration of a controller attached in the
-/// background: a name is checked and taken (or given up) as one step.
+/// Held while a name is checked and taken (or given up), and while a controller registers:
+/// never across a connection, which may take a silent target's whole timeout.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static ATTACHING: Mutex<()> = Mutex::new(());
     ATTACHING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Names whose first connection is being made, outside the lock.
+fn connecting() -> MutexGuard<'static, std::collections::HashSet<String>> {
+    static C: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    C.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// A name taken for a first connection; given back when dropped (whatever happened).
+struct Connecting(String);
+
+impl Connecting {
+    /// Take `name` for a connection: refused when it is attached, being attached in the
+    /// background, or being connected by another call.
+    fn take(name: &str) -> Result<Connecting> {
+        let _one = one_at_a_time();
+        taken(name)?;
+        connecting().insert(name.to_owned());
+        Ok(Connecting(name.to_owned()))
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        connecting().remove(&self.0);
+    }
 }
 
 /// How often a controller attached in the background tries again.
@@ -85,15 +113,18 @@ const ATTACH_RETRY: Duration = Duration::from_secs(1);
 
 /// Connect to a target and make a bdev of each of its namespaces: their names.
 pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
-    let _one = one_at_a_time();
-    taken(name)?;
+    let reserved = Connecting::take(name)?;
     let ctrl = connect(name, opts).map_err(|(e, _)| e)?;
-    register_controller(name, ctrl)
+    let _one = one_at_a_time();
+    let names = register_controller(name, ctrl);
+    drop(reserved);
+    names
 }
 
-/// Refuse a name attached, or being attached in the background.
+/// Refuse a name attached, being attached in the background, or being connected.
 fn taken(name: &str) -> Result<()> {
-    if attached().contains_key(name) || pending().contains_key(name) {
+    if attached().contains_key(name) || pending().contains_key(name) || connecting().contains(name)
+    {
         return Err(Error::Exists(name.to_owned()));
     }
     Ok(())
@@ -103,9 +134,12 @@ fn taken(name: &str) -> Result<()> {
 /// times out), `None`: the controller is attached in the background, tried every second until
 /// the target answers or [`detach`] gives it up, and [`pending_calls`] saves it meanwhile.
 pub fn attach_or_retry(name: &str, opts: HostOpts) -> Result<Option<Vec<String>>> {
+    let reserved = Connecting::take(name)?;
+    let connected = connect(name, opts.clone());
     let _one = one_at_a_time();
-    taken(name)?;
-    match connect(name, opts.clone()) {
+    // The name goes from reserved to attached (or pending) under the lock, in one step.
+    drop(reserved);
+    match connected {
         Ok(ctrl) => register_controller(name, ctrl).map(Some),
         Err((e, true)) => {
             tracing::warn!(ctrl = name, "{e}: attaching in the background");
@@ -694,5 +728,60 @@ impl BackendChannel for NvmfChannel {
         }
         // The queue's socket wakes the reactor when answers come: no need to spin here.
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A port nothing listens on: connections to it are refused at once.
+    fn refused_port() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        port.to_string()
+    }
+
+    #[test]
+    fn an_attach_waiting_on_a_silent_target_holds_its_name_and_no_one_else() {
+        // A target that accepts and never answers: the attach waits its connect timeout.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port().to_string();
+        let mut opts = HostOpts::new("127.0.0.1", &port, "nqn.2016-06.io.tandem:silent");
+        opts.connect_timeout = Duration::from_secs(2);
+        let slow = std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = attach("attach_silent", opts);
+            (r.map(|_| ()), t.elapsed())
+        });
+        let accepted = silent.accept().unwrap();
+        // Meanwhile: the same name is taken; another attach is not held up.
+        let other = HostOpts::new("127.0.0.1", &refused_port(), "nqn.2016-06.io.tandem:none");
+        let t = Instant::now();
+        assert!(matches!(
+            attach("attach_silent", other.clone()),
+            Err(Error::Exists(_))
+        ));
+        let r = attach("attach_other", other.clone());
+        assert!(
+            matches!(r, Err(Error::Os { .. })),
+            "a refused connection is an OS error: {r:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "held up behind the silent target: {:?}",
+            t.elapsed()
+        );
+        let (r, took) = slow.join().unwrap();
+        drop(accepted);
+        assert!(r.is_err(), "a silent target attached");
+        assert!(took >= Duration::from_secs(1), "gave up early: {took:?}");
+        // The name is free again.
+        assert!(matches!(
+            attach("attach_silent", other),
+            Err(Error::Os { .. })
+        ));
     }
 }

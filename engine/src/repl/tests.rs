@@ -599,7 +599,10 @@ fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_gets_its_turn() {
     stopper.join().unwrap();
     let t = Instant::now();
     while rel.splitter().totals().in_flight > 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "writes still in flight");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "writes still in flight"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(rel.state(), State::InSync, "{}", rel.to_json());
