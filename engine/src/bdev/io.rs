@@ -52,10 +52,16 @@ impl BdevIo {
 
     /// The same request with callback `cb`, and the callback it had: a tap that waits for more
     /// than the device before completing the caller. The request keeps its stamp (no second
-    /// clock read per I/O), so the device's latency counts from the caller's submission.
+    /// clock read per I/O).
     pub(crate) fn with_callback(mut self, cb: IoCallback) -> (BdevIo, IoCallback) {
         let had = std::mem::replace(&mut self.cb, cb);
         (self, had)
+    }
+
+    /// Stamp the request now: a tap that held it back issues it, and the device's latency
+    /// counts from here, not from the wait.
+    pub(crate) fn restamp(&mut self) {
+        self.submitted_ns = crate::sys::monotonic_ns();
     }
 
     /// Run the completion callback (the channel does this; backends queue into `Completions`).

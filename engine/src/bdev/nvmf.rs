@@ -80,9 +80,10 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     ATTACHING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Names whose first connection is being made, outside the lock.
-fn connecting() -> MutexGuard<'static, std::collections::HashSet<String>> {
-    static C: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+/// Names whose first connection is being made, outside the lock, each with whether a detach
+/// came meanwhile.
+fn connecting() -> MutexGuard<'static, HashMap<String, bool>> {
+    static C: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
     C.get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -97,8 +98,20 @@ impl Connecting {
     fn take(name: &str) -> Result<Connecting> {
         let _one = one_at_a_time();
         taken(name)?;
-        connecting().insert(name.to_owned());
+        connecting().insert(name.to_owned(), false);
         Ok(Connecting(name.to_owned()))
+    }
+
+    /// With [`one_at_a_time`] held, once connected: refused if a detach came meanwhile (the
+    /// connection is dropped).
+    fn still_wanted(&self) -> Result<()> {
+        if connecting().get(&self.0).copied().unwrap_or(false) {
+            return Err(Error::Os {
+                op: format!("attach {}: detached while connecting", self.0),
+                errno: Errno(-libc::ECANCELED),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -116,6 +129,7 @@ pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
     let reserved = Connecting::take(name)?;
     let ctrl = connect(name, opts).map_err(|(e, _)| e)?;
     let _one = one_at_a_time();
+    reserved.still_wanted()?;
     let names = register_controller(name, ctrl);
     drop(reserved);
     names
@@ -123,7 +137,9 @@ pub fn attach(name: &str, opts: HostOpts) -> Result<Vec<String>> {
 
 /// Refuse a name attached, being attached in the background, or being connected.
 fn taken(name: &str) -> Result<()> {
-    if attached().contains_key(name) || pending().contains_key(name) || connecting().contains(name)
+    if attached().contains_key(name)
+        || pending().contains_key(name)
+        || connecting().contains_key(name)
     {
         return Err(Error::Exists(name.to_owned()));
     }
@@ -137,6 +153,7 @@ pub fn attach_or_retry(name: &str, opts: HostOpts) -> Result<Option<Vec<String>>
     let reserved = Connecting::take(name)?;
     let connected = connect(name, opts.clone());
     let _one = one_at_a_time();
+    reserved.still_wanted()?;
     // The name goes from reserved to attached (or pending) under the lock, in one step.
     drop(reserved);
     match connected {
@@ -271,6 +288,11 @@ pub fn detach(name: &str) -> Result<()> {
     let _one = one_at_a_time();
     if let Some((_, stop)) = pending().remove(name) {
         stop.store(true, Ordering::SeqCst);
+        return Ok(());
+    }
+    if let Some(detached) = connecting().get_mut(name) {
+        // Its attach, still connecting, gives up when it comes back.
+        *detached = true;
         return Ok(());
     }
     let a = attached()
@@ -774,6 +796,8 @@ mod tests {
             "held up behind the silent target: {:?}",
             t.elapsed()
         );
+        // A detach meanwhile is taken: the attach gives up when it comes back.
+        detach("attach_silent").expect("a detach of an attach in progress");
         let (r, took) = slow.join().unwrap();
         drop(accepted);
         assert!(r.is_err(), "a silent target attached");

@@ -274,9 +274,11 @@ impl Splitter {
         messenger: &Messenger,
         f: fn(&Rc<Inner>),
     ) -> (usize, std::sync::mpsc::Receiver<()>) {
-        let (tx, rx) = std::sync::mpsc::channel();
+        let reactors = messenger.reactors();
+        // Room for every answer, made here: an acknowledgement allocates nothing on a reactor.
+        let (tx, rx) = std::sync::mpsc::sync_channel(reactors.len());
         let mut n = 0;
-        for r in messenger.reactors() {
+        for r in reactors {
             let sp = Arc::clone(self);
             let ack = tx.clone();
             let sent = messenger.send_patiently(r, move || {
@@ -291,7 +293,7 @@ impl Splitter {
                         }
                     }
                 });
-                let _ = ack.send(());
+                let _ = ack.try_send(());
             });
             match sent {
                 Ok(()) => n += 1,
@@ -370,9 +372,14 @@ impl WriteTap for SplitTap {
             retry_armed: Cell::new(false),
         });
         TAPS.with(|t| {
+            // A dead entry's place is taken in place: entries never move, so a notice going
+            // through the list by index meets every live one.
             let mut t = t.borrow_mut();
-            t.retain(|w| w.strong_count() > 0);
-            t.push(Rc::downgrade(&inner));
+            let me = Rc::downgrade(&inner);
+            match t.iter_mut().find(|w| w.strong_count() == 0) {
+                Some(dead) => *dead = me,
+                None => t.push(me),
+            }
         })
         .map_err(|_| Error::NotOnReactor)?;
         Ok(Rc::new(SplitChannel(inner)))
@@ -694,10 +701,11 @@ impl Inner {
         let n = queue.borrow().len();
         let ch = SplitChannel(Rc::clone(self));
         for _ in 0..n {
-            let Some((primary, io)) = queue.borrow_mut().pop_front() else {
+            let Some((primary, mut io)) = queue.borrow_mut().pop_front() else {
                 break;
             };
             primary.unpark();
+            io.restamp();
             let refused = ch.submit(&primary, io);
             self.refused_again(primary, refused, what);
         }
@@ -773,8 +781,10 @@ impl Inner {
                 continue;
             }
             w.primary.unpark();
+            let mut io = w.io;
+            io.restamp();
             // Refused, the write gave back what it held: it goes again from the start.
-            let refused = self.issue(&w.primary, w.io, w.route, w.off, w.len);
+            let refused = self.issue(&w.primary, io, w.route, w.off, w.len);
             self.refused_again(w.primary, refused, "a write that waited for the log");
         }
         if !self.waiting.borrow().is_empty() {

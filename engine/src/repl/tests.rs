@@ -544,7 +544,8 @@ impl Hammer {
 fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_gets_its_turn() {
     let p = pair(false);
     let rel = p.in_sync(Policy::Sync);
-    // Reactor 0 rewrites block 100 with 16 writes always in flight, for at most 3 s.
+    // Reactor 0 rewrites block 100 with 16 writes always in flight, until 3 s after it got
+    // going.
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
     let (s2, w2, primary) = (Arc::clone(&stop), Arc::clone(&writes), p.primary.clone());
@@ -567,6 +568,14 @@ fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_gets_its_turn() {
         })
         .map_err(|_| "send")
         .unwrap();
+    let t = Instant::now();
+    while writes.load(Ordering::SeqCst) < 1000 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the hammer did not get going"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let stopper = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
@@ -574,9 +583,6 @@ fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_gets_its_turn() {
             stop.store(true, Ordering::SeqCst);
         })
     };
-    while writes.load(Ordering::SeqCst) < 1000 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
     // Meanwhile reactor 1 writes the same block ten times: each gets in while the hammer runs.
     let mut longest = Duration::ZERO;
     for i in 0..10u8 {
