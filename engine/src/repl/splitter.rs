@@ -64,6 +64,21 @@ pub struct SplitCounters {
     pub finished: AtomicU64,
 }
 
+impl SplitCounters {
+    /// Add `n` to counter `a` of this reactor's: one writer, so a load and a store (no locked
+    /// instruction on the data path), read by anyone.
+    fn add(a: &AtomicU64, n: u64) {
+        a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// A write is done: everything it did comes before this, for whoever sees the count (one
+    /// writer, so a release store, not a locked add).
+    fn finish_one(&self) {
+        self.finished
+            .store(self.finished.load(Ordering::Relaxed) + 1, Ordering::Release);
+    }
+}
+
 /// Sums of every reactor's [`SplitCounters`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SplitTotals {
@@ -517,17 +532,25 @@ impl TapChannel for SplitChannel {
             match route(sp.state(), false, strict) {
                 Route::Both => Route::Both,
                 _ => {
-                    c.finished.fetch_add(1, Ordering::SeqCst);
+                    c.finish_one();
                     return primary.submit(io);
                 }
             }
         } else {
-            sp.local_in_flight.fetch_add(1, Ordering::SeqCst);
-            let state = sp.state();
+            let mut state = sp.state();
+            if route(state, false, strict) == Route::Local {
+                // A write that may go to the primary alone, unlogged, is counted before the
+                // state is read again: switching to establishing waits for the last of them.
+                // One that splits or is logged needs no count (none in steady state).
+                sp.local_in_flight.fetch_add(1, Ordering::SeqCst);
+                state = sp.state();
+                if route(state, false, strict) != Route::Local {
+                    sp.local_in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
             if route(state, false, strict) == Route::Local {
                 Route::Local
             } else {
-                sp.local_in_flight.fetch_sub(1, Ordering::SeqCst);
                 if sp.drl.fenced(off, len) {
                     // The scanner is draining this region: wait (not yet counted anywhere).
                     c.started.fetch_sub(1, Ordering::SeqCst);
@@ -539,7 +562,7 @@ impl TapChannel for SplitChannel {
                     // Another write to these blocks is on its way to the two sides: this one
                     // goes after it (not yet counted anywhere).
                     c.started.fetch_sub(1, Ordering::SeqCst);
-                    c.overlapped.fetch_add(1, Ordering::Relaxed);
+                    SplitCounters::add(&c.overlapped, 1);
                     primary.park();
                     inner.later.borrow_mut().push_back((primary.clone(), io));
                     inner.arm_retry();
@@ -556,19 +579,19 @@ impl TapChannel for SplitChannel {
             }
         };
         match route {
-            Route::Local => c.local.fetch_add(1, Ordering::Relaxed),
-            Route::PrimaryOnly => c.primary_only.fetch_add(1, Ordering::Relaxed),
-            Route::Refuse => c.refused.fetch_add(1, Ordering::Relaxed),
+            Route::Local => SplitCounters::add(&c.local, 1),
+            Route::PrimaryOnly => SplitCounters::add(&c.primary_only, 1),
+            Route::Refuse => SplitCounters::add(&c.refused, 1),
             Route::Both => {
-                c.split_bytes.fetch_add(len, Ordering::Relaxed);
-                c.split.fetch_add(1, Ordering::Relaxed)
+                SplitCounters::add(&c.split_bytes, len);
+                SplitCounters::add(&c.split, 1)
             }
         };
         if route == Route::Refuse {
             // Nothing was written anywhere: the regions stay as they were.
             sp.drl.end_write(off, len, true);
             sp.claims.release(off, len);
-            c.finished.fetch_add(1, Ordering::SeqCst);
+            c.finish_one();
             primary.complete(io, Err(STRICT_REFUSED));
             return Ok(());
         }
@@ -671,9 +694,7 @@ impl Inner {
             // Refused before anything was issued: undo, and hand the request back whole.
             let op = self.ops.borrow_mut().remove(slot);
             self.undo(&op);
-            sp.counters[self.reactor]
-                .finished
-                .fetch_add(1, Ordering::SeqCst);
+            sp.counters[self.reactor].finish_one();
             let (io, _) = pio.with_callback(op.cb.expect("the client's callback"));
             return Err((e, io));
         }
@@ -899,9 +920,7 @@ impl Inner {
     /// Record the secondary's outcome; true when the op is complete.
     fn secondary_done_now(&self, slot: usize, ok: bool) -> bool {
         if !ok {
-            self.sp.counters[self.reactor]
-                .secondary_errors
-                .fetch_add(1, Ordering::Relaxed);
+            SplitCounters::add(&self.sp.counters[self.reactor].secondary_errors, 1);
             self.sp.note_secondary_failed();
         }
         let mut ops = self.ops.borrow_mut();
@@ -959,9 +978,7 @@ impl Inner {
                 }
             }
         }
-        sp.counters[self.reactor]
-            .finished
-            .fetch_add(1, Ordering::SeqCst);
+        sp.counters[self.reactor].finish_one();
         let status = match op.primary {
             Err(e) => {
                 tracing::debug!(relationship = sp.name(), "the primary failed a write: {e}");
