@@ -6,7 +6,7 @@
 //! **Data path.** Everything here runs on the reactor that submitted the write, to completion:
 //! the state is one atomic byte, the dirty region log is atomic words, the per-write record
 //! lives in a slab owned by this reactor's tap channel (it grows only until it holds the
-//! reactor's peak depth), the secondary's copy of the data goes into pool buffers, and the
+//! reactor's peak depth), the secondary writes from views of the client's own buffers, and the
 //! counters are per reactor. No lock, no blocking system call, and no allocation per write in
 //! steady state.
 //!
@@ -40,7 +40,7 @@ use super::inflight::InFlight;
 use super::state::{route, Route, State, STATES};
 use crate::bdev::tap::{Primary, TapChannel, WriteTap};
 use crate::bdev::{BdevIo, Channel, Desc, Errno, Error, IoCallback, IoDone, IoError, IoType};
-use crate::mem::{self, DmaBuf, Sgl, LARGE_BUF, MAX_SEGS, SMALL_BUF};
+use crate::mem::{Buf, ForeignBuf, Sgl};
 use crate::reactor::{self, Messenger, ReactorLocal, MAX_REACTORS};
 
 /// Counters of one reactor's tap channel, written only by that reactor.
@@ -475,7 +475,7 @@ struct SecondaryPath {
 
 /// Why the secondary's channel did not take a write's secondary half.
 enum Refused {
-    /// Its queue is full: the half (with its copy of the data) waits to go again.
+    /// Its queue is full: the half (with its view of the data) waits to go again.
     Full(Option<Sgl>),
     Failed(Error),
 }
@@ -486,7 +486,7 @@ struct Resend {
     io_type: IoType,
     ob: u64,
     nb: u64,
-    copy: Option<Sgl>,
+    view: Option<Sgl>,
 }
 
 /// How soon a write waiting for another reactor's write (or a full channel) looks again.
@@ -614,41 +614,28 @@ impl TapChannel for SplitChannel {
     }
 }
 
-/// A copy of `src`'s first `len` bytes in pool buffers (a fresh buffer only when the pool is
-/// empty): one small buffer for a write that fits one (most do), else large ones, so that
-/// small writes at high depth do not drain the large pool.
-fn copy_of(src: &Sgl, len: usize) -> Sgl {
+/// The secondary's view of a write's data: its first `len` bytes, in the client's own buffers.
+/// Nothing is copied and no buffer is taken, however deep the queue.
+fn view_of(src: &mut Sgl, len: usize) -> Sgl {
     let mut out = Sgl::new();
-    if len > LARGE_BUF * MAX_SEGS {
-        // More than the pool's buffers can carry in one list: one buffer of its own (a
-        // write this large is not the steady state the pool is sized for).
-        if let Ok(b) = DmaBuf::new(len) {
-            let _ = out.push(b, 0, len);
+    let mut left = len;
+    for seg in src.segs_mut() {
+        if left == 0 {
+            break;
         }
-    }
-    if len <= SMALL_BUF {
-        if let Some(b) = mem::take_small() {
-            let _ = out.push(b, 0, len);
-        }
-    }
-    let mut left = if out.is_empty() { len } else { 0 };
-    while left > 0 {
-        let n = left.min(LARGE_BUF);
-        let pushed = match mem::take_large() {
-            Some(b) => out.push(b, 0, n),
-            None => match DmaBuf::new(n) {
-                Ok(b) => out.push(b, 0, n),
-                Err(_) => break,
-            },
-        };
-        if pushed.is_err() {
+        let bytes = seg.as_mut_slice();
+        let n = bytes.len().min(left);
+        // SAFETY: the client's buffers stay where they are until its request completes, and the
+        // splitter completes it only after the secondary's half is done and has dropped this
+        // view (the secondary hands its list back at completion; a refused or unsent half drops
+        // it first). Both sides only read a write's data, so the primary reading the same
+        // bytes meanwhile is no conflict.
+        let view = unsafe { ForeignBuf::new(bytes.as_mut_ptr(), n) };
+        let Some(view) = view else { break };
+        if out.push(Buf::Foreign(view), 0, n).is_err() {
             break;
         }
         left -= n;
-    }
-    let mut at = 0;
-    for seg in src.segs() {
-        at += out.copy_at(at, seg.as_slice());
     }
     out
 }
@@ -665,9 +652,10 @@ impl Inner {
     ) -> Result<(), (Error, BdevIo)> {
         let sp = &self.sp;
         let (io_type, ob, nb) = (io.io_type, io.offset_blocks, io.num_blocks);
-        // The secondary's copy of the data, made before the primary owns the buffers.
-        let copy = if route == Route::Both && io_type == IoType::Write {
-            Some(copy_of(&io.sgl, len as usize))
+        let mut io = io;
+        // The secondary's view of the data, taken before the primary owns the buffers.
+        let view = if route == Route::Both && io_type == IoType::Write {
+            Some(view_of(&mut io.sgl, len as usize))
         } else {
             None
         };
@@ -695,11 +683,13 @@ impl Inner {
             let op = self.ops.borrow_mut().remove(slot);
             self.undo(&op);
             sp.counters[self.reactor].finish_one();
+            // The view goes before the buffers it looks into go back.
+            drop(view);
             let (io, _) = pio.with_callback(op.cb.expect("the client's callback"));
             return Err((e, io));
         }
         if route == Route::Both {
-            self.to_secondary(slot, io_type, ob, nb, copy);
+            self.to_secondary(slot, io_type, ob, nb, view);
         }
         Ok(())
     }
@@ -761,7 +751,7 @@ impl Inner {
             let Some(r) = self.to_resend.borrow_mut().pop_front() else {
                 break;
             };
-            self.to_secondary(r.slot, r.io_type, r.ob, r.nb, r.copy);
+            self.to_secondary(r.slot, r.io_type, r.ob, r.nb, r.view);
         }
         if !self.later.borrow().is_empty() {
             self.submit_again(&self.later, "a write that waited for its blocks");
@@ -824,7 +814,7 @@ impl Inner {
         io_type: IoType,
         ob: u64,
         nb: u64,
-        copy: Option<Sgl>,
+        view: Option<Sgl>,
     ) {
         let held = Rc::clone(self);
         let cb = move |d: IoDone| {
@@ -849,7 +839,7 @@ impl Inner {
             })
         };
         let sent = match io_type {
-            IoType::Write => match copy {
+            IoType::Write => match view {
                 Some(sgl) if sgl.len() as u64 == nb * sec.bdev().block_size() as u64 => {
                     sec.write(ob, nb, sgl, cb).map_err(|(e, sgl)| match e {
                         Error::QueueFull { .. } => Refused::Full(Some(sgl)),
@@ -857,7 +847,7 @@ impl Inner {
                     })
                 }
                 _ => Err(Refused::Failed(Error::InvalidArgument(
-                    "no buffer for the secondary's copy".into(),
+                    "the secondary's view of the data is short".into(),
                 ))),
             },
             IoType::Flush => no_data(sec.flush(ob, nb, cb)),
@@ -872,14 +862,14 @@ impl Inner {
         };
         match sent {
             Ok(()) => {}
-            Err(Refused::Full(copy)) => {
+            Err(Refused::Full(view)) => {
                 // Backpressure, not a failure: send it again as the channel drains.
                 self.to_resend.borrow_mut().push_back(Resend {
                     slot,
                     io_type,
                     ob,
                     nb,
-                    copy,
+                    view,
                 });
                 self.arm_retry();
             }
