@@ -40,7 +40,7 @@ use super::inflight::InFlight;
 use super::state::{route, Route, State, STATES};
 use crate::bdev::tap::{Primary, TapChannel, WriteTap};
 use crate::bdev::{BdevIo, Channel, Desc, Errno, Error, IoCallback, IoDone, IoError, IoType};
-use crate::mem::{Buf, ForeignBuf, Sgl};
+use crate::mem::{self, Buf, DmaBuf, ForeignBuf, Sgl, LARGE_BUF, MAX_SEGS, SMALL_BUF};
 use crate::reactor::{self, Messenger, ReactorLocal, MAX_REACTORS};
 
 /// Counters of one reactor's tap channel, written only by that reactor.
@@ -192,6 +192,7 @@ impl Splitter {
                     ch,
                     unmap: b.supports(IoType::Unmap),
                     zeroes: b.supports(IoType::WriteZeroes) || b.supports(IoType::Write),
+                    align: b.buf_align(),
                 })
             }
             Err(e) => {
@@ -471,6 +472,8 @@ struct SecondaryPath {
     ch: Channel,
     unmap: bool,
     zeroes: bool,
+    /// The alignment its data buffers need.
+    align: usize,
 }
 
 /// Why the secondary's channel did not take a write's secondary half.
@@ -614,8 +617,61 @@ impl TapChannel for SplitChannel {
     }
 }
 
-/// The secondary's view of a write's data: its first `len` bytes, in the client's own buffers.
-/// Nothing is copied and no buffer is taken, however deep the queue.
+/// What the secondary writes for a write: views of the client's own buffers (nothing copied,
+/// no buffer taken, however deep the queue) when they meet the secondary's alignment; else a
+/// copy in pool buffers (a client's buffers fit the primary, which may ask for less).
+fn data_for_secondary(src: &mut Sgl, len: usize, align: usize) -> Sgl {
+    let aligned = src
+        .segs()
+        .iter()
+        .all(|s| s.addr() % align == 0 && s.len() % align == 0);
+    if aligned {
+        view_of(src, len)
+    } else {
+        copy_of(src, len)
+    }
+}
+
+/// A copy of `src`'s first `len` bytes in pool buffers (a fresh buffer only when the pool is
+/// empty): one small buffer for a write that fits one (most do), else large ones, so that
+/// small writes at high depth do not drain the large pool.
+fn copy_of(src: &Sgl, len: usize) -> Sgl {
+    let mut out = Sgl::new();
+    if len > LARGE_BUF * MAX_SEGS {
+        // More than the pool's buffers can carry in one list: one buffer of its own (a
+        // write this large is not the steady state the pool is sized for).
+        if let Ok(b) = DmaBuf::new(len) {
+            let _ = out.push(b, 0, len);
+        }
+    }
+    if len <= SMALL_BUF {
+        if let Some(b) = mem::take_small() {
+            let _ = out.push(b, 0, len);
+        }
+    }
+    let mut left = if out.is_empty() { len } else { 0 };
+    while left > 0 {
+        let n = left.min(LARGE_BUF);
+        let pushed = match mem::take_large() {
+            Some(b) => out.push(b, 0, n),
+            None => match DmaBuf::new(n) {
+                Ok(b) => out.push(b, 0, n),
+                Err(_) => break,
+            },
+        };
+        if pushed.is_err() {
+            break;
+        }
+        left -= n;
+    }
+    let mut at = 0;
+    for seg in src.segs() {
+        at += out.copy_at(at, seg.as_slice());
+    }
+    out
+}
+
+/// Views of `src`'s first `len` bytes.
 fn view_of(src: &mut Sgl, len: usize) -> Sgl {
     let mut out = Sgl::new();
     let mut left = len;
@@ -653,9 +709,14 @@ impl Inner {
         let sp = &self.sp;
         let (io_type, ob, nb) = (io.io_type, io.offset_blocks, io.num_blocks);
         let mut io = io;
-        // The secondary's view of the data, taken before the primary owns the buffers.
+        // The secondary's data, taken before the primary owns the buffers.
         let view = if route == Route::Both && io_type == IoType::Write {
-            Some(view_of(&mut io.sgl, len as usize))
+            let align = self
+                .secondary
+                .borrow()
+                .as_ref()
+                .map_or(1, |p| p.align.max(1));
+            Some(data_for_secondary(&mut io.sgl, len as usize, align))
         } else {
             None
         };
@@ -821,11 +882,15 @@ impl Inner {
             if let Err(e) = &d.status {
                 held.sp.log_secondary_failure(e);
             }
-            Inner::secondary_done(&held, slot, d.status.is_ok())
+            let ok = d.status.is_ok();
+            // The views go before the client's buffers can go back.
+            drop(d);
+            Inner::secondary_done(&held, slot, ok)
         };
         // A handle of its own (no lookup, no allocation): the path may be opened again
         // while this write is on it.
         let Some(path) = self.secondary.borrow().clone() else {
+            drop(view);
             if self.secondary_done_now(slot, false) {
                 self.finish(slot);
             }
@@ -846,9 +911,12 @@ impl Inner {
                         e => Refused::Failed(e),
                     })
                 }
-                _ => Err(Refused::Failed(Error::InvalidArgument(
-                    "the secondary's view of the data is short".into(),
-                ))),
+                short => {
+                    drop(short);
+                    Err(Refused::Failed(Error::InvalidArgument(
+                        "the secondary's view of the data is short".into(),
+                    )))
+                }
             },
             IoType::Flush => no_data(sec.flush(ob, nb, cb)),
             IoType::Unmap if path.unmap => no_data(sec.unmap(ob, nb, cb)),
@@ -991,5 +1059,39 @@ impl Inner {
         // Blocks came free, and the secondary's channel has room: what waited for either
         // goes now.
         self.retry();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(sgl: &Sgl) -> Vec<u8> {
+        sgl.to_vec()
+    }
+
+    #[test]
+    fn the_secondary_writes_views_of_aligned_buffers_and_a_copy_of_others() {
+        let mut b = DmaBuf::new(8192).unwrap();
+        for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
+            *x = (i % 251) as u8;
+        }
+        // Aligned for a secondary that needs 4 KiB: views, the same bytes, nothing copied.
+        let mut aligned = Sgl::new();
+        aligned.push(b, 0, 4096).unwrap();
+        let v = data_for_secondary(&mut aligned, 4096, 4096);
+        assert!(matches!(v.segs()[0].buf(), Buf::Foreign(_)));
+        assert_eq!(v.segs()[0].addr(), aligned.segs()[0].addr());
+        assert_eq!(data(&v), data(&aligned));
+        drop(v);
+        // 8 bytes in (a malloc primary accepts it): the secondary gets an aligned copy.
+        let b = aligned.into_bufs().next().unwrap();
+        let mut odd = Sgl::new();
+        odd.push(b, 8, 4096).unwrap();
+        let c = data_for_secondary(&mut odd, 4096, 4096);
+        assert!(!matches!(c.segs()[0].buf(), Buf::Foreign(_)));
+        assert_eq!(c.segs()[0].addr() % 4096, 0);
+        assert_eq!(c.len(), 4096);
+        assert_eq!(data(&c), data(&odd));
     }
 }
