@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tandem::bdev::{self, malloc, IoCallback, IoDone, IoType};
 use tandem::host::HostOpts;
 use tandem::mem::{DmaBuf, Sgl};
-use tandem::nvmf::{target, ListenAddr, SubsystemOpts};
+use tandem::nvmf::test_target;
 use tandem::reactor::{Messenger, Reactor, ReactorId};
 use tandem::repl::relationship::{self, Config};
 use tandem::repl::state::State;
@@ -227,20 +227,9 @@ fn random_writes_allocate_nothing_unreplicated_and_split_in_sync() {
 #[test]
 fn nvme_tcp_host_and_target_allocate_nothing_per_io() {
     const NQN: &str = "nqn.2016-06.io.tandem:allocations";
-    // The host's engine (its reactor is this thread), and the target's own, so that the
-    // target never hands a connection to the host's reactor.
+    // The host's engine (its reactor is this thread), and the target's own engine, so that
+    // the target never hands a connection to the host's reactor.
     let (_host_engine, _, reactor) = tandem_bench::owner_and_caller("alloc-host");
-    let target_engine = tandem::reactor::Engine::start(tandem::reactor::EngineOpts {
-        core_mask: Some(
-            tandem::reactor::CoreMask::from_cores([tandem::reactor::available_cores()[0]]).unwrap(),
-        ),
-        mode: tandem::reactor::Mode::Adaptive,
-        pin: false,
-        ..Default::default()
-    })
-    .unwrap();
-    let target_reactor = target_engine.reactor_ids()[0];
-    let m = target_engine.messenger();
     malloc::create(malloc::MallocOpts {
         name: "alloc_ram".into(),
         num_blocks: VOL / 4096,
@@ -248,34 +237,8 @@ fn nvme_tcp_host_and_target_allocate_nothing_per_io() {
         uuid: 0,
     })
     .unwrap();
-    target::create_transport(Default::default()).unwrap();
-    target::attach(m.clone());
-    let sub = target::create_subsystem(SubsystemOpts {
-        nqn: NQN.into(),
-        serial: "ALLOC".into(),
-        model: "Tandem allocations".into(),
-        allow_any_host: true,
-        max_namespaces: 1,
-        min_cntlid: 1,
-        max_cntlid: 0xFFEF,
-    })
-    .unwrap();
-    sub.add_namespace("alloc_ram", 1, None, None).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    target::add_listener(
-        &sub,
-        ListenAddr {
-            trtype: "TCP".into(),
-            adrfam: "IPv4".into(),
-            traddr: "127.0.0.1".into(),
-            trsvcid: port.to_string(),
-        },
-    )
-    .unwrap();
+    let port = test_target::export(NQN, "alloc_ram");
+    let (m, target_reactor) = test_target::reactor();
     let names = bdev::nvmf::attach(
         "alloc_host",
         HostOpts::new("127.0.0.1", &port.to_string(), NQN),

@@ -12,8 +12,10 @@ pub mod io;
 pub mod subsystem;
 pub mod target;
 pub mod tcp;
-#[cfg(test)]
-pub(crate) mod test_target;
+/// For tests, here and in the workspace's other crates (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod test_target;
 
 use std::fmt;
 

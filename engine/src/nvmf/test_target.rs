@@ -4,12 +4,12 @@
 use std::sync::OnceLock;
 
 use super::{target, ListenAddr, SubsystemOpts};
-use crate::reactor::{available_cores, CoreMask, Engine, EngineOpts, Mode};
+use crate::reactor::{available_cores, CoreMask, Engine, EngineOpts, Messenger, Mode, ReactorId};
 
-/// The port every test subsystem listens on (the target is started on first use).
-pub fn port() -> u16 {
-    static PORT: OnceLock<u16> = OnceLock::new();
-    *PORT.get_or_init(|| {
+/// The target's engine, started on first use: its port, a messenger, and its reactor.
+fn served() -> &'static (u16, Messenger, ReactorId) {
+    static SERVED: OnceLock<(u16, Messenger, ReactorId)> = OnceLock::new();
+    SERVED.get_or_init(|| {
         let engine = Engine::start(EngineOpts {
             core_mask: Some(CoreMask::from_cores([available_cores()[0]]).unwrap()),
             mode: Mode::Adaptive,
@@ -18,13 +18,29 @@ pub fn port() -> u16 {
         .unwrap();
         target::attach(engine.messenger());
         let _ = target::create_transport(Default::default());
+        let served = (
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port(),
+            engine.messenger(),
+            engine.reactor_ids()[0],
+        );
         // The engine serves for the rest of the process.
         std::mem::forget(engine);
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port()
+        served
     })
+}
+
+/// The port every test subsystem listens on.
+pub fn port() -> u16 {
+    served().0
+}
+
+/// The reactor that serves the target's connections, and a messenger to reach it.
+pub fn reactor() -> (Messenger, ReactorId) {
+    let (_, m, r) = served();
+    (m.clone(), *r)
 }
 
 /// Export bdev `bdev` as namespace 1 of a new subsystem `nqn` (any host): the port.
