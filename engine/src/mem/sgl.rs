@@ -26,8 +26,10 @@ pub struct ForeignBuf {
 
 impl ForeignBuf {
     /// # Safety
-    /// `ptr` must be valid for reads and writes of `len` bytes, and nothing else may touch that
-    /// memory, until the `ForeignBuf` (or the I/O holding it) is dropped.
+    /// `ptr` must be valid for reads and writes of `len` bytes until the `ForeignBuf` (or the
+    /// I/O holding it) is dropped, and nothing else may touch that memory meanwhile, with one
+    /// exception: others may read it while the I/O holding this buffer only reads it too (a
+    /// write's data lent to two devices at once).
     pub unsafe fn new(ptr: *mut u8, len: usize) -> Option<ForeignBuf> {
         Some(ForeignBuf {
             ptr: std::ptr::NonNull::new(ptr)?,

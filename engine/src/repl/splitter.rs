@@ -684,8 +684,8 @@ fn view_of(src: &mut Sgl, len: usize) -> Sgl {
         // SAFETY: the client's buffers stay where they are until its request completes, and the
         // splitter completes it only after the secondary's half is done and has dropped this
         // view (the secondary hands its list back at completion; a refused or unsent half drops
-        // it first). Both sides only read a write's data, so the primary reading the same
-        // bytes meanwhile is no conflict.
+        // it first). Both sides only read a write's data: the primary reading the same bytes
+        // meanwhile is the exception `ForeignBuf::new` allows.
         let view = unsafe { ForeignBuf::new(bytes.as_mut_ptr(), n) };
         let Some(view) = view else { break };
         if out.push(Buf::Foreign(view), 0, n).is_err() {
@@ -701,14 +701,13 @@ impl Inner {
     fn issue(
         self: &Rc<Self>,
         primary: &Primary,
-        io: BdevIo,
+        mut io: BdevIo,
         route: Route,
         off: u64,
         len: u64,
     ) -> Result<(), (Error, BdevIo)> {
         let sp = &self.sp;
         let (io_type, ob, nb) = (io.io_type, io.offset_blocks, io.num_blocks);
-        let mut io = io;
         // The secondary's data, taken before the primary owns the buffers.
         let view = if route == Route::Both && io_type == IoType::Write {
             let align = self
@@ -845,7 +844,7 @@ impl Inner {
     fn admit_waiting(self: &Rc<Self>) {
         let n = self.waiting.borrow().len();
         for _ in 0..n {
-            let Some(w) = self.waiting.borrow_mut().pop_front() else {
+            let Some(mut w) = self.waiting.borrow_mut().pop_front() else {
                 break;
             };
             if self.sp.drl.admit(w.off, w.len) == Admit::Wait {
@@ -853,10 +852,9 @@ impl Inner {
                 continue;
             }
             w.primary.unpark();
-            let mut io = w.io;
-            io.restamp();
+            w.io.restamp();
             // Refused, the write gave back what it held: it goes again from the start.
-            let refused = self.issue(&w.primary, io, w.route, w.off, w.len);
+            let refused = self.issue(&w.primary, w.io, w.route, w.off, w.len);
             self.refused_again(w.primary, refused, "a write that waited for the log");
         }
         if !self.waiting.borrow().is_empty() {
