@@ -471,6 +471,18 @@ impl Stamper {
         true
     }
 
+    /// Every acknowledged write is on the primary (at `primary`), and the secondary (at
+    /// `secondary`) holds the same bytes.
+    fn check_pair(&self, primary: u16, secondary: u16) {
+        let image = read_all(primary, NQN_P);
+        self.check(&image);
+        assert_eq!(
+            image,
+            read_all(secondary, NQN_S),
+            "the pair differs after the resync"
+        );
+    }
+
     /// Every acknowledged write is in `image` (or the write in flight at the end replaced it).
     fn check(&self, image: &[u8]) {
         for (&block, &seq) in &self.acked {
@@ -544,13 +556,7 @@ fn strict_sync_fails_writes_while_out_of_sync_and_recovers_after() {
         w.write(0, 256, 200, &mut seed),
         "writes succeed again once in sync"
     );
-    let image = read_all(p.port, NQN_P);
-    w.check(&image);
-    assert_eq!(
-        image,
-        read_all(sec.port, NQN_S),
-        "the pair differs after the resync"
-    );
+    w.check_pair(p.port, sec.port);
 }
 
 /// A primary whose store lives in a file, so that it survives `kill -9`.
@@ -645,13 +651,7 @@ fn a_primary_killed_in_sync_while_resyncing_and_with_its_secondary_away_resumes_
         w.acked.len(),
         v["resynced_bytes"]
     );
-    let image = read_all(p2.port, NQN_P);
-    w.check(&image);
-    assert_eq!(
-        image,
-        read_all(sec.port, NQN_S),
-        "the pair differs after the resync"
-    );
+    w.check_pair(p2.port, sec.port);
     drop(w);
 
     // 2. Killed while resyncing: the link down, writes to 16 regions, the link up, and the
@@ -682,13 +682,7 @@ fn a_primary_killed_in_sync_while_resyncing_and_with_its_secondary_away_resumes_
         "primary killed while resyncing: the log held {recovered} of {} bytes written out of sync",
         16 * region
     );
-    let image = read_all(p3.port, NQN_P);
-    w.check(&image);
-    assert_eq!(
-        image,
-        read_all(sec.port, NQN_S),
-        "the pair differs after the resync"
-    );
+    w.check_pair(p3.port, sec.port);
     drop(w);
 
     // 3. Killed while its secondary is away, and restarted before it is back: the primary
@@ -747,13 +741,7 @@ fn a_primary_killed_in_sync_while_resyncing_and_with_its_secondary_away_resumes_
     println!(
         "primary restarted with its secondary away: came up out of sync with {recovered} bytes logged; resynced {resynced} once it was back"
     );
-    let image = read_all(p4.port, NQN_P);
-    w.check(&image);
-    assert_eq!(
-        image,
-        read_all(sec.port, NQN_S),
-        "the pair differs after the resync"
-    );
+    w.check_pair(p4.port, sec.port);
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&config);
 }
