@@ -1,8 +1,10 @@
 //! Reactor benchmarks, each against a baseline measured in the same run:
 //!
 //! - cross-reactor message round trip (poll mode, two reactors) vs. a crossbeam `ArrayQueue`
-//!   ping-pong between two pinned threads;
-//! - one-way message throughput vs. the same `ArrayQueue` streamed between two pinned threads;
+//!   ping-pong between two pinned threads, and the machine's floor (`floor_cache_line`: two
+//!   counters, each written by one core and read by the other);
+//! - one-way message throughput vs. the same `ArrayQueue` streamed between two pinned threads,
+//!   and the floor (`floor_spsc_ring`: a bare single-producer, single-consumer ring);
 //! - poller dispatch per poller per loop vs. calling the same boxed closures from a `Vec`;
 //! - adaptive-mode wake-up latency (message sent → closure running on a parked reactor) vs. a
 //!   parked std thread woken by `unpark`.
@@ -11,7 +13,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -119,6 +121,38 @@ fn round_trip(c: &mut Criterion) {
             elapsed
         })
     });
+    // The machine's floor: a counter each, on lines of their own, each side waiting for the
+    // other's. No ring could do better between these two cores.
+    g.bench_function("floor_cache_line", |bench| {
+        bench.iter_custom(|iters| {
+            // Each side writes its own line and spins on the other's.
+            let lines = Arc::new([Line(AtomicU64::new(0)), Line(AtomicU64::new(0))]);
+            let l = lines.clone();
+            let echo = std::thread::spawn(move || {
+                pin(c1);
+                for i in 1..=iters {
+                    while l[0].load(Ordering::Acquire) != i {
+                        std::hint::spin_loop();
+                    }
+                    l[1].store(i, Ordering::Release);
+                }
+            });
+            let initiator = std::thread::spawn(move || {
+                pin(c0);
+                let start = Instant::now();
+                for i in 1..=iters {
+                    lines[0].store(i, Ordering::Release);
+                    while lines[1].load(Ordering::Acquire) != i {
+                        std::hint::spin_loop();
+                    }
+                }
+                start.elapsed()
+            });
+            let elapsed = initiator.join().unwrap();
+            echo.join().unwrap();
+            elapsed
+        })
+    });
     g.finish();
 }
 
@@ -188,7 +222,90 @@ fn throughput(c: &mut Criterion) {
             end - start
         })
     });
+    // The machine's floor for a stream: a ring with one producer and one consumer, each
+    // publishing its index once per slot and reading the other's only when it must.
+    g.bench_function("floor_spsc_ring", |bench| {
+        bench.iter_custom(|iters| {
+            let ring = Arc::new(Spsc::new(16 * 1024));
+            let r2 = ring.clone();
+            let consumer = std::thread::spawn(move || {
+                pin(c1);
+                let mut seen = 0;
+                for _ in 0..iters {
+                    seen = r2.pop(seen);
+                }
+                Instant::now()
+            });
+            let producer = std::thread::spawn(move || {
+                pin(c0);
+                let start = Instant::now();
+                let mut room = 0;
+                for i in 0..iters {
+                    room = ring.push(i, room);
+                }
+                start
+            });
+            let start = producer.join().unwrap();
+            let end = consumer.join().unwrap();
+            end - start
+        })
+    });
     g.finish();
+}
+
+/// An atomic on a cache line (and its neighbour, which x86 prefetches in pairs) of its own.
+#[repr(align(128))]
+struct Line(AtomicU64);
+
+impl std::ops::Deref for Line {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
+/// A bare single-producer, single-consumer ring of integers: the floor for `one_way`.
+struct Spsc {
+    slots: Box<[AtomicU64]>,
+    head: Line,
+    tail: Line,
+}
+
+impl Spsc {
+    fn new(len: usize) -> Spsc {
+        Spsc {
+            slots: (0..len).map(|_| AtomicU64::new(0)).collect(),
+            head: Line(AtomicU64::new(0)),
+            tail: Line(AtomicU64::new(0)),
+        }
+    }
+
+    /// Push `v`; `room` is the consumer's index last read. Returns it, read again if needed.
+    fn push(&self, v: u64, mut room: u64) -> u64 {
+        let t = self.tail.load(Ordering::Relaxed);
+        while t - room >= self.slots.len() as u64 {
+            room = self.head.load(Ordering::Acquire);
+            std::hint::spin_loop();
+        }
+        self.slots[(t % self.slots.len() as u64) as usize].store(v, Ordering::Relaxed);
+        self.tail.store(t + 1, Ordering::Release);
+        room
+    }
+
+    /// Pop one value; `seen` is the producer's index last read. Returns it, read again if
+    /// needed.
+    fn pop(&self, mut seen: u64) -> u64 {
+        let h = self.head.load(Ordering::Relaxed);
+        while h == seen {
+            seen = self.tail.load(Ordering::Acquire);
+            std::hint::spin_loop();
+        }
+        std::hint::black_box(
+            self.slots[(h % self.slots.len() as u64) as usize].load(Ordering::Relaxed),
+        );
+        self.head.store(h + 1, Ordering::Release);
+        seen
+    }
 }
 
 fn poller_dispatch(c: &mut Criterion) {
@@ -354,7 +471,9 @@ fn main() {
                 "round_trip/tandem_poll_mode",
                 "round_trip/baseline_arrayqueue",
             ),
+            ("round_trip/tandem_poll_mode", "round_trip/floor_cache_line"),
             ("one_way/tandem_poll_mode", "one_way/baseline_arrayqueue"),
+            ("one_way/tandem_poll_mode", "one_way/floor_spsc_ring"),
             (
                 "poller_dispatch/tandem/1",
                 "poller_dispatch/baseline_vec_of_closures/1",
