@@ -300,7 +300,7 @@ fn drl_cost(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % blocks;
             let off = i * 4096;
-            let claimed = claims.claim(off, 4096);
+            let claimed = claims.claim(off, 4096, None);
             claims.release(off, 4096);
             claimed
         })

@@ -14,8 +14,8 @@
 //! holds them until it completes to the client; one that finds them held waits in its
 //! reactor's channel and tries again when a write there completes, or after a short timer (the
 //! holder may be on another reactor). So two writes to the same blocks never reach the two
-//! sides in different orders. Waiters take no turns: one on another reactor may wait long
-//! while a reactor keeps rewriting the same blocks.
+//! sides in different orders. Waiters take turns ([`InFlight::join`]): a write that waits goes
+//! before any overlapping write that waits after it or comes later, on any reactor.
 //!
 //! **Ordering.** A write marks its regions active before it reads the state and the regions'
 //! bits ([`Drl::enter`]); the scanner marks a region copying before it looks for active writes
@@ -36,7 +36,7 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 
 use super::drl::{Admit, Drl};
-use super::inflight::InFlight;
+use super::inflight::{InFlight, Turn};
 use super::state::{route, Route, State, STATES};
 use crate::bdev::tap::{Primary, TapChannel, WriteTap};
 use crate::bdev::{BdevIo, Channel, Desc, Errno, Error, IoCallback, IoDone, IoError, IoType};
@@ -384,6 +384,7 @@ impl WriteTap for SplitTap {
             waiting: RefCell::new(VecDeque::new()),
             fenced: RefCell::new(VecDeque::new()),
             later: RefCell::new(VecDeque::new()),
+            retrying: RefCell::new(None),
             to_resend: RefCell::new(VecDeque::new()),
             retry_armed: Cell::new(false),
         });
@@ -452,14 +453,16 @@ struct Inner {
     reactor: usize,
     ops: RefCell<Slab>,
     /// Writes waiting for a barrier to lift, with the path they came by.
-    parked: RefCell<VecDeque<(Primary, BdevIo)>>,
+    parked: RefCell<VecDeque<HeldWrite>>,
     /// Writes routed and waiting for the log on disk to cover their regions.
     waiting: RefCell<VecDeque<Waiting>>,
     /// Writes waiting at a fence, not yet routed, with the path they came by.
-    fenced: RefCell<VecDeque<(Primary, BdevIo)>>,
+    fenced: RefCell<VecDeque<HeldWrite>>,
     /// Writes to submit again, not yet routed: another write held their blocks, or the
     /// primary's queue was full when they came back from waiting.
-    later: RefCell<VecDeque<(Primary, BdevIo)>>,
+    later: RefCell<VecDeque<HeldWrite>>,
+    /// The turn of the held write being submitted again, for its claim.
+    retrying: RefCell<Option<WaitTurn>>,
     /// Secondary halves the secondary's channel refused as full: sent again as it drains.
     to_resend: RefCell<VecDeque<Resend>>,
     /// A timer will try the two queues above again.
@@ -495,6 +498,27 @@ struct Resend {
 /// How soon a write waiting for another reactor's write (or a full channel) looks again.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// A write held back before it was routed, with the path it came by and, once it has waited
+/// for blocks, its turn: a write keeps its turn until it claims its blocks.
+struct HeldWrite {
+    primary: Primary,
+    io: BdevIo,
+    turn: Option<WaitTurn>,
+}
+
+/// A write's place among the waiters for its blocks ([`InFlight::join`]): it leaves when
+/// dropped, on whatever path the write stops waiting.
+struct WaitTurn {
+    sp: Arc<Splitter>,
+    turn: Turn,
+}
+
+impl Drop for WaitTurn {
+    fn drop(&mut self) {
+        self.sp.claims.leave(self.turn);
+    }
+}
+
 /// A write admitted and routed, waiting for a flush of the log.
 struct Waiting {
     primary: Primary,
@@ -518,6 +542,9 @@ impl TapChannel for SplitChannel {
     fn submit(&self, primary: &Primary, io: BdevIo) -> Result<(), (Error, BdevIo)> {
         let inner = &self.0;
         let sp = &inner.sp;
+        // A held write going again brings its turn: it keeps it if held back again, and
+        // leaves the waiters (dropping it) once it claims its blocks or fails.
+        let turn = inner.retrying.borrow_mut().take();
         let c = &sp.counters[inner.reactor];
         let strict = sp.strict.load(Ordering::SeqCst);
         let bs = primary.block_size() as u64;
@@ -527,7 +554,11 @@ impl TapChannel for SplitChannel {
         if sp.held.load(Ordering::SeqCst) {
             c.started.fetch_sub(1, Ordering::SeqCst);
             primary.park();
-            inner.parked.borrow_mut().push_back((primary.clone(), io));
+            inner.parked.borrow_mut().push_back(HeldWrite {
+                primary: primary.clone(),
+                io,
+                turn,
+            });
             return Ok(());
         }
         let route = if io_type == IoType::Flush {
@@ -558,16 +589,31 @@ impl TapChannel for SplitChannel {
                     // The scanner is draining this region: wait (not yet counted anywhere).
                     c.started.fetch_sub(1, Ordering::SeqCst);
                     primary.park();
-                    inner.fenced.borrow_mut().push_back((primary.clone(), io));
+                    inner.fenced.borrow_mut().push_back(HeldWrite {
+                        primary: primary.clone(),
+                        io,
+                        turn,
+                    });
                     return Ok(());
                 }
-                if !sp.claims.claim(off, len) {
-                    // Another write to these blocks is on its way to the two sides: this one
-                    // goes after it (not yet counted anywhere).
+                if !sp.claims.claim(off, len, turn.as_ref().map(|t| t.turn)) {
+                    // Another write to these blocks is on its way to the two sides, or an
+                    // older one waits for them: this one goes after (not yet counted
+                    // anywhere), with a turn from its first wait on.
                     c.started.fetch_sub(1, Ordering::SeqCst);
                     SplitCounters::add(&c.overlapped, 1);
+                    let turn = turn.or_else(|| {
+                        sp.claims.join(off, len).map(|turn| WaitTurn {
+                            sp: Arc::clone(sp),
+                            turn,
+                        })
+                    });
                     primary.park();
-                    inner.later.borrow_mut().push_back((primary.clone(), io));
+                    inner.later.borrow_mut().push_back(HeldWrite {
+                        primary: primary.clone(),
+                        io,
+                        turn,
+                    });
                     inner.arm_retry();
                     return Ok(());
                 }
@@ -766,17 +812,23 @@ impl Inner {
 
     /// Send the writes waiting in `queue` (not yet routed) through the splitter again; any
     /// still held back queue up again.
-    fn submit_again(self: &Rc<Self>, queue: &RefCell<VecDeque<(Primary, BdevIo)>>, what: &str) {
+    fn submit_again(self: &Rc<Self>, queue: &RefCell<VecDeque<HeldWrite>>, what: &str) {
         // Only those waiting now (one held back again goes to the back): popped one at a
         // time, so that a retry on every completion allocates nothing.
         let n = queue.borrow().len();
         let ch = SplitChannel(Rc::clone(self));
         for _ in 0..n {
-            let Some((primary, mut io)) = queue.borrow_mut().pop_front() else {
+            let Some(HeldWrite {
+                primary,
+                mut io,
+                turn,
+            }) = queue.borrow_mut().pop_front()
+            else {
                 break;
             };
             primary.unpark();
             io.restamp();
+            *self.retrying.borrow_mut() = turn;
             let refused = ch.submit(&primary, io);
             self.refused_again(primary, refused, what);
         }
@@ -794,7 +846,11 @@ impl Inner {
             Ok(()) => {}
             Err((Error::QueueFull { .. }, io)) => {
                 primary.park();
-                self.later.borrow_mut().push_back((primary, io));
+                self.later.borrow_mut().push_back(HeldWrite {
+                    primary,
+                    io,
+                    turn: None,
+                });
                 self.arm_retry();
             }
             Err((e, io)) => {

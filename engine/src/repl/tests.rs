@@ -523,13 +523,21 @@ struct Hammer {
     block: u64,
     stop: Arc<AtomicBool>,
     writes: Arc<AtomicU64>,
+    /// Writes started so far; those numbered from `mark` on that complete count in `late`.
+    started: Arc<AtomicU64>,
+    mark: Arc<AtomicU64>,
+    late: Arc<AtomicU64>,
 }
 
 impl Hammer {
     fn go(h: std::rc::Rc<Hammer>, sgl: crate::mem::Sgl) {
         let next = std::rc::Rc::clone(&h);
+        let seq = h.started.fetch_add(1, Ordering::SeqCst);
         let r = h.ch.write(h.block, 1, sgl, move |d: crate::bdev::IoDone| {
             next.writes.fetch_add(1, Ordering::SeqCst);
+            if seq >= next.mark.load(Ordering::SeqCst) {
+                next.late.fetch_add(1, Ordering::SeqCst);
+            }
             if !next.stop.load(Ordering::SeqCst) {
                 Hammer::go(next, d.sgl);
             }
@@ -541,14 +549,20 @@ impl Hammer {
 }
 
 #[test]
-fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_gets_its_turn() {
+fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_takes_its_turn() {
     let p = pair(false);
     let rel = p.in_sync(Policy::Sync);
     // Reactor 0 rewrites block 100 with 16 writes always in flight, until 3 s after it got
     // going.
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
+    let (started, mark, late) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(u64::MAX)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let (s2, w2, primary) = (Arc::clone(&stop), Arc::clone(&writes), p.primary.clone());
+    let (st2, m2, l2) = (Arc::clone(&started), Arc::clone(&mark), Arc::clone(&late));
     p.rig
         .m
         .send(p.rig.ids[0], move || {
@@ -558,6 +572,9 @@ fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_gets_its_turn() {
                 block: 100,
                 stop: s2,
                 writes: w2,
+                started: st2,
+                mark: m2,
+                late: l2,
             });
             std::mem::forget(desc);
             for _ in 0..16 {
@@ -583,17 +600,53 @@ fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_gets_its_turn() {
             stop.store(true, Ordering::SeqCst);
         })
     };
-    // Meanwhile reactor 1 writes the same block ten times: each gets in while the hammer runs.
+    // Meanwhile reactor 1 writes the same block ten times. Each takes its turn: once it is
+    // waiting, none of the hammer's writes started after that completes before it, however
+    // soon after a completion the hammer writes again. (Counted from after its submission, by
+    // when then, on reactor 1: a pause of reactor 1 before that only counts fewer.)
     let mut longest = Duration::ZERO;
     for i in 0..10u8 {
         let t = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (st2, m2, l2, primary) = (
+            Arc::clone(&started),
+            Arc::clone(&mark),
+            Arc::clone(&late),
+            p.primary.clone(),
+        );
         p.rig
-            .write(1, &p.primary, 100, vec![i; 4096])
-            .expect("the write");
+            .m
+            .send(p.rig.ids[1], move || {
+                let desc = crate::bdev::open(&primary, true, None).expect("the primary");
+                let mut buf = crate::mem::DmaBuf::new(4096).unwrap();
+                buf.as_mut_slice().fill(i);
+                m2.store(u64::MAX, Ordering::SeqCst);
+                l2.store(0, Ordering::SeqCst);
+                let ch = desc.channel().expect("a channel");
+                let l3 = Arc::clone(&l2);
+                let r = ch.write(100, 1, crate::mem::Sgl::single(buf), move |d| {
+                    drop(desc);
+                    let _ = tx.send((d.status, l3.load(Ordering::SeqCst)));
+                });
+                if let Err((e, _)) = r {
+                    panic!("the write was refused: {e}");
+                }
+                m2.store(st2.load(Ordering::SeqCst), Ordering::SeqCst);
+            })
+            .map_err(|_| "send")
+            .unwrap();
+        let (status, passed) = rx.recv_timeout(Duration::from_secs(20)).expect("the write");
+        status.expect("the write");
         longest = longest.max(t.elapsed());
         assert!(
             !stop.load(Ordering::SeqCst),
             "write {i} got in only after the hammer stopped ({:?})",
+            t.elapsed()
+        );
+        assert!(
+            passed <= 1,
+            "{passed} of the hammer's writes started after write {i} waited and completed \
+             before it ({:?})",
             t.elapsed()
         );
     }
