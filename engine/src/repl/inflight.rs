@@ -16,8 +16,8 @@
 //! the same blocks the moment they come free. No cycle is possible: a waiter gives way only to
 //! older ones, and the oldest waits only for writes that hold their claims, which are issued
 //! and complete by themselves. A full table leaves a waiter without a ticket, waiting as it
-//! would without turns; an entry older than [`STALE`] is ignored, so a waiter that went away
-//! without leaving (a bug) cannot hold the blocks up for good.
+//! would without turns; an entry that has not tried again for [`STALE`] is ignored, so a
+//! waiter that went away without leaving (a bug) cannot hold the blocks up for good.
 //!
 //! **Data path.** A claim is one atomic `fetch_or` per 64 granules of the write (one, for a
 //! 4 KiB write), and a release one `fetch_and`: no lock, no allocation. While no write waits,
@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
+
 /// The smallest granule.
 const MIN_GRANULE: u64 = 4096;
 /// At most this many granules (32 MiB of map).
@@ -37,7 +39,7 @@ const MAX_GRANULES: u64 = 1 << 28;
 
 /// Waiters with a turn at most; more wait without one.
 const TURNS: usize = 64;
-/// A waiter's entry this old is ignored by the others.
+/// A waiter's entry that has not tried again for this long is ignored by the others.
 pub const STALE: Duration = Duration::from_secs(1);
 /// A table entry's ticket while its owner fills it in.
 const FILLING: u64 = u64::MAX;
@@ -47,8 +49,9 @@ pub struct InFlight {
     shift: u32,
     granules: u64,
     words: Box<[AtomicU64]>,
-    /// Entries in use (a claim with none to look at reads only this).
-    waiters: AtomicUsize,
+    /// Entries in use (a claim with none to look at reads only this): on a line of its own,
+    /// apart from what joining and leaving write.
+    waiters: CachePadded<AtomicUsize>,
     next_ticket: AtomicU64,
     turns: Box<[Entry]>,
     /// [`STALE`], but for tests.
@@ -56,7 +59,7 @@ pub struct InFlight {
 }
 
 /// A waiter in the table: its ticket (0 when free), its granules (first << 32 | count), and
-/// when it joined (nanoseconds since the first use of [`now_ns`]).
+/// when it joined or last tried again (nanoseconds since the first use of [`now_ns`]).
 struct Entry {
     ticket: AtomicU64,
     granules: AtomicU64,
@@ -89,7 +92,7 @@ impl InFlight {
             words: (0..granules.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            waiters: AtomicUsize::new(0),
+            waiters: CachePadded::new(AtomicUsize::new(0)),
             next_ticket: AtomicU64::new(1),
             turns: (0..TURNS)
                 .map(|_| Entry {
@@ -193,6 +196,14 @@ impl InFlight {
             return Some(Turn { slot, ticket });
         }
         None
+    }
+
+    /// A waiter that tried again and still waits: its entry is not stale.
+    pub fn still_waiting(&self, turn: Turn) {
+        let e = &self.turns[turn.slot];
+        if e.ticket.load(Ordering::Acquire) == turn.ticket {
+            e.since.store(now_ns(), Ordering::Release);
+        }
     }
 
     /// Leave the waiters: the write claimed its blocks, or stopped waiting for them.
@@ -349,9 +360,15 @@ mod tests {
             .collect();
         assert_eq!(f.join(0, 4096), None, "the table is full");
         assert!(!f.claim(4096, 4096, None), "a waiter's granule");
-        // A waiter that has waited longer than STALE no longer holds anyone up.
+        // A waiter that has not tried again for longer than STALE no longer holds anyone up;
+        // one that has still does.
         std::thread::sleep(Duration::from_millis(250));
+        f.still_waiting(turns[2]);
         assert!(f.claim(4096, 4096, None), "a stale waiter held a write up");
+        assert!(
+            !f.claim(2 * 4096, 4096, None),
+            "a waiter that tried again was passed"
+        );
         f.release(4096, 4096);
         for t in turns {
             f.leave(t);

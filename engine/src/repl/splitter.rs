@@ -602,12 +602,17 @@ impl TapChannel for SplitChannel {
                     // anywhere), with a turn from its first wait on.
                     c.started.fetch_sub(1, Ordering::SeqCst);
                     SplitCounters::add(&c.overlapped, 1);
-                    let turn = turn.or_else(|| {
-                        sp.claims.join(off, len).map(|turn| WaitTurn {
+                    let turn = match turn {
+                        Some(t) => {
+                            // Still waiting: not stale.
+                            sp.claims.still_waiting(t.turn);
+                            Some(t)
+                        }
+                        None => sp.claims.join(off, len).map(|turn| WaitTurn {
                             sp: Arc::clone(sp),
                             turn,
-                        })
-                    });
+                        }),
+                    };
                     primary.park();
                     inner.later.borrow_mut().push_back(HeldWrite {
                         primary: primary.clone(),
@@ -659,7 +664,13 @@ impl TapChannel for SplitChannel {
             sp.want_flush();
             return Ok(());
         }
-        inner.issue(primary, io, route, off, len)
+        let issued = inner.issue(primary, io, route, off, len);
+        if let (Err((Error::QueueFull { .. }, _)), Some(turn)) = (&issued, turn) {
+            // The primary's queue is full: the write gave its blocks back and waits once
+            // more, in its place among the waiters (see `submit_again`).
+            *inner.retrying.borrow_mut() = Some(turn);
+        }
+        issued
     }
 }
 
@@ -830,27 +841,29 @@ impl Inner {
             io.restamp();
             *self.retrying.borrow_mut() = turn;
             let refused = ch.submit(&primary, io);
-            self.refused_again(primary, refused, what);
+            // Its turn, handed back if it is to wait once more.
+            let turn = self.retrying.borrow_mut().take();
+            self.refused_again(primary, refused, what, turn);
         }
     }
 
     /// A write that waited was refused as it went again: a full queue is backpressure (it
-    /// waits once more, in [`Inner::later`]); anything else fails it.
+    /// waits once more, in [`Inner::later`], with its turn if it has one); anything else fails
+    /// it.
     fn refused_again(
         self: &Rc<Self>,
         primary: Primary,
         refused: Result<(), (Error, BdevIo)>,
         what: &str,
+        turn: Option<WaitTurn>,
     ) {
         match refused {
             Ok(()) => {}
             Err((Error::QueueFull { .. }, io)) => {
                 primary.park();
-                self.later.borrow_mut().push_back(HeldWrite {
-                    primary,
-                    io,
-                    turn: None,
-                });
+                self.later
+                    .borrow_mut()
+                    .push_back(HeldWrite { primary, io, turn });
                 self.arm_retry();
             }
             Err((e, io)) => {
@@ -911,7 +924,7 @@ impl Inner {
             w.io.restamp();
             // Refused, the write gave back what it held: it goes again from the start.
             let refused = self.issue(&w.primary, w.io, w.route, w.off, w.len);
-            self.refused_again(w.primary, refused, "a write that waited for the log");
+            self.refused_again(w.primary, refused, "a write that waited for the log", None);
         }
         if !self.waiting.borrow().is_empty() {
             self.sp.want_flush();
