@@ -125,7 +125,6 @@ fn round_trip(c: &mut Criterion) {
     // other's. No ring could do better between these two cores.
     g.bench_function("floor_cache_line", |bench| {
         bench.iter_custom(|iters| {
-            // Each side writes its own line and spins on the other's.
             let lines = Arc::new([Line(AtomicU64::new(0)), Line(AtomicU64::new(0))]);
             let l = lines.clone();
             let echo = std::thread::spawn(move || {

@@ -109,12 +109,18 @@ impl InFlight {
         1 << self.shift
     }
 
-    /// The granules `[off, off + len)` touches, as (word, mask) pairs.
-    fn masks(&self, off: u64, len: u64) -> impl Iterator<Item = (usize, u64)> {
+    /// The granules `[off, off + len)` touches: first and end.
+    fn granule_range(&self, off: u64, len: u64) -> (u64, u64) {
         let first = (off >> self.shift).min(self.granules);
         let end = (off.saturating_add(len.max(1)))
             .div_ceil(1 << self.shift)
             .min(self.granules);
+        (first, end)
+    }
+
+    /// The granules `[off, off + len)` touches, as (word, mask) pairs.
+    fn masks(&self, off: u64, len: u64) -> impl Iterator<Item = (usize, u64)> {
+        let (first, end) = self.granule_range(off, len);
         let mut g = first;
         std::iter::from_fn(move || {
             if g >= end {
@@ -135,10 +141,7 @@ impl InFlight {
 
     /// The granules `[off, off + len)` touches, as first << 32 | count.
     fn span(&self, off: u64, len: u64) -> u64 {
-        let first = (off >> self.shift).min(self.granules);
-        let end = (off.saturating_add(len.max(1)))
-            .div_ceil(1 << self.shift)
-            .min(self.granules);
+        let (first, end) = self.granule_range(off, len);
         (first << 32) | (end - first).min(u32::MAX as u64)
     }
 

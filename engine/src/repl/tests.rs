@@ -523,7 +523,8 @@ struct Hammer {
     block: u64,
     stop: Arc<AtomicBool>,
     writes: Arc<AtomicU64>,
-    /// Writes started so far; those numbered from `mark` on that complete count in `late`.
+    /// Writes started so far; those numbered from `mark` on (none while it is `u64::MAX`)
+    /// count in `late` as they complete.
     started: Arc<AtomicU64>,
     mark: Arc<AtomicU64>,
     late: Arc<AtomicU64>,
@@ -602,8 +603,8 @@ fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_takes_its_turn() {
     };
     // Meanwhile reactor 1 writes the same block ten times. Each takes its turn: once it is
     // waiting, none of the hammer's writes started after that completes before it, however
-    // soon after a completion the hammer writes again. (Counted from after its submission, by
-    // when then, on reactor 1: a pause of reactor 1 before that only counts fewer.)
+    // soon after a completion the hammer writes again. (The mark is taken on reactor 1 just
+    // after the write is submitted: a pause of reactor 1 in between only counts fewer.)
     let mut longest = Duration::ZERO;
     for i in 0..10u8 {
         let t = Instant::now();
@@ -620,13 +621,13 @@ fn a_write_waiting_for_blocks_another_reactor_keeps_rewriting_takes_its_turn() {
                 let desc = crate::bdev::open(&primary, true, None).expect("the primary");
                 let mut buf = crate::mem::DmaBuf::new(4096).unwrap();
                 buf.as_mut_slice().fill(i);
-                m2.store(u64::MAX, Ordering::SeqCst);
-                l2.store(0, Ordering::SeqCst);
+                let before = l2.load(Ordering::SeqCst);
                 let ch = desc.channel().expect("a channel");
-                let l3 = Arc::clone(&l2);
+                let (l3, m3) = (Arc::clone(&l2), Arc::clone(&m2));
                 let r = ch.write(100, 1, crate::mem::Sgl::single(buf), move |d| {
                     drop(desc);
-                    let _ = tx.send((d.status, l3.load(Ordering::SeqCst)));
+                    m3.store(u64::MAX, Ordering::SeqCst);
+                    let _ = tx.send((d.status, l3.load(Ordering::SeqCst) - before));
                 });
                 if let Err((e, _)) = r {
                     panic!("the write was refused: {e}");
