@@ -1,21 +1,22 @@
 //! The message ring of one reactor and the doorbell that wakes it when parked.
 //!
-//! Senders on any thread push a boxed closure onto a bounded lock-free MPMC ring (crossbeam's
-//! `ArrayQueue`). The ring never blocks: a full ring hands the message back to the sender.
-//! A parked reactor sets `sleeping`; a sender that sees it rings the eventfd doorbell. The
-//! two sides publish with sequentially consistent fences, so either the reactor sees the
-//! message before parking or the sender sees `sleeping` and rings: no lost wake-up.
+//! Senders on any thread push a message onto a bounded lock-free ring with one receiver
+//! ([`Ring`]): messages run in the order they were queued, across senders too. The ring never
+//! blocks: a full ring hands the message back to the sender. A parked reactor sets `sleeping`;
+//! a sender that sees it rings the eventfd doorbell. The two sides publish with sequentially
+//! consistent fences, so either the reactor sees the message before parking or the sender
+//! sees `sleeping` and rings: no lost wake-up.
 //!
-//! Closing: the owner sets `closed`, waits for senders that started before that (`senders`
-//! count) to finish their push, then drains. A message is therefore either run or returned to
-//! its sender as `Closed`; never silently dropped.
+//! Closing: the owner closes the ring (no message is taken after that) and waits for the
+//! senders that got in before to finish their push, then drains. A message is therefore
+//! either run or returned to its sender as `Closed`; never silently dropped.
 
 use std::fmt;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 
-use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 
+use super::ring::{Refused, Ring};
 use super::ReactorId;
 use crate::inline_fn::SendFnOnce;
 use crate::sys::EventFd;
@@ -97,12 +98,9 @@ impl std::error::Error for SendError {}
 
 pub(crate) struct Mailbox {
     pub(crate) id: ReactorId,
-    ring: ArrayQueue<Msg>,
+    ring: Ring<Msg>,
     doorbell: EventFd,
-    /// Written by every sender: apart from what the owner reads each loop.
-    senders: CachePadded<AtomicUsize>,
     sleeping: AtomicBool,
-    closed: AtomicBool,
     /// Read by the owner every loop: on a line of its own so that senders do not bounce it.
     stop: CachePadded<AtomicBool>,
 }
@@ -111,28 +109,22 @@ impl Mailbox {
     pub(crate) fn new(id: ReactorId, capacity: usize) -> std::io::Result<Self> {
         Ok(Self {
             id,
-            ring: ArrayQueue::new(capacity.max(1)),
+            ring: Ring::new(capacity),
             doorbell: EventFd::new()?,
-            senders: CachePadded::new(AtomicUsize::new(0)),
             sleeping: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
             stop: CachePadded::new(AtomicBool::new(false)),
         })
     }
 
     pub(crate) fn send(&self, msg: Msg) -> Result<(), SendError> {
-        self.senders.fetch_add(1, Ordering::SeqCst);
-        if self.closed.load(Ordering::SeqCst) {
-            self.senders.fetch_sub(1, Ordering::SeqCst);
-            return Err(SendError::new(SendErrorKind::Closed, self.id, msg));
+        match self.ring.push(msg) {
+            Ok(()) => {
+                self.wake_if_sleeping();
+                Ok(())
+            }
+            Err((Refused::Full, msg)) => Err(SendError::new(SendErrorKind::Full, self.id, msg)),
+            Err((Refused::Closed, msg)) => Err(SendError::new(SendErrorKind::Closed, self.id, msg)),
         }
-        let pushed = self.ring.push(msg);
-        self.senders.fetch_sub(1, Ordering::SeqCst);
-        if let Err(msg) = pushed {
-            return Err(SendError::new(SendErrorKind::Full, self.id, msg));
-        }
-        self.wake_if_sleeping();
-        Ok(())
     }
 
     fn wake_if_sleeping(&self) {
@@ -176,16 +168,13 @@ impl Mailbox {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// Refuse new messages and wait until every sender that got past the `closed` check has
-    /// finished its push. After this, the ring only shrinks.
+    /// Refuse new messages and wait until every sender that got in before has finished its
+    /// push. After this, the ring only shrinks.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        while self.senders.load(Ordering::SeqCst) != 0 {
-            std::hint::spin_loop();
-        }
+        self.ring.close();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.ring.is_closed()
     }
 }

@@ -32,6 +32,7 @@ mod local;
 mod mailbox;
 mod poller;
 mod registry;
+mod ring;
 pub mod sim;
 mod thread;
 mod timer;
