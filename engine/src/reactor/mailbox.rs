@@ -135,16 +135,25 @@ impl Mailbox {
     }
 
     /// Take the next message, if any. Owner only.
-    pub(crate) fn pop(&self) -> Option<Msg> {
-        self.ring.pop()
+    ///
+    /// # Safety
+    /// Only the owning reactor's thread calls `pop`, `prepare_to_sleep` and `close`: the ring
+    /// has one receiver.
+    pub(crate) unsafe fn pop(&self) -> Option<Msg> {
+        // SAFETY: this function's own contract.
+        unsafe { self.ring.pop() }
     }
 
     /// Announce that the owner is about to park; returns false (and stays awake) when a message
     /// or a stop request is already waiting.
-    pub(crate) fn prepare_to_sleep(&self) -> bool {
+    ///
+    /// # Safety
+    /// As for [`Mailbox::pop`].
+    pub(crate) unsafe fn prepare_to_sleep(&self) -> bool {
         self.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if !self.ring.is_empty() || self.stop.load(Ordering::SeqCst) {
+        // SAFETY: this function's own contract.
+        if !unsafe { self.ring.is_empty() } || self.stop.load(Ordering::SeqCst) {
             self.sleeping.store(false, Ordering::SeqCst);
             return false;
         }
@@ -170,8 +179,12 @@ impl Mailbox {
 
     /// Refuse new messages and wait until every sender that got in before has finished its
     /// push. After this, the ring only shrinks.
-    pub(crate) fn close(&self) {
-        self.ring.close();
+    ///
+    /// # Safety
+    /// As for [`Mailbox::pop`].
+    pub(crate) unsafe fn close(&self) {
+        // SAFETY: this function's own contract.
+        unsafe { self.ring.close() }
     }
 
     pub(crate) fn is_closed(&self) -> bool {

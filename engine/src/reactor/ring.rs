@@ -49,12 +49,13 @@ pub(crate) enum Refused {
 // that the next lap's sender acquires. No value is accessed by two threads at once, and `T` is
 // `Send`.
 unsafe impl<T: Send> Sync for Ring<T> {}
-// SAFETY: as above; the ring owns its values.
-unsafe impl<T: Send> Send for Ring<T> {}
 
 impl<T> Ring<T> {
+    /// A ring of `capacity` messages, and at least two: with one slot, "filled at position
+    /// `p`" (sequence `p + 1`) and "free for position `p + 1`" (`p + capacity`) would read
+    /// the same.
     pub(crate) fn new(capacity: usize) -> Ring<T> {
-        let capacity = capacity.max(1);
+        let capacity = capacity.max(2);
         Ring {
             slots: (0..capacity)
                 .map(|i| Slot {
@@ -104,8 +105,12 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Take the oldest message, if it is there. The receiver only.
-    pub(crate) fn pop(&self) -> Option<T> {
+    /// Take the oldest message, if it is there.
+    ///
+    /// # Safety
+    /// The receiver's side: one thread at a time calls `pop`, `is_empty` and `close` (the
+    /// reactor that owns the ring).
+    pub(crate) unsafe fn pop(&self) -> Option<T> {
         let h = self.head.load(Ordering::Relaxed);
         let slot = self.slot(h);
         if slot.seq.load(Ordering::Acquire) != h + 1 {
@@ -121,14 +126,20 @@ impl<T> Ring<T> {
 
     /// Whether no message waits for the receiver (one being written is not there yet: its
     /// sender wakes the receiver after it publishes).
-    pub(crate) fn is_empty(&self) -> bool {
+    ///
+    /// # Safety
+    /// As for [`Ring::pop`].
+    pub(crate) unsafe fn is_empty(&self) -> bool {
         let h = self.head.load(Ordering::Relaxed);
         self.slot(h).seq.load(Ordering::Acquire) != h + 1
     }
 
     /// Take no more messages, and wait until every sender that took a position before has
     /// filled it: after this, `pop` drains everything the ring accepted.
-    pub(crate) fn close(&self) {
+    ///
+    /// # Safety
+    /// As for [`Ring::pop`].
+    pub(crate) unsafe fn close(&self) {
         let end = self.tail.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED;
         let mut pos = self.head.load(Ordering::Relaxed);
         while pos < end {
@@ -147,13 +158,30 @@ impl<T> Ring<T> {
 
 impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
-        while self.pop().is_some() {}
+        // SAFETY: `&mut self`: no other thread holds the ring.
+        while unsafe { self.pop() }.is_some() {}
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Each test takes from its ring on one thread only: the receiver's contract.
+    fn take<T>(r: &Ring<T>) -> Option<T> {
+        // SAFETY: see above.
+        unsafe { r.pop() }
+    }
+
+    fn empty<T>(r: &Ring<T>) -> bool {
+        // SAFETY: see above.
+        unsafe { r.is_empty() }
+    }
+
+    fn shut<T>(r: &Ring<T>) {
+        // SAFETY: see above.
+        unsafe { r.close() }
+    }
 
     #[test]
     fn full_closed_and_wrapping() {
@@ -164,21 +192,34 @@ mod tests {
             }
             assert_eq!(r.push(99), Err((Refused::Full, 99)));
             for i in 0..3 {
-                assert_eq!(r.pop(), Some(lap * 10 + i));
+                assert_eq!(take(&r), Some(lap * 10 + i));
             }
-            assert!(r.is_empty());
-            assert_eq!(r.pop(), None);
+            assert!(empty(&r));
+            assert_eq!(take(&r), None);
         }
         r.push(1).unwrap();
-        r.close();
+        shut(&r);
         assert!(r.is_closed());
         assert_eq!(r.push(2), Err((Refused::Closed, 2)));
         assert_eq!(
-            r.pop(),
+            take(&r),
             Some(1),
             "what was accepted before the close drains"
         );
-        assert_eq!(r.pop(), None);
+        assert_eq!(take(&r), None);
+    }
+
+    #[test]
+    fn a_ring_asked_for_one_slot_has_two_and_keeps_both_messages() {
+        let r = Ring::new(1);
+        assert!(r.push(1).is_ok());
+        assert!(r.push(2).is_ok());
+        assert_eq!(r.push(3), Err((Refused::Full, 3)));
+        assert_eq!(take(&r), Some(1));
+        assert!(r.push(3).is_ok());
+        assert_eq!(take(&r), Some(2));
+        assert_eq!(take(&r), Some(3));
+        assert_eq!(take(&r), None);
     }
 
     #[test]
@@ -213,7 +254,7 @@ mod tests {
         let mut next = [0usize; SENDERS];
         let mut got = 0;
         while got < SENDERS * EACH {
-            match r.pop() {
+            match take(&r) {
                 Some((s, i)) => {
                     assert_eq!(i, next[s], "sender {s} out of order or repeated");
                     next[s] += 1;
@@ -225,6 +266,6 @@ mod tests {
         for s in senders {
             s.join().unwrap();
         }
-        assert!(r.is_empty());
+        assert!(empty(&r));
     }
 }

@@ -282,7 +282,11 @@ impl Inner {
         let mut status = PollStatus::Idle;
         let mut ran = 0;
         while ran < MSG_BUDGET {
-            let Some(msg) = self.mailbox.pop() else { break };
+            // SAFETY: an `Inner` lives in an `Rc` on its reactor's thread, the only thread that
+            // takes from its mailbox (here, in `park` and in `shutdown`).
+            let Some(msg) = (unsafe { self.mailbox.pop() }) else {
+                break;
+            };
             msg.run();
             ran += 1;
         }
@@ -394,7 +398,8 @@ impl Inner {
                 return Ok(());
             }
         }
-        if !self.mailbox.prepare_to_sleep() {
+        // SAFETY: as in `iterate`: this is the mailbox's one receiver.
+        if !unsafe { self.mailbox.prepare_to_sleep() } {
             return Ok(());
         }
         if self.armed_deadline.get() != deadline {
@@ -542,8 +547,10 @@ impl Inner {
         if self.shut_down.replace(true) {
             return;
         }
-        self.mailbox.close();
-        while let Some(msg) = self.mailbox.pop() {
+        // SAFETY: as in `iterate`: this is the mailbox's one receiver.
+        unsafe { self.mailbox.close() };
+        // SAFETY: as above.
+        while let Some(msg) = unsafe { self.mailbox.pop() } {
             msg.run();
         }
         let pollers: Vec<PollerSlot> = self.pollers.borrow_mut().drain(..).collect();
