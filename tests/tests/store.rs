@@ -185,9 +185,12 @@ fn lvols_from_spdk_rpc_served_over_nvme_tcp_survive_sigkill_and_check_clean_offl
         "the clone, from the snapshot"
     );
     assert_eq!(read(&mut h, 3, 0), pattern(1), "the snapshot");
-    assert!(
-        !done_ok(&h.write(3, 0, 4096, &pattern(3))),
-        "a snapshot refuses writes"
+    let refused = h.write(3, 0, 4096, &pattern(3));
+    assert_eq!(
+        tandem::nvme::Status::from_field(refused.cqe.status).0,
+        tandem::nvme::Status::NAMESPACE_WRITE_PROTECTED,
+        "a snapshot refuses writes: {:#x}",
+        refused.cqe.status
     );
     assert!(done_ok(&h.write(2, 0, 4096, &pattern(4))));
     assert_eq!(read(&mut h, 2, 0), pattern(4));
@@ -297,4 +300,74 @@ fn lvols_from_spdk_rpc_served_over_nvme_tcp_survive_sigkill_and_check_clean_offl
     assert!(err.contains("block 0"), "{err}");
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&config);
+}
+
+#[test]
+fn a_thin_volume_whose_store_is_full_answers_capacity_exceeded_and_keeps_what_it_has() {
+    let s = sock("full");
+    let port = free_port();
+    let _d = start_bare(&s, &[]);
+    // 16 MiB of 64 KiB clusters under a 64 MiB thin volume: the store fills first.
+    spdk(&s, &["bdev_malloc_create", "-b", "small", "16", "4096"]);
+    spdk(
+        &s,
+        &["bdev_lvol_create_lvstore", "small", "lvsf", "-c", "65536"],
+    );
+    spdk(&s, &["bdev_lvol_create", "-l", "lvsf", "-t", "thin", "64"]);
+    let nqn = "nqn.2016-06.io.tandem:full";
+    spdk(&s, &["nvmf_create_transport", "-t", "TCP"]);
+    spdk(&s, &["nvmf_create_subsystem", nqn, "-a"]);
+    spdk(&s, &["nvmf_subsystem_add_ns", nqn, "lvsf/thin"]);
+    let p = port.to_string();
+    spdk(
+        &s,
+        &[
+            "nvmf_subsystem_add_listener",
+            nqn,
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            &p,
+        ],
+    );
+    let mut admin = Host::new(port, false, false);
+    let cntlid = admin.admin(nqn, 0);
+    let mut h = Host::new(port, false, false);
+    let c = h.connect(nqn, tandem_tests::nvme_tcp::HOSTNQN, 1, cntlid, 0);
+    assert_eq!(c.cqe.status >> 1, 0, "I/O queue Connect");
+
+    // One 8 KiB write into each cluster in turn, until the store has none left.
+    let blocks_per_cluster = 65536 / 4096;
+    let mut written = 0u64;
+    let refused = loop {
+        assert!(written < 1024, "a 16 MiB store took {written} clusters");
+        let d = h.write(
+            1,
+            written * blocks_per_cluster,
+            4096,
+            &pattern(written as u8),
+        );
+        if !done_ok(&d) {
+            break d;
+        }
+        written += 1;
+    };
+    assert!(written > 100, "the store took only {written} clusters");
+    // Generic status type, Capacity Exceeded (0x81), Do Not Retry.
+    let (status, _) = tandem::nvme::Status::from_field(refused.cqe.status);
+    assert_eq!(
+        status,
+        tandem::nvme::Status::CAPACITY_EXCEEDED,
+        "the write past the store's space: {:#x}",
+        refused.cqe.status
+    );
+    // Nothing acknowledged is lost, and a cluster the volume has takes writes still.
+    for i in [0, written / 2, written - 1] {
+        assert_eq!(read(&mut h, 1, i * blocks_per_cluster), pattern(i as u8));
+    }
+    assert!(done_ok(&h.write(1, 0, 4096, &pattern(200))));
+    assert_eq!(read(&mut h, 1, 0), pattern(200));
+    drop(admin);
 }

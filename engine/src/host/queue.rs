@@ -52,9 +52,19 @@ pub enum HostIoError {
     Invalid,
 }
 
+/// The same status, whatever its Do Not Retry and More bits.
+fn same(a: &Status, b: Status) -> bool {
+    (a.sct, a.sc) == (b.sct, b.sc)
+}
+
 impl HostIoError {
+    /// The negative errno a bdev's caller sees.
     pub fn errno(&self) -> i32 {
         -match self {
+            // What the target says in so many words: its store is full (a thin namespace), or
+            // the namespace takes no writes (a snapshot).
+            HostIoError::Nvme(s) if same(s, Status::CAPACITY_EXCEEDED) => libc::ENOSPC,
+            HostIoError::Nvme(s) if same(s, Status::NAMESPACE_WRITE_PROTECTED) => libc::EROFS,
             HostIoError::Nvme(_) => libc::EIO,
             HostIoError::Disconnected => libc::ENOTCONN,
             HostIoError::TimedOut => libc::ETIMEDOUT,

@@ -202,3 +202,28 @@ fn submit_or_refusal(q: &IoQueue) -> HostIoError {
         .unwrap_err()
         .0
 }
+
+#[test]
+fn capacity_exceeded_is_enospc_write_protected_erofs_and_other_statuses_eio() {
+    assert_eq!(
+        HostIoError::Nvme(Status::CAPACITY_EXCEEDED).errno(),
+        -libc::ENOSPC
+    );
+    // Whatever the Do Not Retry bit says.
+    let retryable = Status {
+        dnr: false,
+        ..Status::CAPACITY_EXCEEDED
+    };
+    assert_eq!(HostIoError::Nvme(retryable).errno(), -libc::ENOSPC);
+    assert_eq!(
+        HostIoError::Nvme(Status::NAMESPACE_WRITE_PROTECTED).errno(),
+        -libc::EROFS
+    );
+    for other in [
+        Status::WRITE_FAULT,
+        Status::INTERNAL_ERROR,
+        Status::LBA_OUT_OF_RANGE,
+    ] {
+        assert_eq!(HostIoError::Nvme(other).errno(), -libc::EIO, "{other:?}");
+    }
+}

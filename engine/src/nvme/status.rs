@@ -38,6 +38,8 @@ impl Status {
     pub const SGL_DESCRIPTOR_TYPE_INVALID: Status = Status::generic(0x11).no_retry();
     pub const SGL_OFFSET_INVALID: Status = Status::generic(0x16).no_retry();
     /// A data digest did not match: the host may retry.
+    /// Namespace Is Write Protected: a write to a read-only namespace (a snapshot).
+    pub const NAMESPACE_WRITE_PROTECTED: Status = Status::generic(0x20).no_retry();
     pub const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22);
     pub const LBA_OUT_OF_RANGE: Status = Status::generic(0x80).no_retry();
     pub const CAPACITY_EXCEEDED: Status = Status::generic(0x81).no_retry();

@@ -2,7 +2,7 @@
 //! Dataset Management asks of a namespace, checked against it, and how bdev outcomes map to
 //! NVMe status. Decoding allocates nothing.
 
-use crate::bdev::{Error as BdevError, IoError};
+use crate::bdev::{Errno, Error as BdevError, IoError, IoType};
 use crate::nvme::{io, Sqe, Status};
 
 /// Read and Write: FUA, cdw12 bit 30.
@@ -121,6 +121,13 @@ pub fn submit_status(e: &BdevError) -> Status {
     match e {
         BdevError::OutOfRange { .. } => Status::LBA_OUT_OF_RANGE,
         BdevError::Removed { .. } | BdevError::DescClosed { .. } => Status::NAMESPACE_NOT_READY,
+        // A bdev that takes no writes at all (a snapshot) or opened read-only: the namespace
+        // is write protected. (Write Zeroes is emulated by writes wherever writes go.)
+        BdevError::Unsupported {
+            io_type: IoType::Write | IoType::WriteZeroes,
+            ..
+        }
+        | BdevError::ReadOnly { .. } => Status::NAMESPACE_WRITE_PROTECTED,
         BdevError::Unsupported { .. } => Status::INVALID_OPCODE,
         BdevError::ZeroLength | BdevError::BufferSize { .. } | BdevError::Misaligned { .. } => {
             Status::INVALID_FIELD
@@ -134,6 +141,10 @@ pub fn completion_status(e: &IoError, is_read: bool) -> Status {
     match e {
         IoError::Aborted => Status::ABORTED_BY_REQUEST,
         IoError::Torn { .. } => Status::WRITE_FAULT,
+        // A thin volume whose store has no cluster left for the write: the NVM command set's
+        // thin-provisioning answer, with Do Not Retry (hosts report it as "no space", not as a
+        // medium error, and do not resend it).
+        IoError::Device(Errno(libc::ENOSPC)) if !is_read => Status::CAPACITY_EXCEEDED,
         IoError::Device(_) | IoError::Injected if is_read => Status::UNRECOVERED_READ_ERROR,
         IoError::Device(_) | IoError::Injected => Status::WRITE_FAULT,
     }
@@ -153,6 +164,44 @@ mod tests {
         s.cdw[1] = (slba >> 32) as u32;
         s.cdw[2] = nlb0;
         s
+    }
+
+    #[test]
+    fn a_write_with_no_room_is_capacity_exceeded_and_other_device_errors_write_faults() {
+        let nospc = IoError::Device(Errno(libc::ENOSPC));
+        assert_eq!(completion_status(&nospc, false), Status::CAPACITY_EXCEEDED);
+        assert_eq!(
+            completion_status(&IoError::Device(Errno(libc::EIO)), false),
+            Status::WRITE_FAULT
+        );
+        assert_eq!(
+            completion_status(&nospc, true),
+            Status::UNRECOVERED_READ_ERROR
+        );
+    }
+
+    #[test]
+    fn a_write_to_a_bdev_that_takes_none_is_write_protected_and_other_refusals_keep_theirs() {
+        let bdev = "snap".to_string();
+        let unsupported = |io_type| BdevError::Unsupported {
+            bdev: bdev.clone(),
+            io_type,
+        };
+        for e in [
+            unsupported(IoType::Write),
+            unsupported(IoType::WriteZeroes),
+            BdevError::ReadOnly { bdev: bdev.clone() },
+        ] {
+            assert_eq!(submit_status(&e), Status::NAMESPACE_WRITE_PROTECTED, "{e}");
+        }
+        assert_eq!(
+            submit_status(&unsupported(IoType::Unmap)),
+            Status::INVALID_OPCODE
+        );
+        assert_eq!(
+            Status::NAMESPACE_WRITE_PROTECTED.to_field(false),
+            0x20 << 1 | 1 << 15
+        );
     }
 
     #[test]

@@ -453,8 +453,12 @@ impl Driver {
         let t = self.transfer.take().expect("a transfer");
         if t.progress.failed.load(Ordering::SeqCst) {
             self.pending = Some(t.snapshot.clone());
+            let why = t
+                .progress
+                .first_failure()
+                .unwrap_or_else(|| "stopped".into());
             return self.fail_later(format!(
-                "the transfer of {} failed; trying again",
+                "the transfer of {} failed ({why}); trying again",
                 t.snapshot
             ));
         }

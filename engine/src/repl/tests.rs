@@ -245,6 +245,32 @@ fn a_failing_secondary_puts_the_pair_out_of_sync_and_it_resyncs_by_itself() {
 }
 
 #[test]
+fn a_baseline_the_secondary_fails_says_why_and_goes_again_until_it_lands() {
+    let p = pair(true);
+    fill(&p, 8);
+    error::set_fault(&p.via, Fault::every(Action::Fail, IoTypes::WRITES)).unwrap();
+    let rel = p.relationship(Policy::Sync);
+    rel.start().unwrap();
+    let t = Instant::now();
+    let why = loop {
+        if let Some(e) = rel.status().last_error {
+            break e;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", rel.to_json());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        why.contains("failed (writing the secondary: Input/output error"),
+        "{why}"
+    );
+    assert_ne!(rel.state(), State::InSync);
+    error::clear(&p.via).unwrap();
+    wait_for(&rel, State::InSync, Duration::from_secs(30));
+    p.assert_equal();
+    relationship::delete(rel.name()).unwrap();
+}
+
+#[test]
 fn strict_sync_fails_writes_while_out_of_sync_and_recovers() {
     let p = pair(true);
     let rel = p.in_sync(Policy::StrictSync);
