@@ -17,6 +17,10 @@
 //! sides in different orders. Waiters take turns ([`InFlight::join`]): a write that waits goes
 //! before any overlapping write that waits after it or comes later, on any reactor.
 //!
+//! **Taking the tap off.** A write a channel still holds when the tap comes off (at a barrier,
+//! at a fence, or waiting for the log) goes to the primary alone, its regions left dirty: a
+//! relationship deleted under load leaves no client write behind.
+//!
 //! **Ordering.** A write marks its regions active before it reads the state and the regions'
 //! bits ([`Drl::enter`]); the scanner marks a region copying before it looks for active writes
 //! ([`Drl::begin_copy`]). Writes the relationship may not split yet (`Local` routes, before
@@ -467,6 +471,48 @@ struct Inner {
     to_resend: RefCell<VecDeque<Resend>>,
     /// A timer will try the two queues above again.
     retry_armed: Cell<bool>,
+}
+
+impl Drop for Inner {
+    /// The tap came off this bdev channel (the relationship was deleted, or another tap took
+    /// its place) while writes still waited here. None may be lost, and none may hang: each
+    /// goes to the primary alone. One that was routed and waited for the log gives its blocks
+    /// back and leaves its regions dirty, so that a relationship that still lives copies them.
+    /// (Writes in flight, and the queues a retry timer serves, hold this channel alive: only
+    /// writes at a barrier, at a fence or waiting for the log can be here now.)
+    fn drop(&mut self) {
+        let sp = &self.sp;
+        let held = [&mut self.parked, &mut self.fenced, &mut self.later];
+        for q in held {
+            for w in q.get_mut().drain(..) {
+                pass_to_primary(sp, w.primary, w.io);
+            }
+        }
+        for w in self.waiting.get_mut().drain(..) {
+            // (A flush never waits for the log: only writes are here.)
+            sp.drl.end_write(w.off, w.len, false);
+            sp.claims.release(w.off, w.len);
+            sp.dirtied();
+            if w.route == Route::PrimaryOnly {
+                sp.unsplit_in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+            sp.counters[self.reactor].finish_one();
+            pass_to_primary(sp, w.primary, w.io);
+        }
+    }
+}
+
+/// Issue a write a splitter channel held to the primary alone (past the tap), or fail it if
+/// the primary refuses it now.
+fn pass_to_primary(sp: &Splitter, primary: Primary, io: BdevIo) {
+    primary.unpark();
+    if let Err((e, io)) = primary.submit(io) {
+        tracing::warn!(
+            relationship = sp.name(),
+            "a write held as the tap came off: {e}"
+        );
+        primary.complete(io, Err(IoError::Device(Errno(-e.errno()))));
+    }
 }
 
 /// A reactor's way to the secondary: a channel of its bdev, and what that bdev can do.
@@ -1135,6 +1181,86 @@ mod tests {
 
     fn data(sgl: &Sgl) -> Vec<u8> {
         sgl.to_vec()
+    }
+
+    #[test]
+    fn a_write_waiting_for_the_log_when_the_tap_comes_off_goes_to_the_primary_and_stays_dirty() {
+        use crate::bdev::malloc::{self, MallocOpts};
+        use crate::reactor::sim::Sim;
+        use std::cell::Cell;
+
+        let sim = Sim::new(1).unwrap();
+        let tag = format!("{}_{:?}", std::process::id(), std::thread::current().id());
+        let (p, s) = (format!("tapoff_p_{tag}"), format!("tapoff_s_{tag}"));
+        for name in [&p, &s] {
+            malloc::create(MallocOpts {
+                name: name.clone(),
+                num_blocks: 1024,
+                block_size: 4096,
+                uuid: 0,
+            })
+            .unwrap();
+        }
+        // In sync, and nothing of the log on disk yet (no flusher): a write waits for it.
+        let drl = Arc::new(Drl::new(4 << 20, super::super::drl::MIN_REGION).unwrap());
+        let secondary = crate::bdev::open(&s, true, None).unwrap();
+        let sp = Arc::new(Splitter::new("tapoff", drl, Some(secondary), false));
+        sp.set_state(State::InSync);
+        let pb = crate::bdev::get(&p).unwrap();
+        pb.set_tap(Some(Arc::new(SplitTap(Arc::clone(&sp)))))
+            .unwrap();
+        let done: [Rc<Cell<Option<bool>>>; 2] = Default::default();
+        let write = |ch: &Channel, block: u64, byte: u8, done: &Rc<Cell<Option<bool>>>| {
+            let mut b = DmaBuf::new(4096).unwrap();
+            b.as_mut_slice().fill(byte);
+            let done = Rc::clone(done);
+            ch.write(block, 1, Sgl::single(b), move |d: IoDone| {
+                done.set(Some(d.status.is_ok()))
+            })
+            .map_err(|_| "submit")
+            .unwrap();
+        };
+        let (desc, ch) = sim.enter(0, || {
+            let desc = crate::bdev::open(&p, true, None).unwrap();
+            let ch = desc.channel().unwrap();
+            write(&ch, 0, 0xA1, &done[0]);
+            (desc, ch)
+        });
+        sim.run_until_idle(100).unwrap();
+        assert_eq!(done[0].get(), None, "the write waits for the log");
+        assert_eq!(sp.totals().in_flight, 1);
+
+        // The relationship goes: the next write on this channel finds the tap gone.
+        pb.set_tap(None).unwrap();
+        sim.enter(0, || write(&ch, 8, 0xB2, &done[1]));
+        sim.run_until_idle(100).unwrap();
+        assert_eq!(done[1].get(), Some(true));
+        assert_eq!(
+            done[0].get(),
+            Some(true),
+            "the write that waited went to the primary"
+        );
+        assert_eq!(sp.totals().in_flight, 0);
+        assert!(
+            sp.drl().is_dirty(0),
+            "its region is dirty: it is not on the secondary"
+        );
+        let read = sim.enter(0, || {
+            let got = Rc::new(RefCell::new(Vec::new()));
+            let g = Rc::clone(&got);
+            ch.read(
+                0,
+                1,
+                Sgl::single(DmaBuf::new(4096).unwrap()),
+                move |d: IoDone| *g.borrow_mut() = d.sgl.to_vec(),
+            )
+            .map_err(|_| "submit")
+            .unwrap();
+            got
+        });
+        sim.run_until_idle(100).unwrap();
+        assert_eq!(*read.borrow(), vec![0xA1; 4096]);
+        drop((ch, desc));
     }
 
     #[test]
