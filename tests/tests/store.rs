@@ -65,6 +65,19 @@ fn perf_verify(port: u16, nsid: u32) {
     assert_eq!(report["total"]["verify_mismatches"], 0);
 }
 
+/// Export `bdev` as namespace 1 of subsystem NQN, any host, on 127.0.0.1 at `port`.
+fn export(s: &str, bdev: &str, port: u16) {
+    spdk(s, &["nvmf_create_transport", "-t", "TCP"]);
+    spdk(s, &["nvmf_create_subsystem", NQN, "-a"]);
+    spdk(s, &["nvmf_subsystem_add_ns", NQN, bdev]);
+    let port = port.to_string();
+    let listener = ["-t", "tcp", "-a", "127.0.0.1", "-s", &port];
+    spdk(
+        s,
+        &[&["nvmf_subsystem_add_listener", NQN][..], &listener].concat(),
+    );
+}
+
 /// A controller's admin queue (kept for as long as the I/O queue is used) and an I/O queue.
 fn host(port: u16) -> (Host, Host) {
     let mut admin = Host::new(port, false, false);
@@ -151,22 +164,7 @@ fn lvols_from_spdk_rpc_served_over_nvme_tcp_survive_sigkill_and_check_clean_offl
         );
     }
 
-    spdk(&s, &["nvmf_create_transport", "-t", "TCP"]);
-    spdk(&s, &["nvmf_create_subsystem", NQN, "-a"]);
-    spdk(&s, &["nvmf_subsystem_add_ns", NQN, "lvs0/vol0"]);
-    spdk(
-        &s,
-        &[
-            "nvmf_subsystem_add_listener",
-            NQN,
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &port.to_string(),
-        ],
-    );
+    export(&s, "lvs0/vol0", port);
     perf_verify(port, 1);
 
     let (_admin, mut h) = host(port);
@@ -314,29 +312,8 @@ fn a_thin_volume_whose_store_is_full_answers_capacity_exceeded_and_keeps_what_it
         &["bdev_lvol_create_lvstore", "small", "lvsf", "-c", "65536"],
     );
     spdk(&s, &["bdev_lvol_create", "-l", "lvsf", "-t", "thin", "64"]);
-    let nqn = "nqn.2016-06.io.tandem:full";
-    spdk(&s, &["nvmf_create_transport", "-t", "TCP"]);
-    spdk(&s, &["nvmf_create_subsystem", nqn, "-a"]);
-    spdk(&s, &["nvmf_subsystem_add_ns", nqn, "lvsf/thin"]);
-    let p = port.to_string();
-    spdk(
-        &s,
-        &[
-            "nvmf_subsystem_add_listener",
-            nqn,
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &p,
-        ],
-    );
-    let mut admin = Host::new(port, false, false);
-    let cntlid = admin.admin(nqn, 0);
-    let mut h = Host::new(port, false, false);
-    let c = h.connect(nqn, tandem_tests::nvme_tcp::HOSTNQN, 1, cntlid, 0);
-    assert_eq!(c.cqe.status >> 1, 0, "I/O queue Connect");
+    export(&s, "lvsf/thin", port);
+    let (_admin, mut h) = host(port);
 
     // One 8 KiB write into each cluster in turn, until the store has none left.
     let blocks_per_cluster = 65536 / 4096;
@@ -369,5 +346,4 @@ fn a_thin_volume_whose_store_is_full_answers_capacity_exceeded_and_keeps_what_it
     }
     assert!(done_ok(&h.write(1, 0, 4096, &pattern(200))));
     assert_eq!(read(&mut h, 1, 0), pattern(200));
-    drop(admin);
 }
