@@ -12,11 +12,12 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::drl::Drl;
+use super::failure::FailureNote;
 use super::splitter::Splitter;
 use super::state::State;
 use crate::bdev::{Channel, Desc, IoDone};
@@ -47,42 +48,13 @@ pub struct Progress {
     pub elapsed_us: AtomicU64,
     /// The scanner: regions it fenced to copy them (writes kept finding them in flight).
     pub fences: AtomicU64,
-    /// The first failure's errno (0: none), and whether it was a write to the secondary (else
-    /// a read of the source): what the driver tells when a transfer fails.
-    first_errno: AtomicI32,
-    first_in_write: AtomicBool,
+    /// Why a copy failed, for the driver to tell.
+    pub failure: FailureNote,
 }
 
 impl Progress {
     pub fn done(&self) -> u64 {
         self.done.load(Ordering::SeqCst)
-    }
-
-    /// A copy failed with `errno` (negative, as the bdev layer gives it): kept if it is the
-    /// first.
-    fn note_failure(&self, writing: bool, errno: i32) {
-        let errno = errno.checked_abs().filter(|&e| e != 0).unwrap_or(libc::EIO);
-        if self
-            .first_errno
-            .compare_exchange(0, errno, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
-            self.first_in_write.store(writing, Ordering::SeqCst);
-        }
-    }
-
-    /// What the first failed copy met, in words: "writing the secondary: No space left on
-    /// device (os error 28)".
-    pub fn first_failure(&self) -> Option<String> {
-        let errno = self.first_errno.load(Ordering::SeqCst);
-        (errno != 0).then(|| {
-            let side = if self.first_in_write.load(Ordering::SeqCst) {
-                "writing the secondary"
-            } else {
-                "reading the source"
-            };
-            format!("{side}: {}", std::io::Error::from_raw_os_error(errno))
-        })
     }
 }
 
@@ -422,7 +394,7 @@ impl Copier {
         });
         if let Err((e, sgl)) = read {
             tracing::warn!("replication copy: read at {off}: {e}");
-            this.borrow().progress.note_failure(false, e.errno());
+            this.borrow().progress.failure.note(false, e.errno());
             Copier::end(this, len, region, false, Some(sgl));
         }
     }
@@ -430,7 +402,7 @@ impl Copier {
     fn read_done(this: &Rc<RefCell<Copier>>, off: u64, len: u64, region: Option<u64>, d: IoDone) {
         if let Err(e) = d.status {
             tracing::warn!("replication copy: read at {off}: {e}");
-            this.borrow().progress.note_failure(false, e.errno());
+            this.borrow().progress.failure.note(false, e.errno());
             Copier::end(this, len, region, false, Some(d.sgl));
             Copier::pump(this);
             return;
@@ -443,7 +415,7 @@ impl Copier {
             .write(off / bs, len / bs, d.sgl, move |d: IoDone| {
                 if let Err(e) = &d.status {
                     tracing::debug!("replication copy: write at {off}: {e}");
-                    held.borrow().progress.note_failure(true, e.errno());
+                    held.borrow().progress.failure.note(true, e.errno());
                 }
                 Copier::end(&held, len, region, d.status.is_ok(), Some(d.sgl));
                 // The next copy goes now, not at the poller's next turn.
@@ -451,7 +423,7 @@ impl Copier {
             });
         if let Err((e, sgl)) = write {
             tracing::warn!("replication copy: write at {off}: {e}");
-            this.borrow().progress.note_failure(true, e.errno());
+            this.borrow().progress.failure.note(true, e.errno());
             Copier::end(this, len, region, false, Some(sgl));
         }
     }

@@ -374,6 +374,7 @@ impl Driver {
         // The flag is taken only where it moves the pair: elsewhere it waits (a quiesce
         // looks at it too).
         if splitting && sp.take_secondary_failed() {
+            self.tell_failure();
             self.apply(Event::SecondaryFailed)?;
             self.next_probe = Instant::now() + RETRY;
         }
@@ -430,6 +431,26 @@ impl Driver {
         split_lvol(&self.rel.cfg.primary).map_or("", |(_, v)| v)
     }
 
+    /// Why the pair is going out of sync, for `last_error` (and the log, when it is news): the
+    /// secondary's failure of a client write, or of the scanner's copy.
+    fn tell_failure(&mut self) {
+        let why = self
+            .rel
+            .splitter
+            .take_failure()
+            .map(|w| format!("a split write failed ({w})"))
+            .or_else(|| {
+                let w = self.scanner.as_ref()?.failure.take()?;
+                Some(format!("a copy failed ({w})"))
+            });
+        let Some(why) = why else { return };
+        let mut st = lock(&self.rel.status);
+        if st.last_error.as_deref() != Some(why.as_str()) {
+            tracing::warn!(relationship = self.rel.cfg.name, "{why}");
+            st.last_error = Some(why);
+        }
+    }
+
     fn fail_later(&mut self, e: String) -> Result<(), String> {
         self.retry_at = Some(Instant::now() + RETRY);
         self.apply(Event::SecondaryFailed)?;
@@ -455,7 +476,8 @@ impl Driver {
             self.pending = Some(t.snapshot.clone());
             let why = t
                 .progress
-                .first_failure()
+                .failure
+                .take()
                 .unwrap_or_else(|| "stopped".into());
             return self.fail_later(format!(
                 "the transfer of {} failed ({why}); trying again",

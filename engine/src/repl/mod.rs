@@ -7,6 +7,7 @@
 //! | [`inflight`] | claims on the blocks split writes have in flight, so overlapping writes go in turn |
 //! | [`splitter`] | the write tap on the primary: each write to one side or both, by state and region |
 //! | [`copier`] | snapshot transfers and the cutover scanner: bytes to the secondary from one reactor |
+//! | [`failure`] | why the secondary or a copy failed, for `last_error`, kept without a lock |
 //! | [`persist`] | a relationship's record and log in the primary's store, for a restart |
 //! | [`config`] | a relationship's configuration, and the errors its operations answer with |
 //! | [`relationship`] | a relationship: its status, its commands, and the registry |
@@ -17,6 +18,7 @@ pub mod config;
 pub mod copier;
 mod driver;
 pub mod drl;
+pub mod failure;
 mod flusher;
 pub mod inflight;
 pub mod persist;

@@ -40,6 +40,7 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 
 use super::drl::{Admit, Drl};
+use super::failure::FailureNote;
 use super::inflight::{InFlight, Turn};
 use super::state::{route, Route, State, STATES};
 use crate::bdev::tap::{Primary, TapChannel, WriteTap};
@@ -114,6 +115,8 @@ pub struct Splitter {
     unsplit_in_flight: CachePadded<AtomicU64>,
     /// Set by the first failure of the secondary since the relationship last looked.
     secondary_failed: AtomicBool,
+    /// Why the secondary failed a write, for the relationship's `last_error`.
+    failure: FailureNote,
     /// A barrier: new writes wait in their reactor's channel until [`Splitter::release`].
     held: AtomicBool,
     /// Writes wait for the log to cover their regions: the flusher has work.
@@ -135,6 +138,7 @@ impl Splitter {
             local_in_flight: CachePadded::new(AtomicU64::new(0)),
             unsplit_in_flight: CachePadded::new(AtomicU64::new(0)),
             secondary_failed: AtomicBool::new(false),
+            failure: FailureNote::default(),
             held: AtomicBool::new(false),
             flush_wanted: AtomicBool::new(false),
             flusher: std::sync::OnceLock::new(),
@@ -200,7 +204,7 @@ impl Splitter {
                 })
             }
             Err(e) => {
-                self.log_secondary_failure(&e);
+                self.secondary_failure(&e, e.errno());
                 self.note_secondary_failed();
                 None
             }
@@ -236,8 +240,15 @@ impl Splitter {
         self.secondary_failed.store(true, Ordering::SeqCst);
     }
 
-    /// Say why the secondary failed a write, once per episode (the flag is still clear).
-    fn log_secondary_failure(&self, e: &dyn std::fmt::Display) {
+    /// Why the secondary failed since the last call, in words, for `last_error`.
+    pub fn take_failure(&self) -> Option<String> {
+        self.failure.take()
+    }
+
+    /// Say why the secondary failed a write (`errno`, negative): logged once per episode (the
+    /// flag is still clear), kept for `last_error`.
+    fn secondary_failure(&self, e: &dyn std::fmt::Display, errno: i32) {
+        self.failure.note(true, errno);
         if !self.secondary_failed.load(Ordering::SeqCst) {
             tracing::warn!(
                 relationship = self.name,
@@ -993,7 +1004,7 @@ impl Inner {
         let held = Rc::clone(self);
         let cb = move |d: IoDone| {
             if let Err(e) = &d.status {
-                held.sp.log_secondary_failure(e);
+                held.sp.secondary_failure(e, e.errno());
             }
             let ok = d.status.is_ok();
             // The views go before the client's buffers can go back.
@@ -1055,10 +1066,7 @@ impl Inner {
                 self.arm_retry();
             }
             Err(Refused::Failed(e)) => {
-                tracing::debug!(
-                    relationship = self.sp.name(),
-                    "secondary refused a write: {e}"
-                );
+                self.sp.secondary_failure(&e, e.errno());
                 // Counted as a failure of the secondary; the primary's completion finishes
                 // the op.
                 if self.secondary_done_now(slot, false) {

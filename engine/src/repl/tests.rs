@@ -229,6 +229,11 @@ fn a_failing_secondary_puts_the_pair_out_of_sync_and_it_resyncs_by_itself() {
     wait_for(&rel, State::OutOfSync, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(200));
     assert!(rel.splitter().drl().dirty_regions() > 0);
+    let why = rel.status().last_error.unwrap_or_default();
+    assert!(
+        why.contains("failed (writing the secondary: Input/output error"),
+        "repl_get says why: {why:?}"
+    );
     error::clear(&p.via).unwrap();
     wait_for(&rel, State::InSync, Duration::from_secs(30));
     let (ok, failed, _) = w.stop();
