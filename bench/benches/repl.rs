@@ -506,23 +506,29 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    /// A relationship made from `cfg`, started and in sync; then its primary and `plain` (the
+    /// unreplicated volume it is measured against) written once more over themselves: the
+    /// common snapshot shares every cluster of their store, and the rounds are to measure
+    /// replication, not first copies on write.
+    fn in_sync(&self, cfg: Config, plain: &str) -> Arc<Relationship> {
+        let primary = cfg.primary.clone();
+        let rel = relationship::create(cfg, self.m.clone(), self.owner).unwrap();
+        rel.start().unwrap();
+        wait(&rel, State::InSync, Duration::from_secs(300));
+        for v in [primary.as_str(), plain] {
+            seq_copy(self.reactor, v, v, 0, vol(), 32);
+        }
+        rel
+    }
+
     /// The splitter's overhead: with the secondary a local volume, then a tandemd on loopback.
     fn overhead_part(&self) {
         let (m, owner, reactor) = (self.m, self.owner, self.reactor);
         // ---- the secondary a local volume ----
-        let rel = relationship::create(
+        let rel = self.in_sync(
             Config::new("bench_local", "prim/rep", "sec/local", "sec/local"),
-            m.clone(),
-            owner,
-        )
-        .unwrap();
-        rel.start().unwrap();
-        wait(&rel, State::InSync, Duration::from_secs(120));
-        // The common snapshot shares every cluster of the store: write each once more, so that
-        // the rounds measure replication, not first copies on write.
-        for v in ["prim/rep", "prim/plain"] {
-            seq_copy(reactor, v, v, 0, vol(), 32);
-        }
+            "prim/plain",
+        );
         self.ss.create_volume("alone", vol(), false).unwrap();
         fill(reactor, "sec/alone");
         overhead(
@@ -582,17 +588,10 @@ impl Bench<'_> {
             fill(reactor, &format!("dprim/{v}"));
         }
         ss.create_volume("local", vol(), false).unwrap();
-        let rel = relationship::create(
+        let rel = self.in_sync(
             Config::new("bench_device", "dprim/rep", "dsec/local", "dsec/local"),
-            m.clone(),
-            owner,
-        )
-        .unwrap();
-        rel.start().unwrap();
-        wait(&rel, State::InSync, Duration::from_secs(300));
-        for v in ["dprim/rep", "dprim/plain"] {
-            seq_copy(reactor, v, v, 0, vol(), 32);
-        }
+            "dprim/plain",
+        );
         overhead(
             reactor,
             "dprim/rep",
