@@ -99,12 +99,7 @@ fn file_store(
     name: &str,
     bytes: u64,
 ) -> (std::path::PathBuf, Store) {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .ancestors()
-        .nth(3)
-        .unwrap()
-        .join(format!("bench-repl-{name}.img"));
+    let path = tandem_bench::target_dir().join(format!("bench-repl-{name}.img"));
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(bytes).unwrap();
     drop(f);
@@ -574,8 +569,8 @@ impl Bench<'_> {
     /// The splitter's overhead where the medium does its own work: both stores on files of this
     /// machine's disk through the `uring` bdev (O_DIRECT), the secondary a volume of a store on
     /// a second file. A RAM disk's write is the reactor's own copy, so a second RAM volume
-    /// doubles the reactor's work; here the reactor only submits and reaps, as it does in front
-    /// of an NVMe drive.
+    /// doubles the reactor's work; here the disk copies, though the kernel's I/O path still
+    /// runs on this core for each of the two writes.
     fn device_part(&self) {
         let (m, owner, reactor) = (self.m, self.owner, self.reactor);
         let files = [

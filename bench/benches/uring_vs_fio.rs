@@ -18,9 +18,7 @@ const FILE_BYTES: u64 = 1 << 30;
 const DEPTH: usize = 32;
 
 fn bench_file() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
-    target.join("bench-uring.img")
+    tandem_bench::target_dir().join("bench-uring.img")
 }
 
 /// Make the file once, fully written, so that neither side pays for block allocation.

@@ -4,17 +4,22 @@
 
 use std::path::PathBuf;
 
-/// Where criterion keeps its estimates: `$CARGO_TARGET_DIR/criterion`, else the `target`
-/// directory holding this benchmark executable (`target/release/deps/<bench>`).
-fn criterion_dir() -> PathBuf {
+/// The build's `target` directory: `$CARGO_TARGET_DIR`, else the one holding this benchmark
+/// executable (`target/<profile>/deps/<bench>`). Criterion keeps its estimates there, and the
+/// benchmarks their files.
+pub fn target_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir).join("criterion");
+        return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("benchmark executable path");
     exe.ancestors()
         .nth(3)
         .expect("target/<profile>/deps/<bench>")
-        .join("criterion")
+        .to_path_buf()
+}
+
+fn criterion_dir() -> PathBuf {
+    target_dir().join("criterion")
 }
 
 /// Criterion's estimate (slope, else mean) of nanoseconds per iteration for benchmark `id` (`group/function[/parameter]`) in this run.

@@ -433,7 +433,7 @@ impl Driver {
 
     /// Why the pair is going out of sync, for `last_error` (and the log, when it is news): the
     /// secondary's failure of a client write, or of the scanner's copy.
-    fn tell_failure(&mut self) {
+    fn tell_failure(&self) {
         let why = self
             .rel
             .splitter

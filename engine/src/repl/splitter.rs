@@ -489,8 +489,8 @@ impl Drop for Inner {
     /// its place) while writes still waited here. None may be lost, and none may hang: each
     /// goes to the primary alone. One that was routed and waited for the log gives its blocks
     /// back and leaves its regions dirty, so that a relationship that still lives copies them.
-    /// (Writes in flight, and the queues a retry timer serves, hold this channel alive: only
-    /// writes at a barrier, at a fence or waiting for the log can be here now.)
+    /// (Writes in flight hold this channel alive, and so does the retry timer while writes
+    /// wait for blocks: those can be here only if the timer could not be armed.)
     fn drop(&mut self) {
         let sp = &self.sp;
         let held = [&mut self.parked, &mut self.fenced, &mut self.later];
